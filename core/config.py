@@ -1,0 +1,239 @@
+"""Experiment configuration: dataclasses loaded from YAML, with dotted command-line overrides.
+
+A config is built in three layers, later ones winning:
+  1. the dataclass defaults below,
+  2. a preset (``core/presets/<name>.yaml``) or any YAML file given by path,
+  3. ``key.sub=value`` overrides (values parsed as YAML, so ``train.lr=3e-4`` is a float).
+
+Every run writes its resolved config (``save_config``) next to its results, and that file
+loads back with ``load_config(path)`` unchanged, so any result can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageEncoderConfig:
+    # torchvision "resnet18" / "resnet34" / "resnet50", or "small_cnn" for CPU presets.
+    arch: str = "resnet50"
+    # Load ImageNet weights when they can be fetched; random init (with a warning) otherwise.
+    pretrained: bool = False
+    image_size: int = 224
+    # Channel widths of the small_cnn stages (each stage halves the resolution).
+    cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+
+@dataclass
+class TextEncoderConfig:
+    # A Hugging Face model name or local path (BERT family). None: a BertModel built from the
+    # sizes below, randomly initialised (the offline path).
+    name_or_path: str | None = None
+    # A Hugging Face tokenizer name or path. None: <data>/tokenizer if present, else a
+    # WordPiece vocabulary trained on the training captions.
+    tokenizer: str | None = None
+    vocab_size: int = 30522  # overwritten by the tokenizer's size when built from config
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_length: int = 64
+    pooling: str = "cls"  # "cls" or "mean" (masked mean over tokens)
+    # Size of the WordPiece vocabulary trained offline.
+    trained_vocab_size: int = 8000
+
+
+@dataclass
+class FusionConfig:
+    width: int = 256
+    num_layers: int = 2
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    # Negatives per positive pair, in each direction (k images per caption, k captions per image).
+    negatives_per_positive: int = 3
+    negative_mode: str = "hard"  # "random" or "hard" (most similar by the model's pooled features)
+    # Weight of an auxiliary InfoNCE on the pooled features (ALBEF's ITC); it makes the
+    # "hard" negatives meaningful. 0 disables it.
+    contrastive_weight: float = 0.1
+    temperature: float = 0.07
+
+
+@dataclass
+class TwoTowerConfig:
+    embed_dim: int = 256
+    proj_layers: int = 2  # 1 = linear projection
+    proj_hidden: int = 1024
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "two_tower"  # "two_tower" or "fusion"
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+
+
+@dataclass
+class DataConfig:
+    # Local directory, a list of Parquet files, or an fsspec URL (s3://, gs://,
+    # hf://datasets/eltorio/ROCOv2-radiology).
+    path: Any = "data/synthetic"
+    train_split: str = "train"
+    val_split: str = "validation"
+    test_split: str = "test"
+    storage_options: dict = field(default_factory=dict)
+    # Cap on rows read per split (None: all). Handy for smoke runs on a cluster.
+    max_rows: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64  # per worker
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    # Ray Train scaling.
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPU)
+    # Ray Data preprocessing: CPUs per map task and rows per preprocessing batch.
+    preprocess_num_cpus: float = 0.5
+    preprocess_batch_size: int = 64
+    local_shuffle_buffer: int = 256
+    # Validation: items scored per epoch (None: the whole split). Two-tower defaults to the
+    # whole gallery; fusion is quadratic, so it scores a subset.
+    val_max_items: int | None = None
+    fusion_val_max_items: int = 256
+    eval_batch_size: int = 128
+    # Storage: local path or s3://; a run re-launched with the same name resumes.
+    storage_path: str = "runs"
+    name: str | None = None
+    max_failures: int = 0
+    checkpoints_to_keep: int = 2
+    # Test hook: the worker process dies (os._exit) after this many optimizer steps, once.
+    fail_at_step: int | None = None
+    fail_marker: str | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _from_dict(cls: type, values: dict, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+                          f"valid keys under {where or 'top level'}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict:
+    """``["train.lr=3e-4", "model.kind=fusion"]`` -> nested dict with YAML-parsed values."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(preset_or_path: str | Path) -> dict:
+    path = Path(preset_or_path)
+    if not path.suffix and (PRESET_DIR / f"{preset_or_path}.yaml").exists():
+        path = PRESET_DIR / f"{preset_or_path}.yaml"
+    if not path.exists():
+        raise ConfigError(f"config {str(preset_or_path)!r} is neither a file nor a preset "
+                          f"(presets: {', '.join(preset_names())})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def load_config(preset_or_path: str | Path | None = "tiny", overrides: Sequence[str] = (),
+                extra: dict | None = None) -> ExperimentConfig:
+    values: dict = {}
+    if preset_or_path is not None:
+        values = read_yaml(preset_or_path)
+        # A preset or file may start from another one: `base: tiny`.
+        parent = values.pop("base", None)
+        if parent is not None:
+            values = merge(read_yaml(parent), values)
+    if extra:
+        values = merge(values, extra)
+    values = merge(values, parse_overrides(overrides))
+    return _from_dict(ExperimentConfig, values, "")
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return path
+
+
+def config_from_dict(values: dict) -> ExperimentConfig:
+    return _from_dict(ExperimentConfig, values, "")

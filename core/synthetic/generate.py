@@ -1,0 +1,167 @@
+"""Generate a synthetic dataset in exactly the ROCOv2 Parquet layout.
+
+Deterministic per seed: the case plan of a split is drawn from ``(seed, split)``, and every
+row is rendered from its own ``(seed, split, row)`` generator, so the bytes do not depend on
+how rows are spread over processes or machines (same seed, same bytes).
+
+Families of cases that differ in one attribute (see ``attributes.sample_family``) stay in
+one split and are shuffled apart inside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.data.rocov2 import IMAGE_TYPE
+from core.synthetic.attributes import Case, sample_family
+from core.synthetic.captions import make_caption
+from core.synthetic.render import encode_image, render_image
+
+SPLITS = ("train", "validation", "test")
+SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}
+
+SCHEMA = pa.schema([
+    ("image", IMAGE_TYPE),
+    ("image_id", pa.string()),
+    ("caption", pa.string()),
+    ("cui", pa.list_(pa.string())),
+    ("modality", pa.string()),
+    ("body_region", pa.string()),
+    ("finding", pa.string()),
+    ("laterality", pa.string()),
+    ("position", pa.string()),
+    ("size_mm", pa.float32()),
+    ("lesion_count", pa.int32()),
+    ("family_id", pa.string()),
+])
+
+# What `datasets` stores in the schema metadata, so `load_dataset("parquet", ...)` decodes
+# the image column as an Image feature, exactly as for the real ROCOv2 shards.
+_HF_FEATURES = {
+    "image": {"_type": "Image"},
+    "image_id": {"dtype": "string", "_type": "Value"},
+    "caption": {"dtype": "string", "_type": "Value"},
+    "cui": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
+    **{name: {"dtype": dtype, "_type": "Value"} for name, dtype in [
+        ("modality", "string"), ("body_region", "string"), ("finding", "string"),
+        ("laterality", "string"), ("position", "string"), ("size_mm", "float32"),
+        ("lesion_count", "int32"), ("family_id", "string")]},
+}
+HF_METADATA = {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}).encode()}
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    sizes: dict = field(default_factory=lambda: {"train": 2000, "validation": 300, "test": 300})
+    seed: int = 0
+    image_size: int = 224
+    sibling_fraction: float = 0.5
+    normal_fraction: float = 0.15
+    rows_per_shard: int = 1000
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    index: int
+    case: Case
+    family_id: str
+
+
+def plan_split(spec: SyntheticSpec, split: str) -> list[PlannedRow]:
+    """The cases of one split, families kept together in the plan then shuffled apart."""
+    n = spec.sizes[split]
+    rng = np.random.default_rng([spec.seed, SPLIT_INDEX[split], 0])
+    cases: list[tuple[Case, str]] = []
+    family = 0
+    while len(cases) < n:
+        for case in sample_family(rng, spec.sibling_fraction, spec.normal_fraction):
+            cases.append((case, f"{split}-f{family:06d}"))
+        family += 1
+    cases = cases[:n]
+    order = rng.permutation(n)
+    return [PlannedRow(i, *cases[j]) for i, j in enumerate(order)]
+
+
+def image_id_for(split: str, index: int) -> str:
+    return f"ROCOv2_synth_{split}_{index:06d}"
+
+
+def render_rows(spec: SyntheticSpec, split: str, rows: Iterable[PlannedRow]) -> pa.Table:
+    """Render planned rows (image + caption) into a ROCOv2-layout Arrow table."""
+    cols: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for row in rows:
+        rng = np.random.default_rng([spec.seed, SPLIT_INDEX[split], row.index, 1])
+        case = row.case
+        pixels = render_image(case, rng, spec.image_size)
+        data, ext = encode_image(pixels, rng)
+        image_id = image_id_for(split, row.index)
+        cols["image"].append({"bytes": data, "path": f"{image_id}.{ext}"})
+        cols["image_id"].append(image_id)
+        cols["caption"].append(make_caption(rng, case))
+        cols["cui"].append(case.cuis())
+        cols["modality"].append(case.modality)
+        cols["body_region"].append(case.region)
+        cols["finding"].append(case.finding)
+        cols["laterality"].append(case.laterality)
+        cols["position"].append(case.position)
+        cols["size_mm"].append(case.size_mm)
+        cols["lesion_count"].append(case.count)
+        cols["family_id"].append(row.family_id)
+    return pa.table(cols, schema=SCHEMA)
+
+
+def shard_name(split: str, shard: int, n_shards: int) -> str:
+    return f"{split}-{shard:05d}-of-{n_shards:05d}.parquet"
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    table = table.replace_schema_metadata(HF_METADATA)
+    pq.write_table(table, str(path), compression="snappy", row_group_size=256)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    spec: SyntheticSpec
+    split: str
+    shard: int
+    n_shards: int
+    rows: tuple[PlannedRow, ...]
+    out_dir: str
+
+    def run(self) -> str:
+        path = Path(self.out_dir) / shard_name(self.split, self.shard, self.n_shards)
+        write_table(render_rows(self.spec, self.split, self.rows), path)
+        return str(path)
+
+
+def shard_tasks(spec: SyntheticSpec, out_dir: str | Path) -> list[ShardTask]:
+    tasks = []
+    for split in SPLITS:
+        rows = plan_split(spec, split)
+        n_shards = max(1, -(-len(rows) // spec.rows_per_shard))
+        for k in range(n_shards):
+            chunk = rows[k * spec.rows_per_shard:(k + 1) * spec.rows_per_shard]
+            tasks.append(ShardTask(spec, split, k, n_shards, tuple(chunk), str(out_dir)))
+    return tasks
+
+
+def _run_task(task: ShardTask) -> str:
+    return task.run()
+
+
+def write_synthetic(spec: SyntheticSpec, out_dir: str | Path,
+                    map_fn: Callable = map) -> list[str]:
+    """Write every split's shards to ``out_dir``. ``map_fn`` spreads the shard tasks
+    (the builtin ``map`` here; the prepare job passes Ray tasks)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*-of-*.parquet"):
+        old.unlink()
+    return list(map_fn(_run_task, shard_tasks(spec, out_dir)))

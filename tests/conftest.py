@@ -1,0 +1,63 @@
+"""Shared fixtures: offline Hugging Face, one Ray session for the whole run, a small
+synthetic ROCOv2 dataset, and the real chest X-ray sample (skipped when ../shared is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("ROCORAY_PROGRESS_BARS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = Path(os.environ.get(
+    "ROCORAY_REAL_SAMPLE", REPO.parent / "shared" / "data" / "chest-xray-sample"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A small synthetic ROCOv2 dataset (no Ray needed to make it) with its tokenizer."""
+    from core.config import load_config
+    from core.data.tokenizer import TOKENIZER_DIRNAME, resolve_tokenizer
+    from core.synthetic.generate import SyntheticSpec, write_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    spec = SyntheticSpec(sizes={"train": 256, "validation": 64, "test": 64}, seed=7,
+                         image_size=96, rows_per_shard=128)
+    write_synthetic(spec, out)
+    tok, _ = resolve_tokenizer(load_config("tiny").model.text, out)
+    tok.save_pretrained(str(out / TOKENIZER_DIRNAME))
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    if not (REAL_SAMPLE / "train-00000-of-00001.parquet").exists():
+        pytest.skip(f"real chest X-ray sample not found at {REAL_SAMPLE} (../shared absent)")
+    return REAL_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """ONE local Ray for the whole test session (ray.init costs seconds). Every test that
+    uses it must also carry a timeout: a resource mistake hangs instead of failing."""
+    import ray
+
+    from ray_jobs.runtime import init_ray
+
+    init_ray(num_cpus=2, progress_bars=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(synthetic_dir):
+    from core.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(synthetic_dir / "tokenizer")

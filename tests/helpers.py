@@ -1,0 +1,70 @@
+"""Crafting bad inputs for tests."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from core.data.rocov2 import ROCOV2_SCHEMA
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def jpeg_bytes(size=(64, 48), seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    return encode(Image.fromarray(arr), "JPEG", quality=90)
+
+
+def truncated_jpeg() -> bytes:
+    data = jpeg_bytes((128, 128))
+    return data[: len(data) // 2]
+
+
+def random_bytes(n=500, seed=1) -> bytes:
+    return np.random.default_rng(seed).integers(0, 255, n, dtype=np.uint8).tobytes()
+
+
+def rocov2_table(rows: list[dict]) -> pa.Table:
+    """rows: dicts with image (bytes|None), image_id, caption; cui defaults to []."""
+    return pa.table({
+        "image": [None if r.get("image") is None else {"bytes": r["image"], "path": None}
+                  for r in rows],
+        "image_id": [r.get("image_id") for r in rows],
+        "caption": [r.get("caption") for r in rows],
+        "cui": [r.get("cui", []) for r in rows],
+    }, schema=ROCOV2_SCHEMA)
+
+
+def bad_rows() -> list[dict]:
+    """Two good rows and one of every bad kind, with the reason each must be skipped for."""
+    return [
+        {"image": jpeg_bytes(), "image_id": "good-1", "caption": "Chest X-ray, left nodule."},
+        {"image": truncated_jpeg(), "image_id": "truncated", "caption": "A caption.",
+         "expect": "image_undecodable"},
+        {"image": random_bytes(), "image_id": "random", "caption": "A caption.",
+         "expect": "image_undecodable"},
+        {"image": jpeg_bytes(), "image_id": "empty-caption", "caption": "",
+         "expect": "caption_empty"},
+        {"image": jpeg_bytes(), "image_id": "blank-caption", "caption": "  \t\n ",
+         "expect": "caption_empty"},
+        {"image": jpeg_bytes(), "image_id": "null-caption", "caption": None,
+         "expect": "caption_missing"},
+        {"image": None, "image_id": "null-image", "caption": "A caption.",
+         "expect": "image_missing"},
+        {"image": b"", "image_id": "empty-bytes", "caption": "A caption.",
+         "expect": "image_undecodable"},
+        {"image": jpeg_bytes(seed=3), "image_id": "good-2", "caption": "CT of the abdomen."},
+    ]
+
+
+def write_parquet(table: pa.Table, path) -> None:
+    pq.write_table(table, str(path))
