@@ -150,6 +150,52 @@ class ConfigError(ValueError):
     pass
 
 
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check and convert a YAML value to the field's type (YAML 1.1 reads "3e-4" as a str)."""
+    if value is None or hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        errors = []
+        for arg in typing.get_args(hint):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(hint)[:1] or (Any,)
+        return [_coerce(v, arg, key) for v in value]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    try:
+        if hint is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}") from None
+    return value
+
+
 def _from_dict(cls: type, values: dict, where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
@@ -165,7 +211,7 @@ def _from_dict(cls: type, values: dict, where: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _from_dict(hint, value, f"{where}{name}.")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hint, where + name)
     return cls(**kwargs)
 
 

@@ -1,0 +1,19 @@
+"""The two retrieval models and the one way to build them from a config."""
+
+from __future__ import annotations
+
+from core.config import ModelConfig
+from core.models.fusion import FusionModel
+from core.models.two_tower import TwoTowerModel
+
+MODELS = {"fusion": FusionModel, "two_tower": TwoTowerModel}
+
+
+def build_model(config: ModelConfig):
+    if config.kind not in MODELS:
+        raise ValueError(f"unknown model kind {config.kind!r}; choose one of {sorted(MODELS)}")
+    return MODELS[config.kind](config)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

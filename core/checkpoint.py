@@ -1,0 +1,93 @@
+"""The one checkpoint format: a directory holding
+
+    model.safetensors   weights (safetensors: no pickle, nothing executed on load)
+    config.yaml         the resolved ExperimentConfig (model kind, sizes, vocab size ...)
+    tokenizer/          the caption tokenizer (save_pretrained)
+    train_state.pt      optimizer / scheduler / epoch / step, loaded with weights_only=True
+
+so a checkpoint is self-contained: scoring and evaluation rebuild the exact model and
+tokenizer from it, and nothing untrusted is unpickled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_model, save_model
+
+from core.config import ExperimentConfig, config_from_dict, save_config
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+TOKENIZER = "tokenizer"
+TRAIN_STATE = "train_state.pt"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model under DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ExperimentConfig,
+                    tokenizer=None, train_state: dict | None = None) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(unwrap(model), str(path / WEIGHTS))
+    save_config(config, path / CONFIG)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path / TOKENIZER))
+    if train_state is not None:
+        torch.save(train_state, path / TRAIN_STATE)
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not (path / CONFIG).exists() or not (path / WEIGHTS).exists():
+        raise CheckpointError(f"{path} is not a rocoray checkpoint "
+                              f"(needs {WEIGHTS} and {CONFIG})")
+    return config_from_dict(yaml.safe_load((path / CONFIG).read_text()))
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    config: ExperimentConfig
+    tokenizer: object | None
+    path: Path
+
+
+def load_checkpoint(path: str | Path, expected_kind: str | None = None,
+                    device: str | torch.device = "cpu") -> Loaded:
+    """Rebuild the model from config.yaml and load its safetensors weights."""
+    from core.data.tokenizer import load_tokenizer
+    from core.models import build_model
+
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    if expected_kind is not None and config.model.kind != expected_kind:
+        raise CheckpointError(f"checkpoint {path} holds a {config.model.kind!r} model, "
+                              f"but a {expected_kind!r} model was asked for")
+    model = build_model(config.model)
+    missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False, device=str(device))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the config "
+                              f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+    tokenizer = load_tokenizer(path / TOKENIZER) if (path / TOKENIZER).exists() else None
+    return Loaded(model.to(device).eval(), config, tokenizer, path)
+
+
+def load_train_state(path: str | Path, device: str | torch.device = "cpu") -> dict | None:
+    state = Path(path) / TRAIN_STATE
+    if not state.exists():
+        return None
+    return torch.load(state, map_location=device, weights_only=True)

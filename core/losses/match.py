@@ -1,0 +1,59 @@
+"""The fusion model's match loss: binary cross-entropy on matched pairs and in-batch negatives.
+
+Per positive pair (caption i, image i), ``k`` negative images for the caption and ``k``
+negative captions for the image are drawn from the batch, either at random or "hard": the
+most similar by the model's own pooled features (ALBEF's strategy). Rows of the same group
+(identical captions) are never used as each other's negatives. Positives and negatives are
+weighted equally (each side's BCE is averaged separately), so k does not tilt the balance.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sample_negatives(similarity: torch.Tensor, groups: torch.Tensor, k: int, mode: str,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, k') indices of negatives per row of ``similarity`` (rows: queries, columns: batch
+    items); k' = min(k, fewest non-same-group items of any row). ``mode``: random | hard."""
+    allowed = groups[:, None] != groups[None, :]
+    k = int(min(k, allowed.sum(1).min().item()))
+    if k <= 0:
+        return similarity.new_zeros((similarity.shape[0], 0), dtype=torch.long)
+    if mode == "hard":
+        masked = similarity.detach().masked_fill(~allowed, float("-inf"))
+        return masked.topk(k, dim=1).indices
+    if mode == "random":
+        weights = allowed.float()
+        return torch.multinomial(weights, k, replacement=False, generator=generator)
+    raise ValueError(f"negative_mode must be 'random' or 'hard', got {mode!r}")
+
+
+class MatchLoss(nn.Module):
+    def __init__(self, negatives_per_positive: int = 3, mode: str = "hard"):
+        super().__init__()
+        self.k, self.mode = negatives_per_positive, mode
+
+    def pairs(self, text_embed: torch.Tensor, image_embed: torch.Tensor,
+              groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(text_index, image_index, label) for positives and sampled negatives."""
+        b = text_embed.shape[0]
+        sim = text_embed @ image_embed.T
+        idx = torch.arange(b, device=sim.device)
+        neg_img = sample_negatives(sim, groups, self.k, self.mode)  # per caption
+        neg_txt = sample_negatives(sim.T, groups, self.k, self.mode)  # per image
+        kk = neg_img.shape[1]
+        text_index = torch.cat([idx, idx.repeat_interleave(kk), neg_txt.reshape(-1)])
+        image_index = torch.cat([idx, neg_img.reshape(-1), idx.repeat_interleave(kk)])
+        labels = torch.cat([torch.ones(b, device=sim.device),
+                            torch.zeros(2 * b * kk, device=sim.device)])
+        return text_index, image_index, labels
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pos, neg = labels > 0.5, labels < 0.5
+        loss = F.binary_cross_entropy_with_logits(logits[pos], labels[pos])
+        if neg.any():
+            loss = 0.5 * (loss + F.binary_cross_entropy_with_logits(logits[neg], labels[neg]))
+        return loss

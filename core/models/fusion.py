@@ -1,0 +1,190 @@
+"""Cross-modal attention fusion: text tokens attend to image patches; a head scores the match.
+
+    image patches --proj + pos--> (P, d) --LN--> per-layer K, V       (image side, once)
+    text tokens   --proj------->  (T, d) --LN--> layer-0 query Q0     (caption side, once)
+    for each layer:  t = t + O(attn(Q(t), K, V));  t = t + FFN(LN(t))  (per pair)
+    masked mean over tokens -> LN -> MLP -> one match logit
+
+Retrieval scores every (caption, image) pair, which is quadratic. The split API keeps the
+quadratic part as small as it can be:
+
+    encode_image(pixels)  -> FusionImage   (runs the image encoder and the K/V projections)
+    encode_text(ids, mask) -> FusionText   (runs BERT and the first layer's query projection)
+    score(text, image)    -> (Nt, Ni) logits for a block of captions x images
+    score_pairs(text, image, ti, ii) -> logits for listed (caption, image) pairs
+
+so an Nt x Ni block runs the encoders Nt + Ni times, not Nt x Ni. ``forward`` is the plain,
+straightforward path (everything recomputed per pair); the tests check ``score`` against it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.config import ModelConfig
+from core.models.encoders import ImageEncoder, TextEncoder, l2_normalize, masked_mean
+
+
+@dataclass
+class FusionImage:
+    k: torch.Tensor  # (N, L, h, P, dh): every layer's keys
+    v: torch.Tensor  # (N, L, h, P, dh): every layer's values
+    embed: torch.Tensor  # (N, d) L2-normalised pooled patches (hard negatives, ITC)
+
+    def __len__(self) -> int:
+        return self.k.shape[0]
+
+    def index(self, idx) -> FusionImage:
+        return FusionImage(self.k[idx], self.v[idx], self.embed[idx])
+
+
+@dataclass
+class FusionText:
+    tokens: torch.Tensor  # (N, T, d) projected token features (the residual stream's start)
+    q0: torch.Tensor  # (N, h, T, dh) the first layer's queries
+    mask: torch.Tensor  # (N, T)
+    embed: torch.Tensor  # (N, d) L2-normalised pooled tokens
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def index(self, idx) -> FusionText:
+        return FusionText(self.tokens[idx], self.q0[idx], self.mask[idx], self.embed[idx])
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm cross-attention (text queries, image keys/values) + feed-forward, residual."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"fusion width {width} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, width // heads
+        self.norm_q = nn.LayerNorm(width)
+        self.norm_kv = nn.LayerNorm(width)
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, width)
+        self.v = nn.Linear(width, width)
+        self.o = nn.Linear(width, width)
+        self.norm_ff = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.ff = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
+                                nn.Linear(hidden, width))
+        self.dropout = nn.Dropout(dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (..., S, d) -> (..., h, S, dh)
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)
+
+    def image_kv(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.norm_kv(image)
+        return self._heads(self.k(x)), self._heads(self.v(x))
+
+    def query(self, text: torch.Tensor) -> torch.Tensor:
+        return self._heads(self.q(self.norm_q(text)))
+
+    def finish(self, text: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Residual update from the attended values (..., h, T, dh)."""
+        merged = attended.transpose(-3, -2).flatten(-2)
+        text = text + self.dropout(self.o(merged))
+        return text + self.dropout(self.ff(self.norm_ff(text)))
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor, need_weights: bool = False):
+        """The plain path for aligned pairs: text (B, T, d), image (B, P, d)."""
+        k, v = self.image_kv(image)
+        q = self.query(text)
+        if need_weights:
+            weights = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)).softmax(-1)
+            return self.finish(text, weights @ v), weights
+        return self.finish(text, F.scaled_dot_product_attention(q, k, v)), None
+
+
+class FusionModel(nn.Module):
+    kind = "fusion"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        fc = config.fusion
+        self.image_encoder = ImageEncoder(config.image)
+        self.text_encoder = TextEncoder(config.text)
+        d = fc.width
+        self.image_proj = nn.Linear(self.image_encoder.out_dim, d)
+        # Patch positions matter: "left" and "upper" are places in the image.
+        self.image_pos = nn.Parameter(torch.randn(1, self.image_encoder.num_patches, d) * 0.02)
+        self.text_proj = nn.Linear(self.text_encoder.out_dim, d)
+        self.layers = nn.ModuleList(
+            CrossAttentionLayer(d, fc.num_heads, fc.mlp_ratio, fc.dropout)
+            for _ in range(fc.num_layers))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        self.register_buffer("logit_scale", torch.tensor(math.log(1.0 / fc.temperature)))
+        self.scale = 1.0 / math.sqrt(d // fc.num_heads)
+
+    # --- split API -------------------------------------------------------------------------
+    def _image_tokens(self, pixels):
+        patches, _ = self.image_encoder(pixels)
+        return self.image_proj(patches) + self.image_pos
+
+    def encode_image(self, pixels: torch.Tensor) -> FusionImage:
+        x = self._image_tokens(pixels)
+        kv = [layer.image_kv(x) for layer in self.layers]
+        return FusionImage(k=torch.stack([k for k, _ in kv], 1),
+                           v=torch.stack([v for _, v in kv], 1),
+                           embed=l2_normalize(x.mean(1)))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionText:
+        tokens, mask, _ = self.text_encoder(input_ids, attention_mask)
+        t = self.text_proj(tokens)
+        return FusionText(tokens=t, q0=self.layers[0].query(t), mask=mask,
+                          embed=l2_normalize(masked_mean(t, mask)))
+
+    def _match_logit(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(masked_mean(t, mask))).squeeze(-1)
+
+    def score(self, text: FusionText, image: FusionImage) -> torch.Tensor:
+        """Logits for every caption x image of the block: (Nt, Ni)."""
+        t = text.tokens[:, None]  # (Nt, 1, T, d): broadcast over images until layer 0 mixes
+        for i, layer in enumerate(self.layers):
+            k, v = image.k[:, i], image.v[:, i]  # (Ni, h, P, dh)
+            if i == 0:  # queries depend on the caption alone
+                att = torch.einsum("nhtd,mhpd->nmhtp", text.q0, k)
+            else:
+                att = torch.einsum("nmhtd,mhpd->nmhtp", layer.query(t), k)
+            att = (att * self.scale).softmax(-1)
+            t = layer.finish(t, torch.einsum("nmhtp,mhpd->nmhtd", att, v))
+        return self._match_logit(t, text.mask[:, None])
+
+    def score_pairs(self, text: FusionText, image: FusionImage,
+                    text_index: torch.Tensor | None = None,
+                    image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for aligned pairs (text[ti], image[ii]); indices default to 0..N-1."""
+        if text_index is not None:
+            text = text.index(text_index)
+        if image_index is not None:
+            image = image.index(image_index)
+        t = text.tokens
+        for i, layer in enumerate(self.layers):
+            q = text.q0 if i == 0 else layer.query(t)
+            t = layer.finish(t, F.scaled_dot_product_attention(q, image.k[:, i], image.v[:, i]))
+        return self._match_logit(t, text.mask)
+
+    # --- the plain path ---------------------------------------------------------------------
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, return_attention: bool = False):
+        """Match logits for aligned (image, caption) pairs, everything computed per pair.
+        With ``return_attention``, also each layer's text-token -> image-patch weights
+        (B, h, T, P)."""
+        x = self._image_tokens(pixels)
+        tokens, mask, _ = self.text_encoder(input_ids, attention_mask)
+        t = self.text_proj(tokens)
+        maps = []
+        for layer in self.layers:
+            t, weights = layer(t, x, need_weights=return_attention)
+            maps.append(weights)
+        logits = self._match_logit(t, mask)
+        return (logits, maps) if return_attention else logits

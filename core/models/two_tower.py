@@ -1,0 +1,78 @@
+"""Contrastive two-tower model (CLIP-style): image and text towers, projection MLPs,
+L2-normalised embeddings, a fixed or learnable temperature. Retrieval is a matrix product."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from core.config import ModelConfig
+from core.models.encoders import ImageEncoder, TextEncoder, l2_normalize
+
+
+class ProjectionMLP(nn.Module):
+    """``layers`` linear maps with GELU between them (1 = a linear projection)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"projection needs at least 1 layer, got {layers}")
+        dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                mods.append(nn.GELU())
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TwoTowerModel(nn.Module):
+    kind = "two_tower"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        tc = config.two_tower
+        self.image_encoder = ImageEncoder(config.image)
+        self.text_encoder = TextEncoder(config.text)
+        self.image_proj = ProjectionMLP(self.image_encoder.out_dim, tc.proj_hidden,
+                                        tc.embed_dim, tc.proj_layers)
+        self.text_proj = ProjectionMLP(self.text_encoder.out_dim, tc.proj_hidden,
+                                       tc.embed_dim, tc.proj_layers)
+        init = torch.tensor(math.log(1.0 / tc.temperature))
+        if tc.learnable_temperature:
+            self.logit_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("logit_scale", init)
+        self.max_logit_scale = tc.max_logit_scale
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        _, pooled = self.image_encoder(pixels)
+        return l2_normalize(self.image_proj(pooled))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        _, _, pooled = self.text_encoder(input_ids, attention_mask)
+        return l2_normalize(self.text_proj(pooled))
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped as CLIP does (at 100 by default)."""
+        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    def score(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities (Nt, Ni): the ranking score."""
+        return text @ image.T
+
+    def score_pairs(self, text, image, text_index=None, image_index=None) -> torch.Tensor:
+        if text_index is not None:
+            text = text[text_index]
+        if image_index is not None:
+            image = image[image_index]
+        return (text * image).sum(-1)
+
+    def forward(self, pixels, input_ids, attention_mask):
+        return self.encode_image(pixels), self.encode_text(input_ids, attention_mask), self.scale()

@@ -1,0 +1,147 @@
+"""Encoders, the fusion model's split API, the two-tower model, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.config import load_config
+from core.evaluation import encode_batches, stream_retrieval
+from core.models import build_model
+from core.models.encoders import ImageEncoder, TextEncoder
+from core.training import LossModule
+
+
+def tiny(kind, vocab=500):
+    cfg = load_config("tiny")
+    cfg.model.kind = kind
+    cfg.model.text.vocab_size = vocab
+    return cfg
+
+
+def inputs(n, seed=0, size=64, length=48, vocab=500):
+    g = torch.Generator().manual_seed(seed)
+    px = torch.randn(n, 3, size, size, generator=g)
+    ids = torch.randint(5, vocab, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    for i in range(n):
+        mask[i, 10 + (i * 7) % (length - 10):] = 0
+    ids[mask == 0] = 0
+    return px, ids, mask
+
+
+def test_resnet50_patch_grid_and_pooled():
+    cfg = load_config("base").model.image
+    cfg.pretrained = False
+    enc = ImageEncoder(cfg).eval()
+    patches, pooled = enc(torch.randn(1, 3, 224, 224))
+    assert patches.shape == (1, 49, 2048) and pooled.shape == (1, 2048)
+    assert enc.grid == (7, 7)
+
+
+def test_text_encoder_from_local_pretrained_dir(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    cfg = load_config("tiny").model.text
+    cfg.name_or_path = str(tmp_path)
+    enc = TextEncoder(cfg)
+    _, ids, mask = inputs(2, vocab=300)
+    tokens, m, pooled = enc(ids, mask)
+    assert tokens.shape == (2, 48, 64) and pooled.shape == (2, 64)
+
+
+def test_fusion_split_api_equals_plain_forward():
+    torch.manual_seed(0)
+    model = build_model(tiny("fusion").model).eval()
+    px, ids, mask = inputs(7)
+    with torch.no_grad():
+        text, image = model.encode_text(ids, mask), model.encode_image(px)
+        block = model.score(text, image)  # (7, 7)
+        assert block.shape == (7, 7)
+        for shift in range(7):  # every caption x image pairing, against the plain path
+            perm = (torch.arange(7) + shift) % 7
+            plain = model(px[perm], ids, mask)
+            torch.testing.assert_close(block[torch.arange(7), perm], plain, atol=1e-5, rtol=0)
+            torch.testing.assert_close(model.score_pairs(text, image, torch.arange(7), perm),
+                                       plain, atol=1e-5, rtol=0)
+        # a rectangular block is a sub-block of the square one
+        torch.testing.assert_close(model.score(text.index(slice(2, 5)), image.index(slice(0, 3))),
+                                   block[2:5, :3], atol=1e-5, rtol=0)
+
+
+def test_block_scoring_runs_each_encoder_once_per_item():
+    torch.manual_seed(0)
+    model = build_model(tiny("fusion").model).eval()
+    seen = {"image": 0, "text": 0}
+    model.image_encoder.register_forward_hook(lambda m, i, o: seen.__setitem__("image", seen["image"] + i[0].shape[0]))
+    model.text_encoder.register_forward_hook(lambda m, i, o: seen.__setitem__("text", seen["text"] + i[0].shape[0]))
+    n_img, n_txt = 12, 9
+    px, _, _ = inputs(n_img)
+    _, ids, mask = inputs(n_txt, seed=1)
+    with torch.no_grad():
+        text, image = model.encode_text(ids, mask), model.encode_image(px)
+        import numpy as np
+        acc = stream_retrieval(model, text, image, np.arange(n_txt), np.arange(n_txt).tolist() + [0, 1, 2], k=3, tile=4)
+    assert seen == {"image": n_img, "text": n_txt}  # N + M encoder passes, not N x M
+    assert acc.t2i.keys.shape == (n_txt, 3)
+
+
+def test_cross_attention_weights():
+    model = build_model(tiny("fusion").model).eval()
+    px, ids, mask = inputs(3)
+    with torch.no_grad():
+        logits, maps = model(px, ids, mask, return_attention=True)
+        plain = model(px, ids, mask)
+    assert len(maps) == 2 and maps[0].shape == (3, 4, 48, model.image_encoder.num_patches)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(3, 4, 48))
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)
+
+
+def test_two_tower_embeddings_and_temperature():
+    cfg = tiny("two_tower")
+    model = build_model(cfg.model).eval()
+    px, ids, mask = inputs(4)
+    with torch.no_grad():
+        img, txt, scale = model(px, ids, mask)
+    assert img.shape == (4, 128)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(4))
+    assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert isinstance(model.logit_scale, torch.nn.Parameter)
+    cfg.model.two_tower.learnable_temperature = False
+    cfg.model.two_tower.temperature = 0.005  # 1/T = 200 is clamped at 100, as in CLIP
+    fixed = build_model(cfg.model)
+    assert not isinstance(fixed.logit_scale, torch.nn.Parameter)
+    assert fixed.scale().item() == pytest.approx(100.0)
+    cfg.model.two_tower.proj_layers = 3
+    deep = build_model(cfg.model)
+    assert sum(isinstance(m, torch.nn.Linear) for m in deep.image_proj.modules()) == 3
+
+
+@pytest.mark.parametrize("kind", ["fusion", "two_tower"])
+def test_gradients_reach_both_encoders(kind):
+    torch.manual_seed(0)
+    cfg = tiny(kind)
+    model = build_model(cfg.model)
+    loss_module = LossModule(model, cfg.model)
+    px, ids, mask = inputs(6)
+    loss, _ = loss_module(px, ids, mask, torch.arange(6))
+    loss.backward()
+    for name in ("image_encoder", "text_encoder"):
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0, name
+    if kind == "two_tower":
+        assert model.logit_scale.grad is not None
+
+
+def test_encode_batches_concatenates_features():
+    model = build_model(tiny("fusion").model).eval()
+    batches = []
+    for s in range(3):
+        px, ids, mask = inputs(4, seed=s)
+        batches.append({"pixel_values": px, "input_ids": ids, "attention_mask": mask,
+                        "group": [s * 4 + i for i in range(4)], "image_id": [f"{s}-{i}" for i in range(4)]})
+    enc = encode_batches(model, batches)
+    assert len(enc["text"]) == 12 and enc["image"].k.shape[0] == 12
+    assert enc["image_id"][5] == "1-1"
