@@ -66,7 +66,8 @@ class FusionConfig:
     dropout: float = 0.1
     # Negatives per positive pair, in each direction (k images per caption, k captions per image).
     negatives_per_positive: int = 3
-    negative_mode: str = "hard"  # "random" or "hard" (most similar by the model's pooled features)
+    # "random", "hard" (sampled by pooled-feature similarity, ALBEF) or "hardest" (top-k).
+    negative_mode: str = "hard"
     # Weight of an auxiliary InfoNCE on the pooled features (ALBEF's ITC); it makes the
     # "hard" negatives meaningful. 0 disables it.
     contrastive_weight: float = 0.1

@@ -24,7 +24,8 @@ class LossModule(nn.Module):
         self.model = model
         self.kind = config.kind
         self.infonce = InfoNCELoss()
-        self.match = MatchLoss(config.fusion.negatives_per_positive, config.fusion.negative_mode)
+        self.match = MatchLoss(config.fusion.negatives_per_positive, config.fusion.negative_mode,
+                               config.fusion.temperature)
         self.contrastive_weight = config.fusion.contrastive_weight
 
     def forward(self, pixel_values, input_ids, attention_mask, group):

@@ -7,6 +7,7 @@ import sys
 
 JOBS = {
     "demo": "the main job: the whole pipeline on the synthetic default data",
+    "train": "train the fusion or two-tower model with Ray Train",
     "prepare": "generate synthetic data / fit the tokenizer / dataset statistics",
 }
 

@@ -40,7 +40,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     if progress_bars is None:
-        progress_bars = os.environ.get("ROCORAY_PROGRESS_BARS", "1") != "0"
+        # Ray Data's bars are for terminals; in job logs they are noise, and our own
+        # Progress lines say what is happening.
+        default = "1" if sys.stdout.isatty() else "0"
+        progress_bars = os.environ.get("ROCORAY_PROGRESS_BARS", default) != "0"
     ctx.enable_progress_bars = progress_bars
     ctx.print_on_execution_start = False
     return ray

@@ -44,16 +44,22 @@ def real_sample() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """ONE local Ray for the whole test session (ray.init costs seconds). Every test that
-    uses it must also carry a timeout: a resource mistake hangs instead of failing."""
+def _ray_cleanup():
+    yield
     import ray
 
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_session(_ray_cleanup):
+    """ONE local Ray for the whole test session (ray.init costs seconds); init_ray is
+    idempotent, and re-starts it if a test (the job-submission one) shut it down. Every
+    test that uses it must also carry a timeout: a resource mistake hangs, not fails."""
     from ray_jobs.runtime import init_ray
 
-    init_ray(num_cpus=2, progress_bars=False)
-    yield ray
-    ray.shutdown()
+    return init_ray(num_cpus=2, progress_bars=False)
 
 
 @pytest.fixture(scope="session")

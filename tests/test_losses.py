@@ -49,13 +49,29 @@ def test_hard_negatives_are_the_most_similar_other_group():
                         [2.0, 6.0, 9.0, 1.0],
                         [4.0, 3.0, 2.0, 9.0]])
     groups = torch.tensor([0, 0, 1, 2])  # rows 0 and 1 share a caption
-    neg = sample_negatives(sim, groups, 2, "hard")
+    neg = sample_negatives(sim, groups, 2, "hardest")
     assert neg[0].tolist() == [3, 2]  # 1 is the same group, never a negative
     assert neg[1].tolist() == [2, 3]
     assert neg[2].tolist() == [1, 0]
-    rand = sample_negatives(sim, groups, 2, "random", torch.Generator().manual_seed(0))
-    for r in range(4):
-        assert all(groups[j] != groups[r] for j in rand[r].tolist())
+    for mode in ("random", "hard"):
+        sampled = sample_negatives(sim, groups, 2, mode, torch.Generator().manual_seed(0))
+        for r in range(4):
+            assert all(groups[j] != groups[r] for j in sampled[r].tolist())
+
+
+def test_hard_sampling_prefers_similar_items():
+    # one item (7) is very similar to every query: "hard" draws it almost always, "random"
+    # about 1/(B-1) of the time
+    b = 50
+    sim = torch.zeros(b, b).fill_diagonal_(1.0)
+    sim[:, 7] = 0.9
+    groups = torch.arange(b)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.arange(b) != 7
+    hard = sample_negatives(sim, groups, 1, "hard", g)[rows, 0]
+    rand = sample_negatives(sim, groups, 1, "random", g)[rows, 0]
+    assert (hard == 7).float().mean() > 0.9
+    assert (rand == 7).float().mean() < 0.2
 
 
 def test_match_loss_pairs_and_balance():

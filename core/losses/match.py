@@ -1,8 +1,14 @@
 """The fusion model's match loss: binary cross-entropy on matched pairs and in-batch negatives.
 
 Per positive pair (caption i, image i), ``k`` negative images for the caption and ``k``
-negative captions for the image are drawn from the batch, either at random or "hard": the
-most similar by the model's own pooled features (ALBEF's strategy). Rows of the same group
+negative captions for the image are drawn from the batch, by the model's own pooled-feature
+similarity:
+  random   uniformly;
+  hard     sampled with probability softmax(similarity / temperature), as ALBEF does: near
+           uniform while the features are untrained, then concentrated on the most similar
+           items (for synthetic siblings: the same case with left and right swapped);
+  hardest  the k most similar, deterministically. From scratch this starves the match head
+           of learnable pairs (measured: no progress in 3 epochs of the tiny preset). Rows of the same group
 (identical captions) are never used as each other's negatives. Positives and negatives are
 weighted equally (each side's BCE is averaged separately), so k does not tilt the balance.
 """
@@ -15,26 +21,32 @@ from torch import nn
 
 
 def sample_negatives(similarity: torch.Tensor, groups: torch.Tensor, k: int, mode: str,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None,
+                     temperature: float = 0.07) -> torch.Tensor:
     """(B, k') indices of negatives per row of ``similarity`` (rows: queries, columns: batch
-    items); k' = min(k, fewest non-same-group items of any row). ``mode``: random | hard."""
+    items); k' = min(k, fewest non-same-group items of any row).
+    ``mode``: random | hard | hardest."""
     allowed = groups[:, None] != groups[None, :]
     k = int(min(k, allowed.sum(1).min().item()))
     if k <= 0:
         return similarity.new_zeros((similarity.shape[0], 0), dtype=torch.long)
+    sim = similarity.detach().float()
+    if mode == "hardest":
+        return sim.masked_fill(~allowed, float("-inf")).topk(k, dim=1).indices
     if mode == "hard":
-        masked = similarity.detach().masked_fill(~allowed, float("-inf"))
-        return masked.topk(k, dim=1).indices
-    if mode == "random":
-        weights = allowed.float()
+        logits = (sim / temperature).masked_fill(~allowed, float("-inf"))
+        weights = (logits - logits.max(1, keepdim=True).values).exp()
         return torch.multinomial(weights, k, replacement=False, generator=generator)
-    raise ValueError(f"negative_mode must be 'random' or 'hard', got {mode!r}")
+    if mode == "random":
+        return torch.multinomial(allowed.float(), k, replacement=False, generator=generator)
+    raise ValueError(f"negative_mode must be 'random', 'hard' or 'hardest', got {mode!r}")
 
 
 class MatchLoss(nn.Module):
-    def __init__(self, negatives_per_positive: int = 3, mode: str = "hard"):
+    def __init__(self, negatives_per_positive: int = 3, mode: str = "hard",
+                 temperature: float = 0.07):
         super().__init__()
-        self.k, self.mode = negatives_per_positive, mode
+        self.k, self.mode, self.temperature = negatives_per_positive, mode, temperature
 
     def pairs(self, text_embed: torch.Tensor, image_embed: torch.Tensor,
               groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,8 +54,10 @@ class MatchLoss(nn.Module):
         b = text_embed.shape[0]
         sim = text_embed @ image_embed.T
         idx = torch.arange(b, device=sim.device)
-        neg_img = sample_negatives(sim, groups, self.k, self.mode)  # per caption
-        neg_txt = sample_negatives(sim.T, groups, self.k, self.mode)  # per image
+        neg_img = sample_negatives(sim, groups, self.k, self.mode,
+                                   temperature=self.temperature)  # per caption
+        neg_txt = sample_negatives(sim.T, groups, self.k, self.mode,
+                                   temperature=self.temperature)  # per image
         kk = neg_img.shape[1]
         text_index = torch.cat([idx, idx.repeat_interleave(kk), neg_txt.reshape(-1)])
         image_index = torch.cat([idx, neg_img.reshape(-1), idx.repeat_interleave(kk)])

@@ -88,10 +88,13 @@ class CrossAttentionLayer(nn.Module):
         return self._heads(self.q(self.norm_q(text)))
 
     def finish(self, text: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """Residual update from the attended values (..., h, T, dh)."""
-        merged = attended.transpose(-3, -2).flatten(-2)
-        text = text + self.dropout(self.o(merged))
+        """Residual update from the attended values, heads merged (..., d)."""
+        text = text + self.dropout(self.o(attended))
         return text + self.dropout(self.ff(self.norm_ff(text)))
+
+    @staticmethod
+    def merge_heads(attended: torch.Tensor) -> torch.Tensor:  # (..., h, S, dh) -> (..., S, d)
+        return attended.transpose(-3, -2).flatten(-2)
 
     def forward(self, text: torch.Tensor, image: torch.Tensor, need_weights: bool = False):
         """The plain path for aligned pairs: text (B, T, d), image (B, P, d)."""
@@ -99,8 +102,9 @@ class CrossAttentionLayer(nn.Module):
         q = self.query(text)
         if need_weights:
             weights = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)).softmax(-1)
-            return self.finish(text, weights @ v), weights
-        return self.finish(text, F.scaled_dot_product_attention(q, k, v)), None
+            return self.finish(text, self.merge_heads(weights @ v)), weights
+        attended = F.scaled_dot_product_attention(q, k, v)
+        return self.finish(text, self.merge_heads(attended)), None
 
 
 class FusionModel(nn.Module):
@@ -147,17 +151,29 @@ class FusionModel(nn.Module):
         return self.head(self.norm(masked_mean(t, mask))).squeeze(-1)
 
     def score(self, text: FusionText, image: FusionImage) -> torch.Tensor:
-        """Logits for every caption x image of the block: (Nt, Ni)."""
-        t = text.tokens[:, None]  # (Nt, 1, T, d): broadcast over images until layer 0 mixes
+        """Logits for every caption x image of the block: (Nt, Ni).
+
+        Text tokens never attend to each other inside the fusion layers, so each valid token
+        is processed on its own: padding is dropped (tokens are packed) and the per-pair
+        cost follows the captions' real lengths."""
+        valid = text.mask.bool()
+        owner = valid.nonzero()[:, 0]  # caption of each packed token
+        heads, head_dim = self.layers[0].heads, self.layers[0].head_dim
+        t = text.tokens[valid][:, None]  # (V, 1, d): broadcast over images until layer 0 mixes
         for i, layer in enumerate(self.layers):
             k, v = image.k[:, i], image.v[:, i]  # (Ni, h, P, dh)
-            if i == 0:  # queries depend on the caption alone
-                att = torch.einsum("nhtd,mhpd->nmhtp", text.q0, k)
+            if i == 0:  # the first queries depend on the caption alone
+                q = text.q0.transpose(1, 2)[valid]  # (V, h, dh)
+                att = torch.einsum("vhd,mhpd->vmhp", q, k)
             else:
-                att = torch.einsum("nmhtd,mhpd->nmhtp", layer.query(t), k)
+                q = layer.q(layer.norm_q(t)).unflatten(-1, (heads, head_dim))  # (V, Ni, h, dh)
+                att = torch.einsum("vmhd,mhpd->vmhp", q, k)
             att = (att * self.scale).softmax(-1)
-            t = layer.finish(t, torch.einsum("nmhtp,mhpd->nmhtd", att, v))
-        return self._match_logit(t, text.mask[:, None])
+            t = layer.finish(t, torch.einsum("vmhp,mhpd->vmhd", att, v).flatten(-2))
+        t = t.expand(-1, len(image), -1)  # (V, Ni, d), in case no layer mixed the two
+        pooled = t.new_zeros((len(text), t.shape[1], t.shape[2])).index_add_(0, owner, t)
+        counts = torch.bincount(owner, minlength=len(text)).clamp_min(1).to(t.dtype)
+        return self.head(self.norm(pooled / counts[:, None, None])).squeeze(-1)
 
     def score_pairs(self, text: FusionText, image: FusionImage,
                     text_index: torch.Tensor | None = None,
@@ -170,7 +186,8 @@ class FusionModel(nn.Module):
         t = text.tokens
         for i, layer in enumerate(self.layers):
             q = text.q0 if i == 0 else layer.query(t)
-            t = layer.finish(t, F.scaled_dot_product_attention(q, image.k[:, i], image.v[:, i]))
+            attended = F.scaled_dot_product_attention(q, image.k[:, i], image.v[:, i])
+            t = layer.finish(t, layer.merge_heads(attended))
         return self._match_logit(t, text.mask)
 
     # --- the plain path ---------------------------------------------------------------------
