@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 
-from _common import write_result
+from bench._common import write_result
 
 from core.synthetic.generate import SyntheticSpec, plan_split, render_rows
 

@@ -65,7 +65,7 @@ def encode_batches(model, batches: Iterable[dict], device="cpu") -> dict:
 
 
 @torch.no_grad()
-def score_matrix(model, text, image, tile: int = 256) -> np.ndarray:
+def score_matrix(model, text, image, tile: int = 1024) -> np.ndarray:
     """The full (captions x images) score matrix, tile by tile. Reference and validation
     only: the scoring job never holds this matrix."""
     nt, ni = num_items(text), num_items(image)
@@ -144,3 +144,18 @@ def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10)) 
     if getattr(model, "kind", None) == "fusion":
         out["match_acc"] = match_accuracy(model, text, image, groups)
     return out
+
+
+@torch.no_grad()
+def score_candidates(model, queries, candidates_features, n_candidates: int,
+                     query_side: str) -> np.ndarray:
+    """Fusion scores of each query with its candidates: ``candidates_features`` holds the
+    nq * n_candidates gallery items, query-major. Returns (nq, n_candidates)."""
+    nq = num_items(queries)
+    q_index = torch.arange(nq).repeat_interleave(n_candidates)
+    g_index = torch.arange(nq * n_candidates)
+    if query_side == "text":
+        scores = model.score_pairs(queries, candidates_features, q_index, g_index)
+    else:
+        scores = model.score_pairs(candidates_features, queries, g_index, q_index)
+    return scores.float().cpu().numpy().reshape(nq, n_candidates)

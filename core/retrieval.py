@@ -160,3 +160,23 @@ def reduce_tile(text_ids: np.ndarray, image_ids: np.ndarray, scores: np.ndarray,
         out[f"{name}_beaten"] = (np.zeros(len(q_ids), np.int64) if pos is None
                                  else ((keys > pos[q_ids, None]) & ~c).sum(1))
     return out
+
+
+def rerank(candidates: np.ndarray, scores: np.ndarray, first_stage_ranks: np.ndarray,
+           query_groups: np.ndarray, gallery_groups: np.ndarray, k: int):
+    """Re-order each query's first-stage candidates by new scores (retrieve-and-rerank, as
+    ALBEF/BLIP evaluate). Items outside the candidates keep their first-stage order behind
+    the re-ordered candidates, so a query whose correct item was not retrieved keeps its
+    first-stage rank (>= the number of candidates). Returns (top-k indices, top-k scores,
+    exact ranks)."""
+    candidates = np.asarray(candidates)
+    n, kc = candidates.shape
+    if k > kc:
+        raise ValueError(f"top-{k} asked for, but only {kc} candidates were re-scored")
+    keys = order_keys(scores, candidates)
+    order = np.argsort(-keys, axis=1, kind="stable")
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    ranked_scores = np.take_along_axis(np.asarray(scores, np.float32), order, axis=1)
+    hit = np.asarray(gallery_groups)[ranked] == np.asarray(query_groups)[:, None]
+    ranks = np.where(hit.any(1), hit.argmax(1), np.asarray(first_stage_ranks)).astype(np.int64)
+    return ranked[:, :k], ranked_scores[:, :k], ranks

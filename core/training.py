@@ -14,6 +14,7 @@ from torch import nn
 
 from core.config import ModelConfig, TrainConfig
 from core.losses import InfoNCELoss, MatchLoss
+from core.models.encoders import trim_padding
 
 BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "group")
 
@@ -35,7 +36,7 @@ class LossModule(nn.Module):
             image, text, scale = m(pixel_values, input_ids, attention_mask)
             loss = self.infonce(image, text, scale, group)
             return loss, {"logit_scale": scale.detach()}
-        text = m.encode_text(input_ids, attention_mask)
+        text = m.encode_text(*trim_padding(input_ids, attention_mask))
         image = m.encode_image(pixel_values)
         ti, ii, labels = self.match.pairs(text.embed, image.embed, group)
         logits = m.score_pairs(text, image, ti, ii)

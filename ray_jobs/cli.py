@@ -8,6 +8,8 @@ import sys
 JOBS = {
     "demo": "the main job: the whole pipeline on the synthetic default data",
     "train": "train the fusion or two-tower model with Ray Train",
+    "score": "score a gallery (fusion tiles / two-tower / rerank) with Ray Data",
+    "evaluate": "compare fusion, two-tower and rerank; write metrics.json and the report",
     "prepare": "generate synthetic data / fit the tokenizer / dataset statistics",
 }
 

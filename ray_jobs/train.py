@@ -38,6 +38,7 @@ log = logging.getLogger("rocoray.train")
 
 TRAIN_COLUMNS = ["pixel_values", "input_ids", "attention_mask", "group", "skip"]
 RESULT_FILE = "result.json"
+HISTORY = "history.json"  # every epoch's metrics, carried from checkpoint to checkpoint
 
 
 # --- the worker: plain PyTorch plus get_dataset_shard / prepare_model / report ---------------
@@ -103,7 +104,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     optimizer = build_optimizer(loss_module, cfg.train)
     scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.train.epochs,
                                 cfg.train.warmup_fraction)
-    start_epoch, step = 0, 0
+    start_epoch, step, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         from safetensors.torch import load_model
@@ -111,6 +112,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as ckpt_dir:
             load_model(model, str(Path(ckpt_dir) / WEIGHTS), device=str(device))
             state = load_train_state(ckpt_dir, device=device)
+            history_file = Path(ckpt_dir) / HISTORY
+            history = json.loads(history_file.read_text()) if history_file.exists() else []
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"] + 1, state["step"]
@@ -197,6 +200,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 save_checkpoint(tmp, model, cfg, tokenizer,
                                 {"optimizer": optimizer.state_dict(),
                                  "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step})
+                history.append(metrics)
+                (Path(tmp) / HISTORY).write_text(json.dumps(history, default=float))
                 checkpoint_obj = ray.train.Checkpoint.from_directory(tmp)
                 log.info("epoch %d/%d: %s", epoch + 1, cfg.train.epochs,
                          {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
@@ -316,8 +321,10 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None):
 def summarize(result, cfg: ExperimentConfig) -> dict:
     best = result.get_best_checkpoint("val/mean_recall", "max") if result.best_checkpoints else None
     history = []
-    if result.metrics_dataframe is not None:
-        history = json.loads(result.metrics_dataframe.to_json(orient="records"))
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as ckpt_dir:
+            path = Path(ckpt_dir) / HISTORY
+            history = json.loads(path.read_text()) if path.exists() else []
     return {"name": cfg.train.name, "model": cfg.model.kind, "path": run_dir(cfg),
             "final": result.metrics,
             "best_checkpoint": best.path if best else None,

@@ -43,6 +43,7 @@ def test_two_tower_reports_checkpoints_and_resumes_by_name(ray_session, syntheti
     assert second["final"]["epoch"] == 2
     assert second["final"]["start_epoch"] == 1  # epoch 1 was not trained again
     assert second["final"]["step"] == 2 * first["final"]["step"]
+    assert [h["epoch"] for h in second["history"]] == [1, 2]  # history carried over
 
 
 @pytest.mark.timeout(420)

@@ -119,5 +119,13 @@ class TextEncoder(nn.Module):
         return tokens, attention_mask, pooled
 
 
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Cut the columns that are padding in every row (tokenizers pad on the right): the
+    encoder's output for the kept tokens is unchanged, and it costs less."""
+    used = attention_mask.bool().any(0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    return input_ids[:, :length], attention_mask[:, :length]
+
+
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1)

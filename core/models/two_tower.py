@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from core.config import ModelConfig
-from core.models.encoders import ImageEncoder, TextEncoder, l2_normalize
+from core.models.encoders import ImageEncoder, TextEncoder, l2_normalize, trim_padding
 
 
 class ProjectionMLP(nn.Module):
@@ -56,7 +56,7 @@ class TwoTowerModel(nn.Module):
         return l2_normalize(self.image_proj(pooled))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        _, _, pooled = self.text_encoder(input_ids, attention_mask)
+        _, _, pooled = self.text_encoder(*trim_padding(input_ids, attention_mask))
         return l2_normalize(self.text_proj(pooled))
 
     def scale(self) -> torch.Tensor:

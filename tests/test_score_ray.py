@@ -1,0 +1,141 @@
+"""The scoring job on Ray Data: equal to a single-process full-matrix reference, restartable
+with identical output, the two-tower and rerank paths, and clear errors for bad requests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from core.checkpoint import save_checkpoint
+from core.config import load_config
+from core.data.preprocess import build_preprocessor, valid_rows
+from core.data.rocov2 import read_split
+from core.evaluation import encode_batches, score_matrix
+from core.metrics import evaluate_scores, ranks_from_scores
+from core.models import build_model
+
+N_TEST = 64
+
+
+@pytest.fixture(scope="module")
+def checkpoints(synthetic_dir, tiny_tokenizer, tmp_path_factory):
+    """Randomly initialised tiny models: correctness of scoring needs no training."""
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for kind in ("fusion", "two_tower"):
+        torch.manual_seed(1)
+        cfg = load_config("tiny", [f"model.kind={kind}", f"data.path={synthetic_dir}"])
+        cfg.model.text.vocab_size = len(tiny_tokenizer)
+        out[kind] = str(save_checkpoint(root / kind, build_model(cfg.model).eval(), cfg,
+                                        tiny_tokenizer))
+    return out
+
+
+def reference(checkpoint, synthetic_dir):
+    from core.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    batch, _ = valid_rows(build_preprocessor(loaded.config.model, loaded.tokenizer)(
+        read_split(synthetic_dir, "test")))
+    enc = encode_batches(loaded.model, [batch])
+    return enc, score_matrix(loaded.model, enc["text"], enc["image"])
+
+
+def run_score(*argv):
+    from ray_jobs.score import main
+
+    return main(list(map(str, argv)))
+
+
+@pytest.fixture(scope="module")
+def fusion_run(checkpoints, synthetic_dir, tmp_path_factory):
+    from ray_jobs.runtime import init_ray
+
+    init_ray(num_cpus=2, progress_bars=False)
+    out = tmp_path_factory.mktemp("fusion-score")
+    summary = run_score("--model", "fusion", "--checkpoint", checkpoints["fusion"], "--data",
+                        synthetic_dir, "--out", out, "--block", 16, "--k", 10)
+    return out, summary
+
+
+@pytest.mark.timeout(300)
+def test_distributed_fusion_scoring_equals_full_matrix(ray_session, fusion_run, checkpoints,
+                                                       synthetic_dir):
+    out, summary = fusion_run
+    enc, full = reference(checkpoints["fusion"], synthetic_dir)
+    t2i = pq.read_table(out / "t2i.parquet")
+    assert t2i.column("query_id").to_pylist() == enc["image_id"]  # same gallery, same order
+    top_index = np.asarray(t2i.column("topk_index").to_pylist())
+    top_scores = np.asarray(t2i.column("topk_scores").to_pylist())
+    ref_scores = np.take_along_axis(full, top_index, axis=1)
+    assert np.abs(top_scores - ref_scores).max() <= 1e-4
+    assert np.abs(np.sort(full, axis=1)[:, ::-1][:, :10] - top_scores).max() <= 1e-4
+    ref = evaluate_scores(full, enc["group"], enc["group"])
+    assert summary["metrics"] == ref  # identical Recall@K, MRR, median rank
+    assert t2i.column("rank").to_pylist() == ranks_from_scores(full, enc["group"], enc["group"]).tolist()
+    assert summary["timings"]["done"] == 16 and summary["skipped"] == {}
+
+
+@pytest.mark.timeout(400)
+def test_restart_skips_finished_tiles_and_output_is_identical(ray_session, fusion_run, checkpoints,
+                                                              synthetic_dir, tmp_path):
+    clean_out, _ = fusion_run
+    args = ("--model", "fusion", "--checkpoint", checkpoints["fusion"], "--data", synthetic_dir,
+            "--out", tmp_path, "--block", 16, "--k", 10, "--actors", 1)
+    with pytest.raises(Exception, match="simulated scoring crash"):
+        run_score(*args, "--fail-after-items", 6)
+    summary = run_score(*args)
+    assert summary["timings"]["cached"] >= 1  # finished tiles were not scored again
+    assert summary["timings"]["done"] + summary["timings"]["cached"] == 16
+    for name in ("t2i.parquet", "i2t.parquet"):
+        assert pq.read_table(tmp_path / name).equals(pq.read_table(clean_out / name))
+
+
+@pytest.mark.timeout(400)
+def test_two_tower_and_rerank(ray_session, fusion_run, checkpoints, synthetic_dir, tmp_path):
+    tt = run_score("--model", "two_tower", "--checkpoint", checkpoints["two_tower"], "--data",
+                   synthetic_dir, "--out", tmp_path / "tt", "--k", 10)
+    enc, full = reference(checkpoints["two_tower"], synthetic_dir)
+    assert tt["metrics"] == evaluate_scores(full, enc["group"], enc["group"])
+    rr = run_score("--model", "rerank", "--checkpoint", checkpoints["fusion"], "--retriever",
+                   checkpoints["two_tower"], "--data", synthetic_dir, "--out", tmp_path / "rr",
+                   "--k", 5, "--rerank-k", 16, "--block", 16)
+    table = pq.read_table(tmp_path / "rr" / "t2i.parquet")
+    assert set(table.column_names) >= {"query_id", "topk_ids", "topk_scores", "rank"}
+    first = pq.read_table(tmp_path / "rr" / "retriever" / "t2i.parquet")
+    candidates = np.asarray(first.column("topk_index").to_pylist())
+    reranked = np.asarray(table.column("topk_index").to_pylist())
+    assert all(set(r) <= set(c) for r, c in zip(reranked, candidates))  # only candidates move
+    first_rank = np.asarray(first.column("rank").to_pylist())
+    rank = np.asarray(table.column("rank").to_pylist())
+    missed = first_rank >= 16
+    assert (rank[missed] == first_rank[missed]).all() and (rank[~missed] < 16).all()
+    # the fusion scores of the re-ranked lists are the fusion model's own scores
+    fenc, ffull = reference(checkpoints["fusion"], synthetic_dir)
+    scores = np.asarray(table.column("topk_scores").to_pylist())
+    assert np.abs(np.take_along_axis(ffull, reranked, 1) - scores).max() <= 1e-4
+    assert rr["timings"]["pairs"] == 2 * N_TEST * 16
+
+
+@pytest.mark.timeout(300)
+def test_bad_requests_fail_clearly(ray_session, checkpoints, synthetic_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs a fusion checkpoint"):
+        run_score("--model", "fusion", "--checkpoint", checkpoints["two_tower"], "--out", tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_score("--model", "fusion", "--checkpoint", tmp_path / "nope", "--out", tmp_path / "b")
+    with pytest.raises(ValueError, match="gallery holds only 8"):
+        run_score("--model", "two_tower", "--checkpoint", checkpoints["two_tower"], "--data",
+                  synthetic_dir, "--max-items", 8, "--k", 10, "--out", tmp_path / "c")
+
+
+@pytest.mark.timeout(300)
+def test_empty_gallery_is_a_clear_error(ray_session, checkpoints, tmp_path):
+    from helpers import rocov2_table, truncated_jpeg, write_parquet
+
+    write_parquet(rocov2_table([{"image": truncated_jpeg(), "image_id": f"x{i}", "caption": "c"}
+                                for i in range(4)]), tmp_path / "test-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match="gallery is empty.*image_undecodable.: 4"):
+        run_score("--model", "two_tower", "--checkpoint", checkpoints["two_tower"], "--data",
+                  tmp_path, "--out", tmp_path / "out")
