@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -24,3 +23,39 @@ def write_result(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{result['bench']}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
+
+
+def load_fusion(checkpoint: str | None, kind: str = "fusion"):
+    """(model, tokenizer, config, description): a trained checkpoint when there is one (the
+    demo's), else a seeded random tiny model with the synthetic data's tokenizer."""
+    import torch
+
+    from core.checkpoint import load_checkpoint
+    from core.config import load_config
+    from core.data.tokenizer import load_tokenizer
+    from core.models import build_model
+
+    if checkpoint and Path(checkpoint).exists():
+        from ray_jobs.score import resolve_checkpoint
+
+        path = resolve_checkpoint(checkpoint)
+        loaded = load_checkpoint(path, expected_kind=kind)
+        return loaded.model.eval(), loaded.tokenizer, loaded.config, f"trained: {path}"
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer("data/synthetic/tokenizer")
+    cfg = load_config("tiny", [f"model.kind={kind}"])
+    cfg.model.text.vocab_size = len(tokenizer)
+    return build_model(cfg.model).eval(), tokenizer, cfg, "random init (seed 0)"
+
+
+def load_gallery(cfg, tokenizer, data: str, split: str, n: int) -> dict:
+    """The first n valid rows of a split, preprocessed, as numpy."""
+    from core.data.preprocess import build_preprocessor, valid_rows
+    from core.data.rocov2 import read_split
+
+    table = read_split(data, split, max_rows=n)
+    if table.num_rows < n:
+        raise SystemExit(f"{data}/{split} has {table.num_rows} rows, {n} needed: "
+                         f"rocoray prepare --synthetic --n-train {n}")
+    batch, _ = valid_rows(build_preprocessor(cfg.model, tokenizer)(table))
+    return batch

@@ -8,6 +8,7 @@ import sys
 JOBS = {
     "demo": "the main job: the whole pipeline on the synthetic default data",
     "train": "train the fusion or two-tower model with Ray Train",
+    "tune": "Ray Tune search over a space in tune_spaces/ (ASHA, TensorBoard, resume)",
     "score": "score a gallery (fusion tiles / two-tower / rerank) with Ray Data",
     "evaluate": "compare fusion, two-tower and rerank; write metrics.json and the report",
     "prepare": "generate synthetic data / fit the tokenizer / dataset statistics",

@@ -9,21 +9,55 @@ import ray
 import ray.data
 
 from core.data.preprocess import Preprocessor
-from core.data.rocov2 import SplitFiles, columns_to_read, resolve_split
+from core.data.rocov2 import SplitFiles, columns_to_read, resolve_split, row_groups
 from core.data.stats import summarize_split
 
 
+def _read_units(batch: dict, filesystem, columns: list[str]):
+    import pyarrow as pa
+
+    from core.data.rocov2 import read_row_group
+
+    return pa.concat_tables([read_row_group(filesystem, p, int(g), columns)
+                             for p, g in zip(batch["path"], batch["row_group"])])
+
+
 def read_split_dataset(path, split: str, storage_options: dict | None = None,
-                       max_rows: int | None = None,
-                       columns: list[str] | None = None) -> tuple[ray.data.Dataset, SplitFiles]:
-    """Stream one split's shards. The path and every shard's columns are checked first, so a
-    bad path or a missing column fails here, naming it, and not inside a Ray task."""
+                       max_rows: int | None = None, columns: list[str] | None = None,
+                       num_cpus: float = 0.25) -> tuple[ray.data.Dataset, SplitFiles]:
+    """Stream one split's shards, one Parquet row group per read task. The path and every
+    shard's columns are checked first, so a bad path or a missing column fails here, naming
+    it, and not inside a Ray task.
+
+    Row groups are read with core's reader in tasks of ``num_cpus`` (fractional: on small
+    machines Ray Data's own file listing task takes a whole CPU and can deadlock against
+    actor pools that hold the rest)."""
     files = resolve_split(path, split, storage_options)
-    ds = ray.data.read_parquet(list(files.paths), filesystem=files.arrow_filesystem())
-    ds = ds.select_columns(columns or columns_to_read(files))
+    units = row_groups(files)
+    if max_rows is not None:
+        kept, total = [], 0
+        for unit in units:
+            if total >= max_rows:
+                break
+            kept.append(unit)
+            total += unit[2]
+        units = kept
+    if not units:
+        raise ValueError(f"split {split!r} of {path} has no rows")
+    ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
+                             override_num_blocks=len(units))
+    ds = ds.map_batches(_read_units, fn_kwargs={"filesystem": files.filesystem,
+                                                "columns": columns or columns_to_read(files)},
+                        batch_size=1, batch_format="numpy", num_cpus=num_cpus)
     if max_rows is not None:
         ds = ds.limit(max_rows)
     return ds, files
+
+
+def split_rows(files: SplitFiles, max_rows: int | None = None) -> int:
+    """Rows of a split from the Parquet footers (no decoding)."""
+    rows = sum(n for _, _, n in row_groups(files))
+    return rows if max_rows is None else min(rows, max_rows)
 
 
 def preprocess(ds: ray.data.Dataset, preprocessor: Preprocessor, num_cpus: float = 0.5,

@@ -66,6 +66,7 @@ def main(argv=None) -> dict:
     stages = 5 + int(args.tune)
 
     data = args.data
+    overrides = list(args.set)
     if data is None:
         data = args.synthetic_dir
         sizes = {"train": args.n_train, "validation": args.n_val, "test": args.n_test}
@@ -76,8 +77,9 @@ def main(argv=None) -> dict:
             prepare.main(["--synthetic", "--out", data, "--n-train", str(args.n_train),
                           "--n-val", str(args.n_val), "--n-test", str(args.n_test)])
     else:
-        log.info("stage 1/%d: statistics of %s", stages, data)
+        log.info("stage 1/%d: statistics and tokenizer of %s", stages, data)
         prepare.main(["--data", str(data), "--out", str(out / "data")])
+        overrides.append(f"model.text.tokenizer={out / 'data' / 'tokenizer'}")
 
     common = ["--config", args.config, "--data", str(data),
               "--storage-path", str(out / "train")]
@@ -86,14 +88,16 @@ def main(argv=None) -> dict:
     runs = {}
     for i, kind in enumerate(("two_tower", "fusion")):
         log.info("stage %d/%d: train the %s model", 2 + i, stages, kind)
-        runs[kind] = train.main(["--model", kind, "--name", kind, *common, "--set", *args.set])
+        runs[kind] = train.main(["--model", kind, "--name", kind, *common, "--set", *overrides])
 
     if args.tune:
         from ray_jobs import tune
 
         log.info("stage 4/%d: a small Ray Tune search", stages)
-        tune.main(["--space", "tune_spaces/two_tower.yaml", "--data", str(data),
-                   "--storage-path", str(out / "tune"), "--num-samples", "2", "--epochs", "1"])
+        space = Path(__file__).resolve().parents[1] / "tune_spaces" / "two_tower.yaml"
+        summary_tune = tune.main(["--space", str(space), "--data", str(data), "--name", "demo",
+                                  "--storage-path", str(out / "tune"), "--num-samples", "2",
+                                  "--epochs", "1", "--set", *overrides])
 
     log.info("stage %d/%d: score the test split (fusion, two-tower, rerank) and evaluate",
              stages - 1, stages)
@@ -111,6 +115,8 @@ def main(argv=None) -> dict:
         "evaluation": str(out / "eval" / "metrics.json"),
         "report": metrics["report"],
     }
+    if args.tune:
+        summary["tune"] = {k: summary_tune[k] for k in ("experiment", "best", "wall_s")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     tt, fu = runs["two_tower"]["final"], runs["fusion"]["final"]
     print(f"\ntraining (validation): two-tower R@10 t2i {tt.get('val/t2i/R@10', 0):.3f} "

@@ -37,11 +37,13 @@ import torch
 
 from core.checkpoint import load_checkpoint, read_checkpoint_config
 from core.data.preprocess import build_preprocessor, count_skips, merge_counts
-from core.evaluation import concat, num_items, score_candidates, stream_retrieval
+from core.data.rocov2 import columns_to_read, resolve_split, row_groups
+from core.evaluation import (concat, num_items, positive_tiles, score_candidates,
+                             stream_retrieval)
 from core.feature_store import (FeatureStore, arrays_exist, features_from_numpy,
                                 features_to_numpy, read_arrays, write_arrays)
 from core.metrics import bidirectional_metrics
-from core.retrieval import StreamingRetrieval, correct_pairs, positive_keys, reduce_tile, rerank
+from core.retrieval import StreamingRetrieval, positive_keys, reduce_tile, rerank
 from ray_jobs.runtime import Progress, init_ray, setup_logging
 
 log = logging.getLogger("rocoray.score")
@@ -77,15 +79,22 @@ def _device(use_gpu: bool) -> str:
 # --- stage 1: encode the gallery once ------------------------------------------------------
 
 class GalleryEncoder:
-    """Ray Data actor: loads the model once, encodes both sides of each batch of rows."""
+    """Ray Data actor: reads a Parquet row group, preprocesses it and encodes both sides.
 
-    def __init__(self, checkpoint: str, use_gpu: bool = False):
+    Reading, preprocessing and encoding live in this ONE actor stage on purpose: with no
+    separate read tasks competing with the actor pool for CPUs, the stage cannot deadlock
+    on a small cluster (the failure mode of read tasks + actors on 2 CPUs)."""
+
+    def __init__(self, checkpoint: str, filesystem, columns: list[str], use_gpu: bool = False,
+                 batch_size: int = 64):
         self.device = _device(use_gpu)
-        self.model = load_checkpoint(checkpoint, device=self.device).model
-        self.kind = self.model.kind
+        loaded = load_checkpoint(checkpoint, device=self.device)
+        self.model = loaded.model
+        self.preprocessor = build_preprocessor(loaded.config.model, loaded.tokenizer)
+        self.filesystem, self.columns, self.batch_size = filesystem, columns, batch_size
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> dict:
+    def _encode(self, batch: dict) -> dict:
         out = {k: batch[k] for k in ("image_id", "caption", "group", "skip")}
         pixels = torch.as_tensor(batch["pixel_values"]).to(self.device)
         ids = torch.as_tensor(batch["input_ids"]).to(self.device)
@@ -96,25 +105,48 @@ class GalleryEncoder:
                 out[f"{side}.{name}"] = value
         return out
 
+    def __call__(self, units: dict) -> dict:
+        from core.data.rocov2 import read_row_group
+
+        parts = []
+        for path, group in zip(units["path"], units["row_group"]):
+            table = read_row_group(self.filesystem, str(path), int(group), self.columns)
+            for start in range(0, table.num_rows, self.batch_size):
+                parts.append(self._encode(self.preprocessor(table.slice(start, self.batch_size))))
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
 
 def encode_gallery(args, checkpoint: str, kind: str, workdir: str) -> dict:
     """Encode the split once into a FeatureStore (skipped when a previous run finished it)."""
-    from ray_jobs.data import preprocess, read_split_dataset
-
     store = FeatureStore(f"{workdir}/features", kind)
     meta = store.read_meta()
     if meta and meta.get("complete") and meta.get("block_size") == args.block:
         log.info("encoded gallery found in %s (%d items): reusing it", workdir, meta["n"])
         return meta
-    loaded = load_checkpoint(checkpoint)
-    pre = build_preprocessor(loaded.config.model, loaded.tokenizer)
-    ds, files = read_split_dataset(args.data, args.split, max_rows=args.max_items)
-    ds = preprocess(ds, pre, num_cpus=args.cpus_per_actor, batch_size=64)
-    ds = ds.map_batches(GalleryEncoder, fn_constructor_kwargs={"checkpoint": checkpoint,
-                                                               "use_gpu": args.use_gpu},
-                        batch_size=args.block, compute=ray.data.ActorPoolStrategy(size=args.actors),
-                        num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor or None,
-                        batch_format="numpy")
+    files = resolve_split(args.data, args.split)
+    units = row_groups(files)
+    if args.max_items is not None:
+        kept, total = [], 0
+        for unit in units:
+            if total >= args.max_items:
+                break
+            kept.append(unit)
+            total += unit[2]
+        units = kept
+    if not units:
+        raise ValueError(f"the gallery is empty: split {args.split!r} of {args.data} has no rows")
+    ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
+                             override_num_blocks=len(units))
+    ds = ds.map_batches(GalleryEncoder, fn_constructor_kwargs={
+        "checkpoint": checkpoint, "filesystem": files.filesystem,
+        "columns": columns_to_read(files), "use_gpu": args.use_gpu},
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=args.actors),
+        num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor or None,
+        batch_format="numpy")
+    # Deterministic row order: the same gallery indices on every (re)run.
+    ds.context.execution_options.preserve_order = True
+    if args.max_items is not None:
+        ds = ds.limit(args.max_items)
     t0 = time.perf_counter()
     pending: list[dict] = []
     ids, captions, groups, skipped = [], [], [], {}
@@ -201,21 +233,23 @@ class TileScorer:
     def _ids(self, b: int) -> np.ndarray:
         return np.arange(b * self.block, min((b + 1) * self.block, len(self.groups)))
 
+    def _tile_scores(self, a: int, b: int) -> np.ndarray:
+        text = self.store.read_block("text", a, self.device)
+        image = self.store.read_block("image", b, self.device)
+        return self.model.score(text, image).float().cpu().numpy()
+
     @torch.no_grad()
     def _run(self, kind: str, a: int, b: int) -> dict:
+        if kind == "pos":
+            # A tile holding correct pairs: kept whole, so the positives' scores and the
+            # tile pass use the very same numbers (exact ranks, bit for bit).
+            return {"scores": self._tile_scores(a, b)}
         if kind == "tile":
-            text = self.store.read_block("text", a, self.device)
-            image = self.store.read_block("image", b, self.device)
-            scores = self.model.score(text, image).float().cpu().numpy()
+            pos_tile = item_name("pos", a, b)
+            scores = (read_arrays(self.workdir, pos_tile)["scores"]
+                      if arrays_exist(self.workdir, pos_tile) else self._tile_scores(a, b))
             return reduce_tile(self._ids(a), self._ids(b), scores, self.groups, self.groups,
                                self.k, self.positives)
-        if kind == "pos":
-            ti, ii = correct_pairs(self.groups[self._ids(a)], self.groups[self._ids(b)])
-            text = self.store.read_block("text", a, self.device)
-            image = self.store.read_block("image", b, self.device)
-            scores = self.model.score_pairs(text, image, torch.as_tensor(ti), torch.as_tensor(ii))
-            return {"ti": ti + a * self.block, "ii": ii + b * self.block,
-                    "scores": scores.float().cpu().numpy()}
         # rerank: queries of block a against their first-stage candidates
         side, other = ("text", "image") if kind == "rr_t2i" else ("image", "text")
         queries = self.store.read_block(side, a, self.device)
@@ -278,14 +312,16 @@ def score_fusion(args, checkpoint: str, workdir: str, meta: dict) -> tuple[Strea
     # Positives first (an O(N) pass): their keys make streaming ranks exact.
     t0 = time.perf_counter()
     if not arrays_exist(workdir, "positives.npz"):
-        ti, ii = correct_pairs(groups, groups)
-        pairs = sorted({(int(a) // args.block, int(b) // args.block) for a, b in zip(ti, ii)})
-        run_items(args, checkpoint, "fusion", workdir, [("pos", a, b) for a, b in pairs],
-                  "positive pairs")
-        parts = [read_arrays(workdir, item_name("pos", a, b)) for a, b in pairs]
-        pt, pi = positive_keys(np.concatenate([p["ti"] for p in parts]),
-                               np.concatenate([p["ii"] for p in parts]),
-                               np.concatenate([p["scores"] for p in parts]), n, n)
+        tiles = positive_tiles(groups, groups, args.block)
+        run_items(args, checkpoint, "fusion", workdir, [("pos", a, b) for a, b in sorted(tiles)],
+                  "tiles with correct pairs")
+        ti, ii, scores = [], [], []
+        for (a, b), (t, i) in sorted(tiles.items()):
+            tile_scores = read_arrays(workdir, item_name("pos", a, b))["scores"]
+            ti.append(t)
+            ii.append(i)
+            scores.append(tile_scores[t - a * args.block, i - b * args.block])
+        pt, pi = positive_keys(np.concatenate(ti), np.concatenate(ii), np.concatenate(scores), n, n)
         write_arrays(workdir, "positives.npz", {"t2i": pt, "i2t": pi})
     pos = read_arrays(workdir, "positives.npz")
     timings["positives_s"] = time.perf_counter() - t0
@@ -416,8 +452,6 @@ def score(args) -> dict:
         workdir = str(Path(workdir).resolve())
         Path(workdir).mkdir(parents=True, exist_ok=True)
     args.out = workdir
-    # Deterministic row order: the same gallery indices on every (re)run.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     meta = encode_gallery(args, checkpoint, expected, workdir)
     n = meta["n"]
     k_needed = args.rerank_k if args.model == "rerank" else args.k

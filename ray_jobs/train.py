@@ -185,6 +185,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "train/lr": scheduler.get_last_lr()[0],
                    "train/samples_per_s": seen * world / max(train_time, 1e-9),
                    "train/epoch_s": train_time,
+                   "train/torch_threads": torch.get_num_threads(),
                    "train/skipped_rows": sum(skipped.values()) * world,
                    "val/skipped_rows": sum(val_skipped.values()) * world}
         metrics.update({f"train/{k}": float(np.mean(v)) for k, v in extras.items()})
@@ -257,17 +258,15 @@ def run_dir(cfg: ExperimentConfig) -> str:
 
 def build_datasets(cfg: ExperimentConfig, tokenizer) -> tuple[dict, int]:
     """Preprocessed train/validation Ray Datasets, and the number of training rows."""
-    from ray_jobs.data import preprocess, read_split_dataset
+    from ray_jobs.data import preprocess, read_split_dataset, split_rows
 
     pre = build_preprocessor(cfg.model, tokenizer)
     datasets, rows = {}, 0
     for name, split in (("train", cfg.data.train_split), ("validation", cfg.data.val_split)):
-        raw, _ = read_split_dataset(cfg.data.path, split, cfg.data.storage_options,
-                                    cfg.data.max_rows)
+        raw, files = read_split_dataset(cfg.data.path, split, cfg.data.storage_options,
+                                        cfg.data.max_rows)
         if name == "train":
-            rows = raw.count()  # from the Parquet footers: no decoding
-            if rows == 0:
-                raise ValueError(f"split {split!r} of {cfg.data.path} has no rows")
+            rows = split_rows(files, cfg.data.max_rows)  # from the Parquet footers
             # Shuffle blocks every epoch (rows within a block by the local shuffle buffer).
             raw = raw.randomize_block_order(seed=cfg.train.seed)
         ds = preprocess(raw, pre, num_cpus=cfg.train.preprocess_num_cpus,
@@ -289,12 +288,13 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str]:
     return cfg, tokenizer, source
 
 
-def fit(cfg: ExperimentConfig, tokenizer, callbacks=None):
-    """Build and fit the TorchTrainer; returns the ray.train.Result."""
+def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None):
+    """Build and fit the TorchTrainer; returns the ray.train.Result. ``datasets`` (train,
+    validation, and the number of training rows) replaces the config's data, for benchmarks."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    datasets, rows = build_datasets(cfg, tokenizer)
+    datasets, rows = datasets or build_datasets(cfg, tokenizer)
     t = cfg.train
     steps_per_epoch = max(1, math.ceil(rows / (t.batch_size * t.num_workers)))
     resources = {"CPU": t.cpus_per_worker}

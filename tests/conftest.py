@@ -1,4 +1,4 @@
-"""Shared fixtures: offline Hugging Face, one Ray session for the whole run, a small
+"""Shared fixtures: offline Hugging Face, one Ray session per test module, a small
 synthetic ROCOv2 dataset, and the real chest X-ray sample (skipped when ../shared is absent)."""
 
 from __future__ import annotations
@@ -52,10 +52,22 @@ def _ray_cleanup():
         ray.shutdown()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_ray_per_module():
+    """Each test module gets its own Ray: actors, placement groups or a streaming executor
+    left behind by one module's jobs must not starve the next module's (2 CPUs here)."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture
 def ray_session(_ray_cleanup):
-    """ONE local Ray for the whole test session (ray.init costs seconds); init_ray is
-    idempotent, and re-starts it if a test (the job-submission one) shut it down. Every
+    """A local Ray shared by the tests of a module (ray.init costs seconds); init_ray is
+    idempotent, and re-starts it after a module (or the job-submission test) shut it down. Every
     test that uses it must also carry a timeout: a resource mistake hangs, not fails."""
     from ray_jobs.runtime import init_ray
 

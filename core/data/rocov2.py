@@ -142,6 +142,25 @@ def columns_to_read(files: SplitFiles) -> list[str]:
     return list(REQUIRED_COLUMNS) + [c for c in ("cui", "caption_group") if c in names]
 
 
+def row_groups(files: SplitFiles) -> list[tuple[str, int, int]]:
+    """(path, row group, rows) for every row group of the split: the units a distributed
+    reader spreads over tasks, known from the Parquet footers alone."""
+    units = []
+    for path in files.paths:
+        with files.filesystem.open(path, "rb") as handle:
+            meta = pq.ParquetFile(handle).metadata
+        units.extend((path, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups))
+    return units
+
+
+def read_row_group(filesystem, path: str, group: int, columns: Sequence[str]) -> pa.Table:
+    """One row group of one shard, with the optional columns filled in."""
+    with filesystem.open(path, "rb") as handle:
+        pf = pq.ParquetFile(handle)
+        wanted = [c for c in columns if c in pf.schema_arrow.names]
+        return normalize_table(pf.read_row_group(group, columns=wanted))
+
+
 def read_split(source: str | Sequence[str], split: str, columns: Sequence[str] | None = None,
                storage_options: dict | None = None, max_rows: int | None = None) -> pa.Table:
     """Read one split into memory (single process). For small data, tests and reports;

@@ -1,0 +1,217 @@
+"""Ray Tune search over a space from tune_spaces/ (temperatures, projection sizes, fusion
+settings), each trial a full Ray Train run, with ASHA early stopping.
+
+    rocoray tune --space tune_spaces/two_tower.yaml --data data/synthetic --name tt-search
+    tensorboard --logdir runs/tune/tt-search            # live curves of every trial
+
+Re-running with the same --name restores the experiment (Tuner.restore): finished trials
+are not run again. At the end it prints and saves a summary of all trials (trials.csv,
+summary.md) and writes best_config.yaml, which `rocoray train --config` accepts as is.
+
+Ray Train V2 pattern: each trial is a small driver function (0.25 CPU) that builds and fits
+a TorchTrainer whose RunConfig forwards every report to Tune (TuneReportCallback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from core.config import load_config, save_config, to_dict
+from core.search_space import SearchSpace, load_search_space
+from ray_jobs.runtime import init_ray, setup_logging
+
+log = logging.getLogger("rocoray.tune")
+
+SEARCH_SPACE_FILE = "search_space.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rocoray tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", required=True, help="a YAML file from tune_spaces/")
+    p.add_argument("--data", default=None, help="ROCOv2 data (default: the preset's data.path)")
+    p.add_argument("--name", default=None, help="experiment name; the same name resumes")
+    p.add_argument("--storage-path", default="runs/tune")
+    p.add_argument("--num-samples", type=int, default=None, help="override the space's")
+    p.add_argument("--epochs", type=int, default=None, help="override the space's")
+    p.add_argument("--search", choices=["random", "grid", "optuna"], default=None)
+    p.add_argument("--max-concurrent-trials", type=int, default=None)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="fixed config overrides for every trial")
+    p.add_argument("--fail-trial-once", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--address", default=None)
+    return p.parse_args(argv)
+
+
+def param_space(space: SearchSpace) -> dict:
+    from ray import tune
+
+    out = {}
+    for p in space.params:
+        if space.search == "grid" or p.sampler == "grid":
+            out[p.key] = tune.grid_search(p.values)
+        elif p.sampler == "choice":
+            out[p.key] = tune.choice(p.values)
+        elif p.sampler == "uniform":
+            out[p.key] = tune.uniform(*p.values)
+        elif p.sampler == "loguniform":
+            out[p.key] = tune.loguniform(*p.values)
+        elif p.sampler == "randint":
+            out[p.key] = tune.randint(*p.values)
+    return out
+
+
+def trial_driver(config: dict) -> None:
+    """One trial: the sampled values on top of the space's config, trained by a TorchTrainer
+    that reports every epoch to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ray_jobs.train import fit, prepare_run
+
+    ctx = ray.tune.get_context()
+    space = SearchSpace(**config["__space__"])
+    values = {k: v for k, v in config.items() if not k.startswith("__")}
+    cfg = space.trial_config(values, config["__overrides__"])
+    cfg.train.name = f"train_{ctx.get_trial_id()}"
+    cfg.train.storage_path = config["__train_storage__"]
+    marker_dir = config.get("__fail_trial_once__")
+    if marker_dir and ctx.get_trial_id().endswith("00001"):
+        marker = Path(marker_dir) / f"failed_{ctx.get_trial_id()}"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("1")
+            raise RuntimeError("test hook: this trial fails once")
+    cfg, tokenizer, _ = prepare_run(cfg)
+    result = fit(cfg, tokenizer, callbacks=[TuneReportCallback()])
+    if result.error:
+        raise result.error
+
+
+def build_tuner(space: SearchSpace, args, experiment_path: str, overrides: list):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    trainable = tune.with_resources(trial_driver, {"CPU": 0.25})
+    scheduler = FIFOScheduler()
+    if space.scheduler.get("type") == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=space.epochs,
+                                  grace_period=space.scheduler.get("grace_period", 1),
+                                  reduction_factor=space.scheduler.get("reduction_factor", 2))
+    search_alg = None
+    if space.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = ConcurrencyLimiter(OptunaSearch(), max_concurrent=space.max_concurrent_trials)
+    storage, name = os.path.split(experiment_path.rstrip("/"))
+    fixed = {"__space__": {k: v for k, v in vars(space).items() if k != "params"},
+             "__overrides__": overrides,
+             "__train_storage__": f"{experiment_path}/trainer_runs",
+             "__fail_trial_once__": args.fail_trial_once}
+    return tune.Tuner(
+        trainable,
+        param_space={**param_space(space), **fixed},
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, scheduler=scheduler, search_alg=search_alg,
+            num_samples=1 if space.search == "grid" else space.num_samples,
+            max_concurrent_trials=space.max_concurrent_trials),
+        run_config=tune.RunConfig(name=name, storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def summarize(results, space: SearchSpace, experiment_path: Path, overrides: list) -> dict:
+    keys = [p.key for p in space.params]
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        rows.append({"trial": Path(r.path).name if r.path else "?",
+                     "status": "ERROR" if r.error else "OK",
+                     **{k: r.config.get(k) for k in keys},
+                     space.metric: m.get(space.metric),
+                     "epochs": m.get("training_iteration"),
+                     "time_s": round(m.get("time_total_s", 0.0), 1)})
+    ranked = [r for r in rows if r[space.metric] is not None]
+    ranked.sort(key=lambda r: r[space.metric], reverse=space.mode == "max")
+    ranked += [r for r in rows if r[space.metric] is None]
+    header = list(ranked[0]) if ranked else ["trial"]
+    import csv
+
+    with open(experiment_path / "trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(ranked)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(fmt(r[h]) for h in header) + " |" for r in ranked]
+    best = None
+    if ranked and ranked[0][space.metric] is not None:
+        values = {k: ranked[0][k] for k in keys}
+        best_cfg = space.trial_config(values, overrides)
+        best_cfg.train.name = None  # a fresh run name when reused
+        save_config(best_cfg, experiment_path / "best_config.yaml")
+        best = {"trial": ranked[0]["trial"], "metric": ranked[0][space.metric], "values": values,
+                "config": str(experiment_path / "best_config.yaml")}
+    (experiment_path / "summary.md").write_text(
+        f"# Tune: {experiment_path.name}\n\nmetric: {space.metric} ({space.mode})\n\n"
+        + "\n".join(table) + "\n")
+    return {"experiment": str(experiment_path), "trials": ranked, "best": best,
+            "table": "\n".join(table)}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup_logging()
+    space = load_search_space(args.space)
+    for attr, flag in (("num_samples", args.num_samples), ("epochs", args.epochs),
+                       ("search", args.search), ("max_concurrent_trials", args.max_concurrent_trials)):
+        if flag is not None:
+            setattr(space, attr, flag)
+    overrides = list(args.set) + ([f"data.path={args.data}"] if args.data else [])
+    init_ray(args.address)
+    # Resolve the tokenizer once, before trials start (and fail fast on a bad data path).
+    from core.data.tokenizer import resolve_tokenizer
+
+    probe = space.trial_config({}, overrides)
+    resolve_tokenizer(probe.model.text, probe.data.path, probe.data.train_split)
+    name = args.name or f"{space.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).resolve())
+    experiment_path = f"{storage.rstrip('/')}/{name}"
+    from ray import tune
+
+    if tune.Tuner.can_restore(experiment_path):
+        log.info("restoring experiment %s: finished trials are kept", experiment_path)
+        tuner = tune.Tuner.restore(experiment_path, trainable=tune.with_resources(
+            trial_driver, {"CPU": 0.25}), resume_errored=True, restart_errored=False)
+    else:
+        tuner = build_tuner(space, args, experiment_path, overrides)
+    t0 = time.perf_counter()
+    results = tuner.fit()
+    # Summaries go beside the trials; with remote storage, into a local folder of that name.
+    local = Path(experiment_path) if "://" not in storage else Path("runs/tune") / name
+    local.mkdir(parents=True, exist_ok=True)
+    (local / SEARCH_SPACE_FILE).write_text(json.dumps(
+        {**{k: v for k, v in vars(space).items() if k != "params"},
+         "params": [vars(p) for p in space.params], "overrides": overrides}, indent=2))
+    summary = summarize(results, space, local, overrides)
+    summary["wall_s"] = time.perf_counter() - t0
+    print(f"\n{summary['table']}\n")
+    if summary["best"]:
+        print(f"best trial {summary['best']['trial']}: {space.metric} = "
+              f"{summary['best']['metric']:.4f}; config: {summary['best']['config']}")
+    print(f"experiment: {experiment_path}   (tensorboard --logdir {experiment_path})")
+    return summary
+
+
+def best_config_round_trip(path: str | Path):
+    """What `rocoray train --config best_config.yaml` does with the file."""
+    return to_dict(load_config(path))
+
+
+if __name__ == "__main__":
+    main()

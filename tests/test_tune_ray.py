@@ -1,0 +1,57 @@
+"""Ray Tune over TorchTrainer trials (Ray Train V2 pattern): a short search finishes, an
+interrupted experiment resumes without rerunning finished trials, TensorBoard logs exist,
+and the best trial's config trains as is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import load_config
+from core.search_space import SearchSpaceError, load_search_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_search_spaces_load_and_name_real_config_keys(tmp_path):
+    for name in ("two_tower.yaml", "fusion.yaml"):
+        space = load_search_space(REPO / "tune_spaces" / name)
+        assert space.params and space.metric == "val/mean_recall"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: two_tower\nparams:\n  model.two_tower.temprature: {choice: [0.1]}\n")
+    with pytest.raises(Exception, match="temprature"):
+        load_search_space(bad)
+    bad.write_text("model: two_tower\nparams:\n  train.lr: {between: [1, 2]}\n")
+    with pytest.raises(SearchSpaceError, match="train.lr"):
+        load_search_space(bad)
+
+
+@pytest.mark.timeout(900)
+def test_tune_search_resume_and_best_config(ray_session, synthetic_dir, tmp_path):
+    from ray_jobs.tune import main
+
+    args = ["--space", str(REPO / "tune_spaces" / "two_tower.yaml"), "--data", str(synthetic_dir),
+            "--name", "exp", "--storage-path", str(tmp_path), "--num-samples", "2",
+            "--epochs", "2", "--set", "train.batch_size=32", "train.eval_batch_size=64",
+            "--fail-trial-once", str(tmp_path / "markers")]
+    first = main(args)  # the second trial dies once: an interrupted experiment
+    status = {t["trial"]: t["status"] for t in first["trials"]}
+    assert sorted(status.values()) == ["ERROR", "OK"]
+    done = next(t for t in first["trials"] if t["status"] == "OK")
+
+    second = main(args)  # same name: Tuner.restore
+    rows = {t["trial"]: t for t in second["trials"]}
+    assert all(t["status"] == "OK" for t in rows.values())
+    assert rows[done["trial"]] == done  # the finished trial was not run again
+    experiment = tmp_path / "exp"
+    assert (experiment / "trials.csv").exists() and (experiment / "summary.md").exists()
+    assert list(experiment.rglob("events.out.tfevents*"))  # TensorBoard reads these
+    best = load_config(second["best"]["config"])  # what `rocoray train --config` loads
+    assert best.model.kind == "two_tower" and best.train.name is None
+    for key, value in second["best"]["values"].items():
+        section, *rest = key.split(".")
+        node = getattr(best, section)
+        for part in rest[:-1]:
+            node = getattr(node, part)
+        assert getattr(node, rest[-1]) == pytest.approx(value)
