@@ -28,7 +28,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     """Connect to a cluster (``address``, ``RAY_ADDRESS``, or a job's own cluster) or start a
     local one. Idempotent. The dashboard stays on: Tune over Train V2 needs it."""
     import ray
-    import ray.data
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
@@ -38,15 +37,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         elif num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
         ray.init(**kwargs)
-    ctx = ray.data.DataContext.get_current()
+    configure_data_context(progress_bars)
+    return ray
+
+
+def configure_data_context(progress_bars: bool | None = None) -> None:
+    """Ray Data's bars are for terminals; in job logs (and from Tune's trial drivers, which
+    build their own datasets) they are noise, and our Progress lines say what is happening.
+    ``ROCORAY_PROGRESS_BARS=1`` turns them on."""
+    import ray.data
+
     if progress_bars is None:
-        # Ray Data's bars are for terminals; in job logs they are noise, and our own
-        # Progress lines say what is happening.
         default = "1" if sys.stdout.isatty() else "0"
         progress_bars = os.environ.get("ROCORAY_PROGRESS_BARS", default) != "0"
+    ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress_bars
     ctx.print_on_execution_start = False
-    return ray
 
 
 class Progress:

@@ -271,7 +271,8 @@ def build_datasets(cfg: ExperimentConfig, tokenizer) -> tuple[dict, int]:
             raw = raw.randomize_block_order(seed=cfg.train.seed)
         ds = preprocess(raw, pre, num_cpus=cfg.train.preprocess_num_cpus,
                         batch_size=cfg.train.preprocess_batch_size)
-        datasets[name] = ds.select_columns(TRAIN_COLUMNS)
+        # Its own fractional CPUs too: a 1-CPU default deadlocks concurrent Tune trials.
+        datasets[name] = ds.select_columns(TRAIN_COLUMNS, num_cpus=cfg.train.preprocess_num_cpus)
     return datasets, rows
 
 

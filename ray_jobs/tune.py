@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import os
 import time
 from pathlib import Path
@@ -72,8 +73,10 @@ def trial_driver(config: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from ray_jobs.runtime import configure_data_context
     from ray_jobs.train import fit, prepare_run
 
+    configure_data_context()  # a trial driver builds its own datasets; its logs are no terminal
     ctx = ray.tune.get_context()
     space = SearchSpace(**config["__space__"])
     values = {k: v for k, v in config.items() if not k.startswith("__")}
@@ -125,12 +128,18 @@ def build_tuner(space: SearchSpace, args, experiment_path: str, overrides: list)
                                   failure_config=tune.FailureConfig(max_failures=0)))
 
 
+def short_trial_name(dirname: str) -> str:
+    """``trial_driver_2bfe1_00002_2_model_two_tower_embed_dim=256,...`` -> ``trial_driver_2bfe1_00002``."""
+    m = re.match(r"(.*?_\d{5})(_|$)", dirname)
+    return m.group(1) if m else dirname
+
+
 def summarize(results, space: SearchSpace, experiment_path: Path, overrides: list) -> dict:
     keys = [p.key for p in space.params]
     rows = []
     for r in results:
         m = r.metrics or {}
-        rows.append({"trial": Path(r.path).name if r.path else "?",
+        rows.append({"trial": short_trial_name(Path(r.path).name if r.path else "?"),
                      "status": "ERROR" if r.error else "OK",
                      **{k: r.config.get(k) for k in keys},
                      space.metric: m.get(space.metric),
@@ -177,6 +186,12 @@ def main(argv=None) -> dict:
     # Resolve the tokenizer once, before trials start (and fail fast on a bad data path).
     from core.data.tokenizer import resolve_tokenizer
 
+    probe = space.trial_config({}, overrides)
+    # Trials run in their own working directories: pin local paths down now.
+    for key, value in (("data.path", probe.data.path), ("model.text.tokenizer", probe.model.text.tokenizer),
+                       ("model.text.name_or_path", probe.model.text.name_or_path)):
+        if isinstance(value, str) and "://" not in value and Path(value).exists():
+            overrides.append(f"{key}={Path(value).resolve()}")
     probe = space.trial_config({}, overrides)
     resolve_tokenizer(probe.model.text, probe.data.path, probe.data.train_split)
     name = args.name or f"{space.model}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -28,10 +28,12 @@ def test_search_spaces_load_and_name_real_config_keys(tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_tune_search_resume_and_best_config(ray_session, synthetic_dir, tmp_path):
+def test_tune_search_resume_and_best_config(ray_session, synthetic_dir, tmp_path, monkeypatch):
     from ray_jobs.tune import main
 
-    args = ["--space", str(REPO / "tune_spaces" / "two_tower.yaml"), "--data", str(synthetic_dir),
+    # A RELATIVE data path, as a user types it: trials run in their own directories.
+    monkeypatch.chdir(synthetic_dir.parent)
+    args = ["--space", str(REPO / "tune_spaces" / "two_tower.yaml"), "--data", synthetic_dir.name,
             "--name", "exp", "--storage-path", str(tmp_path), "--num-samples", "2",
             "--epochs", "2", "--set", "train.batch_size=32", "train.eval_batch_size=64",
             "--fail-trial-once", str(tmp_path / "markers")]
