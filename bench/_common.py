@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
+HELD_OUT = "data/synthetic-heldout"
 
 
 def machine() -> dict:
@@ -59,3 +59,19 @@ def load_gallery(cfg, tokenizer, data: str, split: str, n: int) -> dict:
                          f"rocoray prepare --synthetic --n-train {n}")
     batch, _ = valid_rows(build_preprocessor(cfg.model, tokenizer)(table))
     return batch
+
+
+def held_out_split(n: int, path: str = HELD_OUT, seed: int = 2026) -> tuple[str, str]:
+    """(data, split): a synthetic test split of n pairs from another seed than the demo's
+    data, so the trained demo models are measured on pairs they never saw. Made once."""
+    from core.data.rocov2 import read_split
+    from core.synthetic.generate import SyntheticSpec, write_synthetic
+
+    try:
+        if read_split(path, "test", columns=["image_id"]).num_rows >= n:
+            return path, "test"
+    except (FileNotFoundError, ValueError):
+        pass
+    print(f"writing a held-out synthetic test split of {n} pairs (seed {seed}) to {path}")
+    write_synthetic(SyntheticSpec(sizes={"test": n}, seed=seed), path)
+    return path, "test"

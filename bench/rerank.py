@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench._common import RESULTS, write_result
+from bench._common import RESULTS, held_out_split, write_result
 
 
 def main(argv=None) -> dict:
@@ -22,7 +22,9 @@ def main(argv=None) -> dict:
     p.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--fusion", default="runs/demo/train/fusion")
     p.add_argument("--two-tower", default="runs/demo/train/two_tower")
-    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--data", default=None,
+                   help="default: a held-out synthetic test split (bench._common.held_out_split)")
+    p.add_argument("--split", default="test")
     p.add_argument("--work", default=str(RESULTS / "tmp_rerank"))
     p.add_argument("--scaling-work", default=str(RESULTS / "tmp_scaling"))
     args = p.parse_args(argv)
@@ -30,10 +32,15 @@ def main(argv=None) -> dict:
     from ray_jobs.score import main as score
 
     init_ray()
+    held_out = args.data is None
+    if held_out:
+        args.data, args.split = held_out_split(args.n)
     shutil.rmtree(args.work, ignore_errors=True)
-    common = ["--data", args.data, "--split", "train", "--max-items", str(args.n), "--block", "128"]
+    common = ["--data", args.data, "--split", args.split, "--max-items", str(args.n), "--block", "128"]
     full_dir = Path(args.scaling_work) / f"n{args.n}"
-    if (full_dir / "scoring.json").exists():
+    scaling = RESULTS / "scaling.json"
+    same_data = scaling.exists() and json.loads(scaling.read_text()).get("data") == args.data
+    if same_data and (full_dir / "scoring.json").exists():
         full = json.loads((full_dir / "scoring.json").read_text())
     else:
         full = score(["--model", "fusion", "--checkpoint", args.fusion, *common,
@@ -55,7 +62,8 @@ def main(argv=None) -> dict:
         print({k: v for k, v in rows[-1].items() if k != "metrics"})
     good = [r for r in rows if r["speedup"] >= 10 and r["recall_share"] >= 0.95]
     best = max(good or rows, key=lambda r: (r in good, r["recall_share"]))
-    result = {"bench": "rerank", "n": full["n"], "full_fusion_score_s": full_s,
+    result = {"bench": "rerank", "n": full["n"], "data": args.data, "split": args.split,
+              "held_out": held_out, "full_fusion_score_s": full_s,
               "full_fusion_R@10": full_r10, "ks": rows,
               "best": {k: best[k] for k in ("k", "speedup", "recall_share", "R@10")} if rows else None}
     write_result(result)

@@ -8,7 +8,8 @@ runs `rocoray demo` first when they are missing.
 
 from __future__ import annotations
 
-import importlib
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ def main(argv=None) -> None:
     for name in names:
         t0 = time.perf_counter()
         print(f"== bench.{name}", flush=True)
-        importlib.import_module(f"bench.{name}").main([])
+        # Each in its own process: one benchmark's memory and Ray state never skew the next.
+        subprocess.run([sys.executable, "-m", f"bench.{name}"], check=True,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
         print(f"== bench.{name}: {time.perf_counter() - t0:.0f}s", flush=True)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import update_readme

@@ -14,7 +14,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from bench._common import RESULTS, write_result
+from bench._common import RESULTS, held_out_split, write_result
 from core.report import fit_exponent
 
 
@@ -22,19 +22,23 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000])
     p.add_argument("--checkpoint", default="runs/demo/train/fusion")
-    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--data", default=None,
+                   help="default: a held-out synthetic test split (bench._common.held_out_split)")
+    p.add_argument("--split", default="test")
     p.add_argument("--work", default=str(RESULTS / "tmp_scaling"))
     args = p.parse_args(argv)
     from ray_jobs.runtime import init_ray
     from ray_jobs.score import main as score
 
     init_ray()
+    if args.data is None:
+        args.data, args.split = held_out_split(max(args.sizes))
     rows = []
     for n in args.sizes:
         out = Path(args.work) / f"n{n}"
         shutil.rmtree(out, ignore_errors=True)
         s = score(["--model", "fusion", "--checkpoint", args.checkpoint, "--data", args.data,
-                   "--split", "train", "--max-items", str(n), "--out", str(out), "--block", "128"])
+                   "--split", args.split, "--max-items", str(n), "--out", str(out), "--block", "128"])
         t = s["timings"]
         rows.append({"n": s["n"], "encode_s": t["encode_s"], "score_s": t["score_s"],
                      "total_s": t["total_s"], "pairs_per_s": t["pairs_per_s"],
@@ -47,7 +51,7 @@ def main(argv=None) -> dict:
         "encode_time": fit_exponent(ns, [r["encode_s"] for r in rows]),
         "score_time": fit_exponent(ns, [r["score_s"] for r in rows]),
         "peak_rss": fit_exponent(ns, [r["peak_rss_mb"] for r in rows])},
-        "work": args.work}
+        "work": args.work, "data": args.data, "split": args.split}
     write_result(result)
     return result
 

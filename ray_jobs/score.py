@@ -284,7 +284,8 @@ def run_items(args, checkpoint: str, kind: str, workdir: str, items: list[tuple[
               label: str, on_result=None) -> dict:
     """Spread work items over an actor pool; call ``on_result(kind, a, b)`` as each lands."""
     ds = ray.data.from_items([{"kind": k, "a": a, "b": b} for k, a, b in items],
-                             override_num_blocks=max(1, min(len(items), 4 * args.actors)))
+                             # one item per block: results (and progress) land item by item
+                             override_num_blocks=max(1, min(len(items), 4096)))
     ds = ds.map_batches(TileScorer, fn_constructor_kwargs={
         "checkpoint": checkpoint, "workdir": workdir, "kind": kind, "k": args.k,
         "block": args.block, "use_gpu": args.use_gpu, "fail_after": args.fail_after_items},
