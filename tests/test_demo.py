@@ -1,9 +1,10 @@
 """The main job, end to end in a short form, on the REAL chest X-ray sample: prepare ->
-train both models -> score three ways -> evaluate -> report."""
+train both models -> a 2-trial Tune stage -> score three ways -> evaluate -> report."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ def test_demo_pipeline_on_the_real_sample(ray_session, real_sample, tmp_path, ca
 
     out = tmp_path / "demo"
     summary = main(["--data", str(real_sample), "--out", str(out), "--epochs", "1",
-                    "--rerank-k", "16", "--block", "16",
+                    "--rerank-k", "16", "--block", "16", "--tune",
                     "--set", "train.batch_size=32", "train.fusion_val_max_items=32"])
     printed = capsys.readouterr().out
     assert "two-tower" in printed and "rerank" in printed and "report:" in printed
@@ -30,3 +31,7 @@ def test_demo_pipeline_on_the_real_sample(ray_session, real_sample, tmp_path, ca
     html = (out / "eval" / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 4  # charts and thumbnails are embedded
     assert summary["training"]["fusion"]["final"]["epoch"] == 1
+    # the optional tune stage: 2 trials, a best config that train accepts
+    best = summary["tune"]["best"]
+    assert best is not None and Path(best["config"]).exists()
+    assert (out / "tune" / "demo" / "trials.csv").read_text().count("\n") == 3  # header + 2

@@ -27,6 +27,17 @@ def test_search_spaces_load_and_name_real_config_keys(tmp_path):
         load_search_space(bad)
 
 
+def test_short_trial_names_stay_unique():
+    from ray_jobs.tune import short_trial_name
+
+    # an all-digit experiment id (96262) must not swallow the trial index
+    names = [f"trial_driver_96262_0000{i}_{i}_model_two_tower_embed_dim=256,lr=0.1_2026-11-22"
+             for i in range(3)]
+    assert [short_trial_name(n) for n in names] == [f"trial_driver_96262_0000{i}" for i in range(3)]
+    assert short_trial_name("trial_driver_2bfe1_00002") == "trial_driver_2bfe1_00002"
+    assert short_trial_name("something-else") == "something-else"
+
+
 @pytest.mark.timeout(900)
 def test_tune_search_resume_and_best_config(ray_session, synthetic_dir, tmp_path, monkeypatch):
     from ray_jobs.tune import main
