@@ -129,8 +129,9 @@ def build_tuner(space: SearchSpace, args, experiment_path: str, overrides: list)
 
 
 def short_trial_name(dirname: str) -> str:
-    """``trial_driver_2bfe1_00002_2_model_two_tower_embed_dim=256,...`` -> ``trial_driver_2bfe1_00002``."""
-    m = re.match(r"(.*?_[0-9a-f]{5}_\d{5})(_|$)", dirname)
+    """``trial_driver_2bfe1_00002_2_model_two_tower_embed_dim=256,...`` -> ``trial_driver_2bfe1_00002``
+    (Optuna's: ``trial_driver_423c85fa_1_...`` -> ``trial_driver_423c85fa_1``)."""
+    m = re.match(r"(.*?_[0-9a-f]{5,}_\d+)(_|$)", dirname)  # basic-variant and Optuna ids
     return m.group(1) if m else dirname
 
 

@@ -35,6 +35,8 @@ def test_short_trial_names_stay_unique():
              for i in range(3)]
     assert [short_trial_name(n) for n in names] == [f"trial_driver_96262_0000{i}" for i in range(3)]
     assert short_trial_name("trial_driver_2bfe1_00002") == "trial_driver_2bfe1_00002"
+    assert short_trial_name("trial_driver_423c85fa_1_overrides=train_batch_size_32_2026-11-22") == \
+        "trial_driver_423c85fa_1"  # Optuna's trial ids
     assert short_trial_name("something-else") == "something-else"
 
 
