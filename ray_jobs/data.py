@@ -33,15 +33,7 @@ def read_split_dataset(path, split: str, storage_options: dict | None = None,
     machines Ray Data's own file listing task takes a whole CPU and can deadlock against
     actor pools that hold the rest)."""
     files = resolve_split(path, split, storage_options)
-    units = row_groups(files)
-    if max_rows is not None:
-        kept, total = [], 0
-        for unit in units:
-            if total >= max_rows:
-                break
-            kept.append(unit)
-            total += unit[2]
-        units = kept
+    units = row_groups(files, max_rows)
     if not units:
         raise ValueError(f"split {split!r} of {path} has no rows")
     ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
@@ -56,7 +48,7 @@ def read_split_dataset(path, split: str, storage_options: dict | None = None,
 
 def split_rows(files: SplitFiles, max_rows: int | None = None) -> int:
     """Rows of a split from the Parquet footers (no decoding)."""
-    rows = sum(n for _, _, n in row_groups(files))
+    rows = sum(n for _, _, n in row_groups(files, max_rows))
     return rows if max_rows is None else min(rows, max_rows)
 
 

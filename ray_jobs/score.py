@@ -124,15 +124,7 @@ def encode_gallery(args, checkpoint: str, kind: str, workdir: str) -> dict:
         log.info("encoded gallery found in %s (%d items): reusing it", workdir, meta["n"])
         return meta
     files = resolve_split(args.data, args.split)
-    units = row_groups(files)
-    if args.max_items is not None:
-        kept, total = [], 0
-        for unit in units:
-            if total >= args.max_items:
-                break
-            kept.append(unit)
-            total += unit[2]
-        units = kept
+    units = row_groups(files, args.max_items)
     if not units:
         raise ValueError(f"the gallery is empty: split {args.split!r} of {args.data} has no rows")
     ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],

@@ -80,3 +80,15 @@ def test_real_sample_loads(real_sample):
         table = read_split(real_sample, split)
         assert table.num_rows == n
         assert "caption_group" in table.column_names
+
+
+def test_row_groups_up_to_max_rows(synthetic_dir):
+    from core.data.rocov2 import resolve_split, row_groups
+
+    files = resolve_split(synthetic_dir, "train")
+    every = row_groups(files)
+    assert sum(n for _, _, n in every) == 256
+    limited = row_groups(files, 100)  # 2 shards x 1 row group of 128: the first is enough
+    assert limited == every[:len(limited)] and len(limited) < len(every)
+    assert sum(n for _, _, n in limited) >= 100 > sum(n for _, _, n in limited[:-1])
+    assert row_groups(files, 10_000) == every

@@ -142,14 +142,19 @@ def columns_to_read(files: SplitFiles) -> list[str]:
     return list(REQUIRED_COLUMNS) + [c for c in ("cui", "caption_group") if c in names]
 
 
-def row_groups(files: SplitFiles) -> list[tuple[str, int, int]]:
-    """(path, row group, rows) for every row group of the split: the units a distributed
-    reader spreads over tasks, known from the Parquet footers alone."""
-    units = []
+def row_groups(files: SplitFiles, max_rows: int | None = None) -> list[tuple[str, int, int]]:
+    """(path, row group, rows) for the row groups of the split: the units a distributed
+    reader spreads over tasks, known from the Parquet footers alone. With ``max_rows``, only
+    the leading units that hold the first ``max_rows`` rows (footers past them are not read)."""
+    units, total = [], 0
     for path in files.paths:
         with files.filesystem.open(path, "rb") as handle:
             meta = pq.ParquetFile(handle).metadata
-        units.extend((path, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups))
+        for g in range(meta.num_row_groups):
+            if max_rows is not None and total >= max_rows:
+                return units
+            units.append((path, g, meta.row_group(g).num_rows))
+            total += units[-1][2]
     return units
 
 
