@@ -49,15 +49,6 @@ class SplitFiles:
     paths: tuple[str, ...]
     filesystem: object  # an fsspec AbstractFileSystem
 
-    def arrow_filesystem(self):
-        """A pyarrow filesystem for ``pyarrow.dataset`` / ``ray.data.read_parquet``."""
-        import pyarrow.fs as pafs
-        from fsspec.implementations.local import LocalFileSystem
-
-        if isinstance(self.filesystem, LocalFileSystem):
-            return pafs.LocalFileSystem()
-        return pafs.PyFileSystem(pafs.FSSpecHandler(self.filesystem))
-
 
 def _open_fs(url: str, storage_options: dict | None):
     import fsspec
