@@ -36,7 +36,7 @@ def load_fusion(checkpoint: str | None, kind: str = "fusion"):
     from core.models import build_model
 
     if checkpoint and Path(checkpoint).exists():
-        from ray_jobs.score import resolve_checkpoint
+        from core.checkpoint import resolve_checkpoint
 
         path = resolve_checkpoint(checkpoint)
         loaded = load_checkpoint(path, expected_kind=kind)
@@ -48,17 +48,17 @@ def load_fusion(checkpoint: str | None, kind: str = "fusion"):
     return build_model(cfg.model).eval(), tokenizer, cfg, "random init (seed 0)"
 
 
-def load_gallery(cfg, tokenizer, data: str, split: str, n: int) -> dict:
-    """The first n valid rows of a split, preprocessed, as numpy."""
-    from core.data.preprocess import build_preprocessor, valid_rows
+def load_gallery(cfg, tokenizer, data: str, split: str, n: int):
+    """The first n valid rows of a split, preprocessed: a host ``core.batch.Batch``."""
+    from core.batch import collate
+    from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import read_split
 
     table = read_split(data, split, max_rows=n)
     if table.num_rows < n:
         raise SystemExit(f"{data}/{split} has {table.num_rows} rows, {n} needed: "
                          f"rocoray prepare --synthetic --n-train {n}")
-    batch, _ = valid_rows(build_preprocessor(cfg.model, tokenizer)(table))
-    return batch
+    return collate(build_preprocessor(cfg.model, tokenizer)(table))
 
 
 def held_out_split(n: int, path: str = HELD_OUT, seed: int = 2026) -> tuple[str, str]:

@@ -27,9 +27,7 @@ from core.metrics import ranks_from_scores
 
 @torch.no_grad()
 def naive_scores(model, batch, pairs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    px = torch.as_tensor(batch["pixel_values"])
-    ids = torch.as_tensor(batch["input_ids"])
-    mask = torch.as_tensor(batch["attention_mask"])
+    px, ids, mask = (batch.inputs[k] for k in ("pixel_values", "input_ids", "attention_mask"))
     out = []
     for a in range(0, len(pairs), batch_size):
         t, i = pairs[a:a + batch_size, 0], pairs[a:a + batch_size, 1]
@@ -44,13 +42,12 @@ def flop_bound(model, batch, n: int = 16) -> dict:
     most the split form can gain at that n, whatever the implementation."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    px = torch.as_tensor(batch["pixel_values"][:n])
-    ids = torch.as_tensor(batch["input_ids"][:n])
-    mask = torch.as_tensor(batch["attention_mask"][:n])
+    sub = batch.select(slice(0, n))
+    px, ids, mask = (sub.inputs[k] for k in ("pixel_values", "input_ids", "attention_mask"))
     with FlopCounterMode(display=False) as naive:
         model(px, ids, mask)
     with FlopCounterMode(display=False) as enc:
-        feats = encode_batches(model, [{k: v[:n] for k, v in batch.items()}])
+        feats = encode_batches(model, [sub])
     with FlopCounterMode(display=False) as head:
         model.score(feats["text"], feats["image"])
     naive_pp = naive.get_total_flops() / n
@@ -73,9 +70,12 @@ def base_flop_bound(tokens: int = 30) -> dict:
     model = build_model(cfg.model).eval()
     n = 2
     size = cfg.model.image.image_size
-    batch = {"pixel_values": np.zeros((n, 3, size, size), np.float32),
-             "input_ids": np.ones((n, tokens), np.int64),
-             "attention_mask": np.ones((n, tokens), np.int64), "group": np.arange(n)}
+    from core.batch import collate
+
+    batch = collate({"pixel_values": np.zeros((n, 3, size, size), np.uint8),
+                     "input_ids": np.ones((n, tokens), np.int64),
+                     "attention_mask": np.ones((n, tokens), np.int64), "group": np.arange(n),
+                     "skip": np.zeros(n, np.int8)})
     return flop_bound(model, batch, n)
 
 
@@ -94,14 +94,14 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     sizes = []
     for n in args.sizes:
-        sub = {k: v[:n] for k, v in batch.items()}
+        sub = batch.select(slice(0, n))
         t0 = time.perf_counter()
         enc = encode_batches(model, [sub])
         encode_s = time.perf_counter() - t0
         split_times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            split = score_matrix(model, enc["text"], enc["image"], tile=256)
+            split = score_matrix(model, enc["text"], enc["image"])
             split_times.append(time.perf_counter() - t0)
         split_s = statistics.median(split_times) + encode_s
         full = n <= args.full_naive_max
@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
         row["speedup"] = row["split_pairs_per_s"] / row["naive_pairs_per_s"]
         if full:
             naive_m = naive.reshape(n, n)
-            g = sub["group"]
+            g = sub.group
             same_ranks = (ranks_from_scores(naive_m, g, g) == ranks_from_scores(split, g, g)).all()
             same_top = (np.argsort(-naive_m, 1, kind="stable")[:, :10]
                         == np.argsort(-split, 1, kind="stable")[:, :10]).all()

@@ -28,9 +28,10 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args(argv)
     from core.config import load_config
-    from core.data.preprocess import build_preprocessor, valid_rows
+    from core.data.preprocess import build_preprocessor
     from core.models import build_model
-    from core.training import LossModule, build_optimizer, to_model_inputs
+    from core.training import LossModule, build_optimizer, build_scheduler, train_step
+    from ray_jobs.data import HostCollate
     from ray_jobs.data import preprocess, read_split_dataset
     from ray_jobs.runtime import init_ray
     from ray_jobs.train import TRAIN_COLUMNS, fit, prepare_run
@@ -70,22 +71,20 @@ def main(argv=None) -> dict:
     threads = int(history[-1]["train/torch_threads"])
 
     # 1b. the same loop in plain PyTorch, same batches in memory, same threads
-    batches = [valid_rows(b)[0] for b in train_ds.iter_torch_batches(batch_size=cfg.train.batch_size)]
+    batches = list(train_ds.iter_torch_batches(batch_size=cfg.train.batch_size,
+                                               collate_fn=HostCollate()))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     loss_module = LossModule(model, cfg.model)
     opt = build_optimizer(loss_module, cfg.train)
+    sched = build_scheduler(opt, len(batches) * args.epochs, cfg.train.warmup_fraction)
     plain_rates = []
     for _ in range(args.epochs):
         t0, seen = time.perf_counter(), 0
         for b in batches:
-            loss, _ = loss_module(**to_model_inputs(b, "cpu"))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.train.grad_clip)
-            opt.step()
-            seen += len(b["group"])
+            train_step(loss_module, opt, sched, b, "fp32", cfg.train.grad_clip)
+            seen += len(b)
         plain_rates.append(seen / (time.perf_counter() - t0))
     plain = statistics.median(plain_rates[1:] or plain_rates)
     ray_rate = statistics.median(ray_rates or [history[-1]["train/samples_per_s"]])

@@ -29,32 +29,33 @@ def main(argv=None) -> dict:
     p.add_argument("--scaling-work", default=str(RESULTS / "tmp_scaling"))
     args = p.parse_args(argv)
     from ray_jobs.runtime import init_ray
-    from ray_jobs.score import main as score
+    from ray_jobs.score import ScoreConfig
+    from ray_jobs.score import run as score
 
     init_ray()
     held_out = args.data is None
     if held_out:
         args.data, args.split = held_out_split(args.n)
     shutil.rmtree(args.work, ignore_errors=True)
-    common = ["--data", args.data, "--split", args.split, "--max-items", str(args.n), "--block", "128"]
+    common = {"data": args.data, "split": args.split, "max_items": args.n, "block": 128}
     full_dir = Path(args.scaling_work) / f"n{args.n}"
     scaling = RESULTS / "scaling.json"
     same_data = scaling.exists() and json.loads(scaling.read_text()).get("data") == args.data
     if same_data and (full_dir / "scoring.json").exists():
         full = json.loads((full_dir / "scoring.json").read_text())
     else:
-        full = score(["--model", "fusion", "--checkpoint", args.fusion, *common,
-                      "--out", str(Path(args.work) / "fusion")])
+        full = score(ScoreConfig(model="fusion", checkpoint=args.fusion, **common,
+                                 out=str(Path(args.work) / "fusion")))
     full_r10 = (full["metrics"]["t2i"]["R@10"] + full["metrics"]["i2t"]["R@10"]) / 2
     full_s = full["timings"]["score_s"] + full["timings"].get("positives_s", 0.0)
     rows = []
     for k in args.ks:
         out = Path(args.work) / f"k{k}"
-        s = score(["--model", "rerank", "--checkpoint", args.fusion, "--retriever", args.two_tower,
-                   *common, "--rerank-k", str(k), "--out", str(out)])
+        s = score(ScoreConfig(model="rerank", checkpoint=args.fusion, retriever=args.two_tower,
+                              **common, rerank_k=k, out=str(out)))
         # the scoring cost of rerank: the retriever's scoring + the fusion head on 2Nk pairs
-        first = json.loads((out / "retriever" / "scoring.json").read_text())["timings"]
-        rerank_s = s["timings"]["score_s"] + first["score_s"]
+        # (score_s covers both)
+        rerank_s = s["timings"]["score_s"]
         r10 = (s["metrics"]["t2i"]["R@10"] + s["metrics"]["i2t"]["R@10"]) / 2
         rows.append({"k": k, "score_s": rerank_s, "speedup": full_s / rerank_s,
                      "R@10": r10, "recall_share": r10 / full_r10 if full_r10 else float("nan"),

@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            score_matrix(model, enc["text"], enc["image"], tile=256)
+            score_matrix(model, enc["text"], enc["image"])
             times.append(time.perf_counter() - t0)
     fc = cfg.model.fusion
     flops = fusion_flops_per_pair(tokens, fc.width, fc.num_layers, model.image_encoder.num_patches,

@@ -28,7 +28,8 @@ def main(argv=None) -> dict:
     p.add_argument("--work", default=str(RESULTS / "tmp_scaling"))
     args = p.parse_args(argv)
     from ray_jobs.runtime import init_ray
-    from ray_jobs.score import main as score
+    from ray_jobs.score import ScoreConfig
+    from ray_jobs.score import run as score
 
     init_ray()
     if args.data is None:
@@ -37,8 +38,8 @@ def main(argv=None) -> dict:
     for n in args.sizes:
         out = Path(args.work) / f"n{n}"
         shutil.rmtree(out, ignore_errors=True)
-        s = score(["--model", "fusion", "--checkpoint", args.checkpoint, "--data", args.data,
-                   "--split", args.split, "--max-items", str(n), "--out", str(out), "--block", "128"])
+        s = score(ScoreConfig(model="fusion", checkpoint=args.checkpoint, data=args.data,
+                              split=args.split, max_items=n, out=str(out), block=128))
         t = s["timings"]
         rows.append({"n": s["n"], "encode_s": t["encode_s"], "score_s": t["score_s"],
                      "total_s": t["total_s"], "pairs_per_s": t["pairs_per_s"],

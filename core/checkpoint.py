@@ -7,10 +7,15 @@
 
 so a checkpoint is self-contained: scoring and evaluation rebuild the exact model and
 tokenizer from it, and nothing untrusted is unpickled.
+
+A training run directory (``<storage>/<name>``) holds ``result.json``, whose
+``best_checkpoint`` / ``latest_checkpoint`` are paths relative to the run directory, so a
+run can be moved or copied; ``resolve_checkpoint`` accepts either a checkpoint or a run.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +23,53 @@ import torch
 import yaml
 from safetensors.torch import load_model, save_model
 
+from core import storage
 from core.config import ExperimentConfig, config_from_dict, save_config
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer"
 TRAIN_STATE = "train_state.pt"
+RUN_RESULT = "result.json"
 
 
 class CheckpointError(ValueError):
     pass
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / WEIGHTS).exists() and (Path(path) / CONFIG).exists()
+
+
+def resolve_checkpoint(path: str | Path) -> str:
+    """A checkpoint directory, or a training run directory (its best checkpoint, else its
+    latest). Errors say what is missing: the path, or the checkpoint a run lists."""
+    p = Path(path)
+    if is_checkpoint(p):
+        return str(p)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint path does not exist: {path}")
+    result = p / RUN_RESULT
+    if result.exists():
+        info = json.loads(result.read_text())
+        chosen = info.get("best_checkpoint") or info.get("latest_checkpoint")
+        if not chosen:
+            raise CheckpointError(f"training run {path} lists no checkpoint in {RUN_RESULT}")
+        candidate = p / chosen  # relative to the run (an absolute path stays as it is)
+        if not candidate.exists() and Path(chosen).is_absolute():
+            candidate = p / Path(chosen).name  # a run written before paths were relative
+        if not is_checkpoint(candidate):
+            raise FileNotFoundError(f"training run {path}: its checkpoint {chosen} is missing")
+        return str(candidate)
+    raise CheckpointError(f"{path} is neither a rocoray checkpoint ({WEIGHTS} + {CONFIG}) nor "
+                          f"a training run directory ({RUN_RESULT})")
+
+
+def checkpoint_identity(path: str | Path) -> dict:
+    """What identifies a checkpoint's content (its weights), for keying cached work."""
+    return {"kind": read_checkpoint_config(path).model.kind,
+            "weights": storage.file_identity(Path(path) / WEIGHTS),
+            "config": storage.file_identity(Path(path) / CONFIG)}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

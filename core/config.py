@@ -135,9 +135,6 @@ class TrainConfig:
     name: str | None = None
     max_failures: int = 0
     checkpoints_to_keep: int = 2
-    # Test hook: the worker process dies (os._exit) after this many optimizer steps, once.
-    fail_at_step: int | None = None
-    fail_marker: str | None = None
 
 
 @dataclass
@@ -256,8 +253,8 @@ def read_yaml(preset_or_path: str | Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def load_config(preset_or_path: str | Path | None = "tiny", overrides: Sequence[str] = (),
-                extra: dict | None = None) -> ExperimentConfig:
+def load_config(preset_or_path: str | Path | None = "tiny",
+                overrides: Sequence[str] = ()) -> ExperimentConfig:
     values: dict = {}
     if preset_or_path is not None:
         values = read_yaml(preset_or_path)
@@ -265,8 +262,6 @@ def load_config(preset_or_path: str | Path | None = "tiny", overrides: Sequence[
         parent = values.pop("base", None)
         if parent is not None:
             values = merge(read_yaml(parent), values)
-    if extra:
-        values = merge(values, extra)
     values = merge(values, parse_overrides(overrides))
     return _from_dict(ExperimentConfig, values, "")
 

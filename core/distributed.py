@@ -1,4 +1,6 @@
-"""torch.distributed helpers: all-gather WITH gradient across ranks, for global negatives.
+"""torch.distributed helpers: all-gather WITH gradient across ranks (global negatives), and
+the small collectives the training loop needs (agreeing on a skip, gathering validation
+features).
 
 Ray Train sets up the process group; nothing here knows about Ray. With no process group
 (a single worker, or tests) every function is the identity.
@@ -53,3 +55,24 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+def all_ranks_agree(flag: bool, device) -> bool:
+    """True if ``flag`` holds on every rank (collectives must stay in step). Free with one
+    rank; a one-element all-reduce otherwise."""
+    _, size = world()
+    if size == 1:
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    dist.all_reduce(t)
+    return t.item() == 0.0
+
+
+def gather_objects(obj):
+    """Every rank's picklable ``obj`` (None where a rank has nothing), on every rank."""
+    _, size = world()
+    if size == 1:
+        return [obj]
+    parts = [None] * size
+    dist.all_gather_object(parts, obj)
+    return parts

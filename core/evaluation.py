@@ -1,142 +1,103 @@
-"""Encoding galleries and scoring them, single-process: validation during training, the
-reference the distributed scoring job is checked against, and the benchmarks.
-
-Features are whatever a model's ``encode_text`` / ``encode_image`` return: a tensor for the
-two-tower model, a dataclass of tensors (with ``index``) for the fusion model. ``take`` and
-``concat`` handle both.
-"""
+"""Encoding galleries and scoring them in one process: validation during training, the
+reference the distributed scoring job is checked against, and the benchmarks. The scoring
+itself is ``core.scoring``'s plan, run here with the local executor."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Iterable
 
 import numpy as np
 import torch
 
+from core.batch import Batch
+from core.features import Features
 from core.metrics import evaluate_scores
-from core.retrieval import StreamingRetrieval, correct_pairs, positive_keys
+from core.retrieval import StreamingRetrieval
+from core.scoring import ScoringPlan, TileWorker, autocast, local_executor, score_block
+
+# Sub-block side of a score tile per model, on CPUs: small working sets run ~3x faster there
+# for the fusion head; the two-tower score is one matmul per tile.
+CPU_CHUNK = {"fusion": 16, "two_tower": 4096}
 
 
-def take(features, idx):
-    if isinstance(features, torch.Tensor):
-        return features[idx]
-    return features.index(idx)
-
-
-def concat(parts: list):
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    cls = type(parts[0])
-    return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
-                  for f in dataclasses.fields(cls)})
-
-
-def to_device(features, device):
-    if isinstance(features, torch.Tensor):
-        return features.to(device)
-    cls = type(features)
-    return cls(**{f.name: getattr(features, f.name).to(device)
-                  for f in dataclasses.fields(cls)})
-
-
-def num_items(features) -> int:
-    return len(features)
+def default_chunk(model) -> int:
+    return CPU_CHUNK.get(getattr(model, "kind", "two_tower"), 4096)
 
 
 @torch.no_grad()
-def encode_batches(model, batches: Iterable[dict], device="cpu") -> dict:
-    """Encode both sides of every (skip-filtered) batch once: text/image features, groups,
-    image ids, captions."""
+def encode_batches(model, batches: Iterable[Batch], device="cpu",
+                   precision: str = "fp32") -> dict:
+    """Encode both sides of every batch once (host bookkeeping stays numpy): text / image
+    features on ``device``, and the rows' groups, image ids and captions."""
     texts, images, groups, ids, captions = [], [], [], [], []
     for batch in batches:
-        pixels = torch.as_tensor(batch["pixel_values"]).to(device)
-        input_ids = torch.as_tensor(batch["input_ids"]).to(device)
-        mask = torch.as_tensor(batch["attention_mask"]).to(device)
-        images.append(model.encode_image(pixels))
-        texts.append(model.encode_text(input_ids, mask))
-        groups.append(np.asarray(batch["group"]))
-        ids.extend(batch.get("image_id", []))
-        captions.extend(batch.get("caption", []))
+        if not len(batch):
+            continue
+        inputs = batch.to(device).inputs
+        with autocast(device, precision):
+            images.append(model.encode_image(inputs["pixel_values"]))
+            texts.append(model.encode_text(inputs["input_ids"], inputs["attention_mask"]))
+        groups.append(batch.group)
+        ids.extend(batch.image_id.tolist())
+        captions.extend(batch.caption.tolist())
     if not texts:
         raise ValueError("the gallery is empty: no valid rows to encode")
-    return {"text": concat(texts), "image": concat(images), "group": np.concatenate(groups),
-            "image_id": list(ids), "caption": list(captions)}
+    return {"text": type(texts[0]).cat(texts), "image": type(images[0]).cat(images),
+            "group": np.concatenate(groups), "image_id": ids, "caption": captions}
+
+
+def in_memory_blocks(text: Features, image: Features, block: int):
+    """A block source over features held in memory (see ``core.scoring.worker``)."""
+    sides = {"text": text, "image": image}
+    return lambda side, b: sides[side].index(slice(b * block, (b + 1) * block))
 
 
 @torch.no_grad()
-def score_matrix(model, text, image, tile: int = 1024) -> np.ndarray:
-    """The full (captions x images) score matrix, tile by tile. Reference and validation
-    only: the scoring job never holds this matrix."""
-    nt, ni = num_items(text), num_items(image)
-    out = np.empty((nt, ni), dtype=np.float32)
-    for a in range(0, nt, tile):
-        ta = take(text, slice(a, a + tile))
-        for b in range(0, ni, tile):
-            block = model.score(ta, take(image, slice(b, b + tile)))
-            out[a:a + tile, b:b + tile] = block.float().cpu().numpy()
-    return out
-
-
-def positive_tiles(text_groups, image_groups, tile: int) -> dict[tuple[int, int], tuple]:
-    """The tiles (a, b) that hold correct (caption, image) pairs, with those pairs' indices."""
-    ti, ii = correct_pairs(text_groups, image_groups)
-    tiles: dict = {}
-    for t, i in zip(ti.tolist(), ii.tolist()):
-        tiles.setdefault((t // tile, i // tile), ([], []))
-        tiles[(t // tile, i // tile)][0].append(t)
-        tiles[(t // tile, i // tile)][1].append(i)
-    return {k: (np.asarray(v[0]), np.asarray(v[1])) for k, v in tiles.items()}
+def score_matrix(model, text: Features, image: Features, chunk: int | None = None) -> np.ndarray:
+    """The full (captions x images) score matrix. Reference and validation only: the
+    scoring job never holds this matrix."""
+    return score_block(model, text, image, chunk or default_chunk(model))
 
 
 @torch.no_grad()
-def stream_retrieval(model, text, image, text_groups, image_groups, k: int = 10,
-                     tile: int = 256, progress=None) -> StreamingRetrieval:
-    """Top-K and exact ranks over tiles in one process, O(N*K) memory.
-
-    The tiles holding correct pairs are scored first: their scores give the positives'
-    keys (and are reused, not recomputed, in the pass over all tiles), so every score is
-    computed once, by the same code path, and the ranks equal the full-matrix ones bit for
-    bit. Those tiles are about N / tile of all, held until their turn."""
-    text_groups, image_groups = np.asarray(text_groups), np.asarray(image_groups)
-    nt, ni = num_items(text), num_items(image)
-
-    def score(a: int, b: int) -> np.ndarray:
-        block = model.score(take(text, slice(a * tile, (a + 1) * tile)),
-                            take(image, slice(b * tile, (b + 1) * tile)))
-        return block.float().cpu().numpy()
-
-    cached, pos_t, pos_i, pos_s = {}, [], [], []
-    for (a, b), (ti, ii) in sorted(positive_tiles(text_groups, image_groups, tile).items()):
-        cached[(a, b)] = score(a, b)
-        pos_t.append(ti)
-        pos_i.append(ii)
-        pos_s.append(cached[(a, b)][ti - a * tile, ii - b * tile])
-    positives = positive_keys(np.concatenate(pos_t), np.concatenate(pos_i),
-                              np.concatenate(pos_s), nt, ni)
-    acc = StreamingRetrieval(text_groups, image_groups, k, positives)
-    for a in range(-(-nt // tile)):
-        text_ids = np.arange(a * tile, min((a + 1) * tile, nt))
-        for b in range(-(-ni // tile)):
-            scores = cached.pop((a, b)) if (a, b) in cached else score(a, b)
-            acc.add_tile(text_ids, np.arange(b * tile, min((b + 1) * tile, ni)), scores)
-            if progress is not None:
-                progress()
-    return acc
+def stream_retrieval(model, text: Features, image: Features, text_groups, image_groups,
+                     k: int = 10, block: int = 256, chunk: int | None = None,
+                     precision: str = "fp32", on_tile=None) -> StreamingRetrieval:
+    """Top-K and exact ranks in O(N*K) memory: the scoring plan, run in this process."""
+    chunk = min(chunk or default_chunk(model), block)
+    block = block - block % chunk
+    plan = ScoringPlan(text_groups, image_groups, block=block, chunk=chunk, k=k)
+    device = next(model.parameters()).device
+    worker = TileWorker(model, in_memory_blocks(text, image, block), plan, device, precision)
+    return plan.run_retrieval(local_executor(worker), on_tile=on_tile)
 
 
 @torch.no_grad()
-def match_accuracy(model, text, image, groups: np.ndarray) -> float:
+def rerank_retrieval(model, text: Features, image: Features, groups, first_stage: dict,
+                     k: int = 10, alpha: float = 0.0, block: int = 256,
+                     chunk: int | None = None) -> dict:
+    """Retrieve-and-rerank in this process: ``first_stage[d]`` = (candidate rows, scores,
+    ranks) per direction, re-scored by ``model`` (see ``ScoringPlan.run_rerank``)."""
+    chunk = min(chunk or default_chunk(model), block)
+    block = block - block % chunk
+    plan = ScoringPlan(groups, groups, block=block, chunk=chunk, k=k)
+    device = next(model.parameters()).device
+    worker = TileWorker(model, in_memory_blocks(text, image, block), plan, device)
+    return plan.run_rerank(local_executor(worker), first_stage, alpha)
+
+
+@torch.no_grad()
+def match_accuracy(model, text: Features, image: Features, groups: np.ndarray) -> float:
     """Fusion: accuracy of logit > 0 on every positive pair and one negative per positive
     (the next item of a different group)."""
-    n = num_items(text)
+    n = len(text)
     groups = np.asarray(groups)
     shift = np.array([next((j % n for j in range(i + 1, i + n) if groups[j % n] != groups[i]), i)
                       for i in range(n)])
     idx = torch.arange(n)
     pos = model.score_pairs(text, image, idx, idx)
     neg = model.score_pairs(text, image, idx, torch.as_tensor(shift))
-    valid = torch.as_tensor(shift != np.arange(n))
+    valid = torch.as_tensor(shift != np.arange(n), device=neg.device)
     correct = torch.cat([(pos > 0).float(), (neg[valid] <= 0).float()])
     return float(correct.mean())
 
@@ -145,11 +106,11 @@ def match_accuracy(model, text, image, groups: np.ndarray) -> float:
 def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10)) -> dict:
     """Retrieval metrics on an encoded gallery (its first ``max_items`` items), plus the
     match accuracy for the fusion model."""
-    text, image, groups = encoded["text"], encoded["image"], encoded["group"]
-    n = num_items(text)
+    text, image, groups = encoded["text"], encoded["image"], np.asarray(encoded["group"])
+    n = len(text)
     if max_items is not None and n > max_items:
         head = slice(0, max_items)
-        text, image, groups = take(text, head), take(image, head), groups[head]
+        text, image, groups = text.index(head), image.index(head), groups[head]
         n = max_items
     scores = score_matrix(model, text, image)
     ks = tuple(k for k in ks if k <= n)
@@ -157,23 +118,4 @@ def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10)) 
     out["gallery_size"] = n
     if getattr(model, "kind", None) == "fusion":
         out["match_acc"] = match_accuracy(model, text, image, groups)
-    return out
-
-
-@torch.no_grad()
-def score_candidates(model, queries, candidates_features, n_candidates: int,
-                     query_side: str) -> np.ndarray:
-    """Scores of each query with its own candidates: ``candidates_features`` holds the
-    nq * n_candidates gallery items, query-major. Returns (nq, n_candidates).
-
-    Each query with its candidates is a 1 x k block for ``model.score``: the block path
-    (packed tokens, image-major matmuls) runs several times faster than scoring the nq * k
-    pairs one by one through ``score_pairs``."""
-    nq = num_items(queries)
-    out = np.empty((nq, n_candidates), dtype=np.float32)
-    for i in range(nq):
-        query = take(queries, slice(i, i + 1))
-        cands = take(candidates_features, slice(i * n_candidates, (i + 1) * n_candidates))
-        block = model.score(query, cands) if query_side == "text" else model.score(cands, query).T
-        out[i] = block[0].float().cpu().numpy()
     return out

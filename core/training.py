@@ -2,21 +2,27 @@
 
 ``LossModule`` wraps a model with its objective so that the whole step is one ``forward``:
 Ray Train's ``prepare_model`` (DDP) wraps it, and DDP's gradient synchronisation sees every
-parameter. The Ray training loop, the overfit tests and the benchmarks all use it.
+parameter. ``train_one_epoch`` is the epoch loop. The Ray training loop, the overfit tests
+and the benchmarks all use them.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
+from core.batch import Batch
 from core.config import ModelConfig, TrainConfig
+from core.data.preprocess import merge_counts
+from core.distributed import all_ranks_agree
 from core.losses import InfoNCELoss, MatchLoss
 from core.models.encoders import trim_padding
-
-BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "group")
+from core.scoring import autocast
 
 
 class LossModule(nn.Module):
@@ -77,12 +83,59 @@ def build_scheduler(optimizer, total_steps: int, warmup_fraction: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def to_model_inputs(batch: dict, device) -> dict[str, torch.Tensor]:
-    """The four model inputs of a (preprocessed, skip-filtered) batch, as tensors on device."""
-    out = {}
-    for key in BATCH_KEYS:
-        value = batch[key]
-        if not isinstance(value, torch.Tensor):
-            value = torch.as_tensor(value)
-        out[key] = value.to(device, non_blocking=True)
-    return out
+@dataclass
+class EpochStats:
+    """What one epoch did. Sums stay on the device (no host sync per step); ``summary``
+    reads them once."""
+
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    skipped: dict = field(default_factory=dict)
+    sums: dict = field(default_factory=dict)  # name -> device tensor, summed over steps
+
+    def summary(self) -> dict[str, float]:
+        out = {name: float(total) / max(self.steps, 1) for name, total in self.sums.items()}
+        out["samples_per_s"] = self.samples / max(self.seconds, 1e-9)
+        return out
+
+
+def train_step(loss_module, optimizer, scheduler, batch: Batch, precision: str,
+               grad_clip: float) -> tuple[torch.Tensor, dict]:
+    """One optimisation step on a batch already on its device; returns (loss, stats),
+    both detached device tensors."""
+    with autocast(batch.device, precision):
+        loss, stats = loss_module(**batch.inputs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(loss_module.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), stats
+
+
+def train_one_epoch(loss_module, optimizer, scheduler, batches: Iterable[Batch], device,
+                    precision: str = "fp32", grad_clip: float = 1.0,
+                    on_step: Callable[[int, torch.Tensor], None] | None = None) -> EpochStats:
+    """Train over ``batches`` (host ``Batch``es, see ``core.batch``): only model inputs move
+    to ``device``. A batch left with fewer than 2 usable rows (a contrastive step needs 2)
+    is skipped, on every rank together."""
+    loss_module.train()
+    stats = EpochStats()
+    t0 = time.perf_counter()
+    for batch in batches:
+        stats.skipped = merge_counts(stats.skipped, batch.skipped)
+        if not all_ranks_agree(len(batch) >= 2, device):
+            continue
+        loss, parts = train_step(loss_module, optimizer, scheduler, batch.to(device),
+                                 precision, grad_clip)
+        stats.steps += 1
+        stats.samples += len(batch)
+        for name, value in {"loss": loss, **parts}.items():
+            value = value.detach().float()
+            stats.sums[name] = stats.sums[name] + value if name in stats.sums else value
+        if on_step is not None:
+            on_step(stats.steps, loss)
+    stats.seconds = time.perf_counter() - t0
+    return stats

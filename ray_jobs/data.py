@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import ray
 import ray.data
+from ray.data.collate_fn import NumpyBatchCollateFn
 
+from core.batch import collate
 from core.data.preprocess import Preprocessor
 from core.data.rocov2 import SplitFiles, columns_to_read, resolve_split, row_groups
 from core.data.stats import summarize_split
@@ -76,3 +78,15 @@ def split_statistics(ds: ray.data.Dataset, preprocessor: Preprocessor, split: st
             parts.setdefault(key, []).append(value)
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     return summarize_split(arrays, split)
+
+
+class HostCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches(collate_fn=HostCollate())``: core's host/device boundary
+    (``core.batch.collate``) run in Ray's prefetch threads. It returns a ``Batch``, not a dict
+    of tensors, so Ray moves nothing to the device: the loop moves the model inputs only."""
+
+    def __init__(self, pin_memory: bool = False):
+        self.pin_memory = pin_memory
+
+    def __call__(self, batch: dict):
+        return collate(batch, self.pin_memory)

@@ -1,128 +1,160 @@
 """The main job: the whole pipeline, end to end, on the embedded default data.
 
-    rocoray demo                       # synthetic ROCOv2, tiny preset, ~10 minutes on 2 CPUs
-    rocoray demo --data ../shared/data/chest-xray-sample --epochs 2
+    rocoray demo                       # synthetic ROCOv2, tiny preset, on 2 CPUs
+    rocoray demo --data ../shared/data/chest-xray-sample
 
 Stages: 1 prepare the data (generate the synthetic ROCOv2 unless --data is given) ->
 2 train the two-tower model -> 3 train the fusion model (both on Ray Train) -> 4 score the
-test split three ways on Ray Data (fusion all pairs, two-tower, rerank) and evaluate ->
-5 write the report. Ends by printing the headline table and where the report is.
+test split three ways (fusion all pairs, two-tower, rerank) and evaluate -> 5 write the
+report. Ends by printing the headline table and where the report is.
+
+Everything goes to --out (default: runs/demo for the synthetic data, runs/demo-<name> for
+--data <dir>/<name>). An existing demo there is never replaced unless --overwrite is given;
+inputs are checked before anything is written.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from core import storage
+from core.config import load_config
+from core.data.rocov2 import resolve_split
+from core.synthetic.generate import SyntheticSpec, existing_synthetic
+from ray_jobs import evaluate, prepare, score, train
+from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import init_ray, setup_logging
 
 log = logging.getLogger("rocoray.demo")
 
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="rocoray demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=None,
-                   help="existing ROCOv2-layout data; default: generate the synthetic set")
-    p.add_argument("--synthetic-dir", default="data/synthetic")
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--n-val", type=int, default=300)
-    p.add_argument("--n-test", type=int, default=300)
-    p.add_argument("--out", default="runs/demo", help="everything the demo writes goes here")
-    p.add_argument("--config", default="tiny")
-    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides for both trainings")
-    p.add_argument("--rerank-k", type=int, default=32)
-    p.add_argument("--block", type=int, default=64)
-    p.add_argument("--tune", action="store_true", help="also run a small Ray Tune search")
-    p.add_argument("--address", default=None)
-    return p.parse_args(argv)
+TUNE_SPACE = Path(__file__).resolve().parents[1] / "tune_spaces" / "two_tower.yaml"
 
 
-def synthetic_ready(path: Path, sizes: dict) -> bool:
-    stats = path / "stats.json"
-    if not stats.exists() or not (path / "tokenizer" / "tokenizer.json").exists():
-        return False
-    rows = {s["split"]: s["rows"] for s in json.loads(stats.read_text())["splits"]}
-    return rows == sizes
+@dataclass
+class DemoConfig:
+    data: str | None = opt(None, "existing ROCOv2-layout data (default: generate the synthetic set)")
+    synthetic_dir: str = opt("data/synthetic", "where the synthetic set is generated (or reused)")
+    n_train: int = opt(2000, "synthetic training pairs")
+    n_val: int = opt(300, "synthetic validation pairs")
+    n_test: int = opt(300, "synthetic test pairs")
+    out: str | None = opt(None, "everything the demo writes (default: runs/demo, or "
+                          "runs/demo-<data name> with --data)")
+    overwrite: bool = opt(False, "replace an existing demo in --out")
+    config: str = opt("tiny", "preset (tiny, base) or YAML file for both models")
+    epochs: int | None = opt(None, "override train.epochs")
+    set: list = opt([], "config overrides for both trainings", metavar="KEY=VALUE")
+    rerank_k: int = opt(32, "rerank: first-stage candidates per query")
+    block: int | None = opt(None, "scoring tile side (default: sized for the device)")
+    use_gpu: bool = opt(False, "train and score on GPUs (train.use_gpu, scoring actors)")
+    tune: bool = opt(False, "also run a small Ray Tune search (2 trials, 1 epoch)")
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path("runs/demo") if self.data is None else Path(f"runs/demo-{Path(self.data).name}")
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    setup_logging()
-    init_ray(args.address)
-    from ray_jobs import evaluate, prepare, train
+def check(cfg: DemoConfig) -> tuple[Path, list[str]]:
+    """Every input checked before anything is written: data, config, output directory."""
+    out = cfg.out_dir()
+    overrides = list(cfg.set) + (["train.use_gpu=true"] if cfg.use_gpu else [])
+    load_config(cfg.config, overrides)  # a bad preset or key fails here
+    if cfg.data is not None:
+        for split in ("train", "validation", "test"):
+            resolve_split(cfg.data, split)
+    else:
+        existing_synthetic(cfg.synthetic_dir, synthetic_spec(cfg))  # other data there: error
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise UserError(f"{out} already holds a demo run; pass --overwrite to replace it, or "
+                        f"--out DIR for a new one")
+    return out, overrides
 
+
+def synthetic_spec(cfg: DemoConfig) -> SyntheticSpec:
+    return SyntheticSpec(sizes={"train": cfg.n_train, "validation": cfg.n_val,
+                                "test": cfg.n_test})
+
+
+def run(cfg: DemoConfig) -> dict:
+    out, overrides = check(cfg)
+    if out.exists() and cfg.overwrite:
+        shutil.rmtree(out)  # asked for explicitly, and only after every input checked out
+    out.mkdir(parents=True, exist_ok=True)
+    init_ray(cfg.address)
     t0 = time.perf_counter()
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)  # a demo is a fresh run end to end
-    out.mkdir(parents=True)
-    stages = 5 + int(args.tune)
+    stages = 5 + int(cfg.tune)
 
-    data = args.data
-    overrides = list(args.set)
+    data = cfg.data
     if data is None:
-        data = args.synthetic_dir
-        sizes = {"train": args.n_train, "validation": args.n_val, "test": args.n_test}
-        if synthetic_ready(Path(data), sizes):
-            log.info("stage 1/%d: synthetic ROCOv2 already in %s", stages, data)
-        else:
-            log.info("stage 1/%d: generate the synthetic ROCOv2 in %s", stages, data)
-            prepare.main(["--synthetic", "--out", data, "--n-train", str(args.n_train),
-                          "--n-val", str(args.n_val), "--n-test", str(args.n_test)])
+        data = cfg.synthetic_dir
+        log.info("stage 1/%d: synthetic ROCOv2 in %s", stages, data)
+        prepare.run(prepare.PrepareConfig(synthetic=True, out=data, n_train=cfg.n_train,
+                                          n_val=cfg.n_val, n_test=cfg.n_test))
     else:
         log.info("stage 1/%d: statistics and tokenizer of %s", stages, data)
-        prepare.main(["--data", str(data), "--out", str(out / "data")])
-        overrides.append(f"model.text.tokenizer={out / 'data' / 'tokenizer'}")
+        prepare.run(prepare.PrepareConfig(data=str(data), out=str(out / "data")))
+        overrides.append(f"model.text.tokenizer={(out / 'data' / 'tokenizer').resolve()}")
 
-    common = ["--config", args.config, "--data", str(data),
-              "--storage-path", str(out / "train")]
-    if args.epochs is not None:
-        common += ["--epochs", str(args.epochs)]
     runs = {}
     for i, kind in enumerate(("two_tower", "fusion")):
         log.info("stage %d/%d: train the %s model", 2 + i, stages, kind)
-        runs[kind] = train.main(["--model", kind, "--name", kind, *common, "--set", *overrides])
+        exp = load_config(cfg.config, [*overrides, f"model.kind={kind}", f"data.path={data}",
+                                       f"train.name={kind}", f"train.storage_path={out / 'train'}"])
+        if cfg.epochs is not None:
+            exp.train.epochs = cfg.epochs
+        runs[kind] = train.run(exp)
 
-    if args.tune:
+    tune_summary = None
+    if cfg.tune:
         from ray_jobs import tune
 
         log.info("stage 4/%d: a small Ray Tune search", stages)
-        space = Path(__file__).resolve().parents[1] / "tune_spaces" / "two_tower.yaml"
-        summary_tune = tune.main(["--space", str(space), "--data", str(data), "--name", "demo",
-                                  "--storage-path", str(out / "tune"), "--num-samples", "2",
-                                  "--epochs", "1", "--set", *overrides])
+        tune_summary = tune.run(tune.TuneArgs(
+            space=str(TUNE_SPACE), data=str(data), name="demo", storage_path=str(out / "tune"),
+            num_samples=2, epochs=1, set=overrides))
 
     log.info("stage %d/%d: score the test split (fusion, two-tower, rerank) and evaluate",
              stages - 1, stages)
-    metrics = evaluate.main(["--two-tower", runs["two_tower"]["path"],
-                             "--fusion", runs["fusion"]["path"], "--data", str(data),
-                             "--out", str(out / "eval"), "--rerank-k", str(args.rerank_k),
-                             "--block", str(args.block)])
+    options = dataclasses.replace(score.ScoringOptions(), rerank_k=cfg.rerank_k, block=cfg.block,
+                                  use_gpu=cfg.use_gpu)
+    metrics = evaluate.run(evaluate.EvaluateConfig(
+        **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
+        fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval")))
     log.info("stage %d/%d: report written", stages, stages)
     val_size = {k: r["final"].get("val/gallery_size") for k, r in runs.items()}
     summary = {
-        "data": str(data), "minutes": (time.perf_counter() - t0) / 60,
-        "training": {k: {"final": r["final"], "path": r["path"],
+        "data": str(data), "config": cfg.config, "overrides": overrides,
+        "minutes": (time.perf_counter() - t0) / 60,
+        "training": {k: {"final": r["final"], "path": r["path"], "epochs": r["epochs"],
                          "chance_R@10": min(1.0, 10 / val_size[k]) if val_size[k] else None}
                      for k, r in runs.items()},
         "evaluation": str(out / "eval" / "metrics.json"),
         "report": metrics["report"],
     }
-    if args.tune:
-        summary["tune"] = {k: summary_tune[k] for k in ("experiment", "best", "wall_s")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if tune_summary:
+        summary["tune"] = {k: tune_summary[k] for k in ("experiment", "best", "wall_s")}
+    storage.write_json(out, "summary.json", summary)
     tt, fu = runs["two_tower"]["final"], runs["fusion"]["final"]
     print(f"\ntraining (validation): two-tower R@10 t2i {tt.get('val/t2i/R@10', 0):.3f} "
           f"(chance {summary['training']['two_tower']['chance_R@10']:.3f}); fusion match "
           f"accuracy {fu.get('val/match_acc', 0):.3f} (chance 0.5)")
     print(f"demo finished in {summary['minutes']:.1f} min; summary: {out / 'summary.json'}")
+    return summary
+
+
+def main(argv=None) -> dict:
+    cfg = parse(DemoConfig, argv, "rocoray demo", __doc__)
+    setup_logging()
+    summary = run_cli("rocoray demo", lambda: run(cfg))
+    print("\n" + evaluate.headline_table(storage.read_json(Path(summary["evaluation"]).parent,
+                                                           "metrics.json")))
+    print(f"\nreport: {summary['report']['html']}")
     return summary
 
 

@@ -1,130 +1,113 @@
 """Evaluate and compare fusion, two-tower and retrieve-and-rerank on one split, and write
 the report.
 
-    rocoray evaluate --two-tower runs/two-tower-demo --fusion runs/fusion-demo \\
+    rocoray evaluate --two-tower runs/demo/train/two_tower --fusion runs/demo/train/fusion \\
         --data data/synthetic --split test --out runs/eval
 
-Runs the three scoring jobs (``ray_jobs.score``), measures scoring time against gallery size
-in one process, and writes metrics.json, report.md, report.html and figures/ to --out.
+Runs the three scoring jobs (``ray_jobs.score``) over one shared cache, so each gallery is
+encoded once (rerank reuses the fusion and two-tower encodings), measures scoring time
+against gallery size in one process, and writes metrics.json, report.md, report.html and
+figures/ to --out.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import logging
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from core import storage
 from core.checkpoint import load_checkpoint
 from core.data.rocov2 import image_bytes_column, read_split
-from core.evaluation import concat, score_candidates, stream_retrieval, take
+from core.evaluation import rerank_retrieval, stream_retrieval
 from core.feature_store import FeatureStore
-from core.models import count_parameters
+from core.models import MODELS, count_parameters
 from core.report import fit_exponent, headline_table, write_report
+from core.scoring import outputs
+from ray_jobs import score
+from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import init_ray, setup_logging
-from ray_jobs.score import parse_args as score_args
-from ray_jobs.score import read_gallery, resolve_checkpoint, score
 
 log = logging.getLogger("rocoray.evaluate")
 
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rocoray evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--two-tower", required=True, help="two-tower checkpoint or run dir")
-    p.add_argument("--fusion", required=True, help="fusion checkpoint or run dir")
-    p.add_argument("--data", default=None, help="data (default: the checkpoints' data.path)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", default="runs/eval")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--rerank-k", type=int, default=32)
-    p.add_argument("--alpha", type=float, default=0.0)
-    p.add_argument("--block", type=int, default=64)
-    p.add_argument("--max-items", type=int, default=None)
-    p.add_argument("--actors", type=int, default=2)
-    p.add_argument("--cpus-per-actor", type=float, default=0.5)
-    p.add_argument("--gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--examples", type=int, default=3, help="sample queries shown in the report")
-    p.add_argument("--scaling-points", type=int, default=4,
-                   help="gallery sizes for the time-vs-size chart")
-    p.add_argument("--address", default=None)
-    return p.parse_args(argv)
+METHODS = ("two_tower", "fusion", "rerank")
 
 
-def _score_args(args, model: str, checkpoint: str, out: Path, **extra) -> argparse.Namespace:
-    argv = ["--model", model, "--checkpoint", checkpoint, "--split", args.split,
-            "--out", str(out), "--k", str(args.k), "--rerank-k", str(args.rerank_k),
-            "--alpha", str(args.alpha), "--block", str(args.block), "--actors", str(args.actors),
-            "--cpus-per-actor", str(args.cpus_per_actor),
-            "--gpus-per-actor", str(args.gpus_per_actor)]
-    if args.data:
-        argv += ["--data", str(args.data)]
-    if args.max_items:
-        argv += ["--max-items", str(args.max_items)]
-    if args.use_gpu:
-        argv.append("--use-gpu")
-    ns = score_args(argv)
-    for key, value in extra.items():
-        setattr(ns, key, value)
-    return ns
+@dataclass
+class EvaluateConfig(score.ScoringOptions):
+    two_tower: str = opt(None, "two-tower checkpoint or training run dir", required=True)
+    fusion: str = opt(None, "fusion checkpoint or training run dir", required=True)
+    data: str | None = opt(None, "ROCOv2 data (default: the fusion checkpoint's data.path)")
+    out: str = opt("runs/eval", "output directory: metrics.json, report.md/html, figures/")
+    examples: int = opt(3, "sample queries shown in the report")
+    scaling_points: int = opt(4, "gallery sizes for the time-vs-size chart")
 
 
-def _load_features(workdir: Path, kind: str):
-    store = FeatureStore(f"{workdir}/features", kind)
-    meta = store.read_meta()
-    text = concat([store.read_block("text", b) for b in range(meta["blocks"])])
-    image = concat([store.read_block("image", b) for b in range(meta["blocks"])])
-    return text, image
+def score_configs(cfg: EvaluateConfig) -> dict[str, score.ScoreConfig]:
+    """The three scoring jobs, derived from this config, over one shared cache."""
+    out = storage.absolute(cfg.out)
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(score.ScoringOptions)}
+    options["cache"] = cfg.cache or storage.join(out, "cache")
+    made = {}
+    for m in METHODS:
+        made[m] = score.ScoreConfig(**options, model=m, data=cfg.data,
+                                    checkpoint=cfg.two_tower if m == "two_tower" else cfg.fusion,
+                                    retriever=cfg.two_tower if m == "rerank" else None,
+                                    out=storage.join(out, m))
+    return made
 
 
-def scaling_curve(out: Path, fusion_ckpt: str, tt_ckpt: str, n: int, points: int,
-                  rerank_k: int) -> dict:
+def load_features(summary: dict, kind: str):
+    store = FeatureStore(summary["features"][kind], MODELS[kind].feature_types)
+    blocks = store.read_meta()["blocks"]
+    return store.read_all("text", blocks), store.read_all("image", blocks)
+
+
+def scaling_curve(summaries: dict, jobs: dict, points: int, rerank_k: int) -> dict:
     """Scoring time of each method at growing gallery sizes, one process, on the features the
-    scoring jobs already encoded (so encoders are excluded: they are linear in N)."""
-    fusion = load_checkpoint(fusion_ckpt).model
-    two_tower = load_checkpoint(tt_ckpt).model
-    f_text, f_image = _load_features(out / "fusion", "fusion")
-    t_text, t_image = _load_features(out / "two_tower", "two_tower")
-    groups = read_gallery(str(out / "fusion")).column("group").to_numpy()
+    scoring jobs encoded (encoders excluded: they are linear in N)."""
+    fusion = load_checkpoint(jobs["fusion"].checkpoints["fusion"]).model
+    two_tower = load_checkpoint(jobs["two_tower"].checkpoints["two_tower"]).model
+    f_text, f_image = load_features(summaries["fusion"], "fusion")
+    t_text, t_image = load_features(summaries["two_tower"], "two_tower")
+    groups = outputs.read_gallery(jobs["fusion"].out).column("group").to_numpy()
+    n = len(groups)
     low = max(rerank_k, min(64, n))
     sizes = sorted({int(s) for s in np.geomspace(low, n, points)}) if n > low else [n]
-    seconds = {"fusion": [], "two_tower": [], "rerank": []}
+    seconds = {m: [] for m in METHODS}
     for size in sizes:
         head, g = slice(0, size), groups[:size]
         t0 = time.perf_counter()
-        stream_retrieval(fusion, take(f_text, head), take(f_image, head), g, g, k=10, tile=64)
+        stream_retrieval(fusion, f_text.index(head), f_image.index(head), g, g,
+                         k=min(10, size), block=64)
         seconds["fusion"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        acc = stream_retrieval(two_tower, take(t_text, head), take(t_image, head), g, g,
-                               k=min(rerank_k, size), tile=4096)
+        kc = min(rerank_k, size)
+        acc = stream_retrieval(two_tower, t_text.index(head), t_image.index(head), g, g, k=kc,
+                               block=4096)
         seconds["two_tower"].append(time.perf_counter() - t0)
+        first = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
         t0 = time.perf_counter()
-        for direction, queries, gallery, side in (("t2i", f_text, f_image, "text"),
-                                                  ("i2t", f_image, f_text, "image")):
-            cand, _ = acc.topk(direction)
-            score_candidates(fusion, take(queries, head), take(gallery, cand.reshape(-1)),
-                             cand.shape[1], side)
+        rerank_retrieval(fusion, f_text.index(head), f_image.index(head), g, first,
+                         k=min(10, kc), block=64)
         seconds["rerank"].append(seconds["two_tower"][-1] + time.perf_counter() - t0)
         log.info("scaling N=%d: %s", size, {m: round(s[-1], 3) for m, s in seconds.items()})
     return {"sizes": sizes, "seconds": seconds,
             "exponents": {m: fit_exponent(sizes, s) for m, s in seconds.items()}}
 
 
-def pick_examples(out: Path, methods: list[str], n: int, count: int, seed: int = 0) -> dict:
-    gallery = read_gallery(str(out / "fusion"))
+def pick_examples(out: str, n: int, count: int, seed: int = 0) -> dict:
+    gallery = outputs.read_gallery(storage.join(out, "fusion"))
     ids = gallery.column("image_id").to_pylist()
     captions = gallery.column("caption").to_pylist()
     groups = gallery.column("group").to_numpy()
     queries = np.random.default_rng(seed).choice(n, size=min(count, n), replace=False)
     examples = {}
-    for m in methods:
-        tables = {d: pq.read_table(out / m / f"{d}.parquet") for d in ("t2i", "i2t")}
-        top = {d: tables[d].column("topk_index").to_pylist() for d in tables}
+    for m in METHODS:
+        top = {d: outputs.read_topk(storage.join(out, m), d)[0] for d in ("t2i", "i2t")}
         examples[m] = {
             "t2i": [{"query_id": ids[q], "query_caption": captions[q],
                      "top_ids": [ids[j] for j in top["t2i"][q][:3]],
@@ -151,45 +134,40 @@ def example_images(data, split: str, examples: dict) -> dict[str, bytes]:
     return {i: b for i, b in zip(ids, blobs) if i in wanted}
 
 
-def evaluate(args) -> dict:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    tt_ckpt, fu_ckpt = resolve_checkpoint(args.two_tower), resolve_checkpoint(args.fusion)
-    summaries = {
-        "two_tower": score(_score_args(args, "two_tower", tt_ckpt, out / "two_tower")),
-        "fusion": score(_score_args(args, "fusion", fu_ckpt, out / "fusion")),
-        "rerank": score(_score_args(args, "rerank", fu_ckpt, out / "rerank", retriever=tt_ckpt,
-                                    retriever_out=str(out / "two_tower"))),
-    }
+def run(cfg: EvaluateConfig) -> dict:
+    configs = score_configs(cfg)
+    jobs = {m: score.prepare(c) for m, c in configs.items()}  # every user error, before Ray
+    init_ray(cfg.address)
+    summaries = {m: score.execute(jobs[m]) for m in METHODS}
     n = summaries["fusion"]["n"]
     for m, s in summaries.items():
         if s["n"] != n:
-            raise RuntimeError(f"{m} scored {s['n']} items, fusion {n}: galleries differ")
+            raise UserError(f"{m} scored {s['n']} items, fusion {n}: the galleries differ")
+    out = storage.absolute(cfg.out)
     data = summaries["fusion"]["data"]
-    params = {"two_tower": count_parameters(load_checkpoint(tt_ckpt).model),
-              "fusion": count_parameters(load_checkpoint(fu_ckpt).model)}
+    params = {kind: count_parameters(load_checkpoint(jobs[kind].checkpoints[kind]).model)
+              for kind in ("two_tower", "fusion")}
     params["rerank"] = params["two_tower"] + params["fusion"]
     metrics = {
-        "data": data, "split": args.split, "gallery_size": n,
+        "data": data, "split": cfg.split, "gallery_size": n,
         "skipped": summaries["fusion"]["skipped"],
         "methods": {m: {"metrics": s["metrics"], "timings": s["timings"],
-                        "parameters": params[m], "checkpoint": s["checkpoint"],
+                        "parameters": params[m], "checkpoints": s["checkpoints"],
                         **({"rerank_k": s["rerank_k"], "alpha": s["alpha"]} if m == "rerank" else {})}
                     for m, s in summaries.items()},
-        "scaling": scaling_curve(out, fu_ckpt, tt_ckpt, n, args.scaling_points, args.rerank_k),
+        "scaling": scaling_curve(summaries, jobs, cfg.scaling_points, cfg.rerank_k),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    examples = pick_examples(out, list(summaries), n, args.examples)
-    paths = write_report(metrics, examples, example_images(data, args.split, examples), out)
+    storage.write_json(out, "metrics.json", metrics)
+    examples = pick_examples(out, n, cfg.examples)
+    paths = write_report(metrics, examples, example_images(data, cfg.split, examples), out)
     metrics["report"] = paths
     return metrics
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    cfg = parse(EvaluateConfig, argv, "rocoray evaluate", __doc__)
     setup_logging()
-    init_ray(args.address)
-    metrics = evaluate(args)
+    metrics = run_cli("rocoray evaluate", lambda: run(cfg))
     print("\n" + headline_table(metrics))
     print(f"\nreport: {metrics['report']['html']}  (and {metrics['report']['markdown']})")
     return metrics

@@ -10,85 +10,80 @@ Writes ``<out>/tokenizer/`` and ``<out>/stats.json`` and prints the statistics t
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.config import TextEncoderConfig, load_config
+from core import storage
+from core.config import load_config
 from core.data.preprocess import build_preprocessor
-from core.data.rocov2 import read_split
+from core.data.rocov2 import read_split, resolve_split
 from core.data.stats import attribute_distribution, format_statistics
 from core.data.tokenizer import TOKENIZER_DIRNAME, check_vocabulary, resolve_tokenizer
-from core.synthetic.generate import SPLITS, SyntheticSpec, shard_tasks
+from core.synthetic.generate import SPLITS, SyntheticSpec, existing_synthetic, write_synthetic
+from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import Progress, init_ray, setup_logging
 
 log = logging.getLogger("rocoray.prepare")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rocoray prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--synthetic", action="store_true",
-                   help="generate the synthetic ROCOv2-layout dataset into --out")
-    p.add_argument("--data", default=None, help="existing ROCOv2-layout data (dir or URL)")
-    p.add_argument("--out", default="data/synthetic", help="output directory")
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--n-val", type=int, default=300)
-    p.add_argument("--n-test", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=224, help="synthetic image size (px)")
-    p.add_argument("--rows-per-shard", type=int, default=1000)
-    p.add_argument("--config", default="tiny",
-                   help="preset or YAML: image size / max length for the statistics pass")
-    p.add_argument("--tokenizer", default=None,
-                   help="use this HF tokenizer (name or path) instead of training WordPiece")
-    p.add_argument("--splits", nargs="+", default=list(SPLITS))
-    p.add_argument("--address", default=None, help="Ray cluster address")
-    return p.parse_args(argv)
+@dataclass
+class PrepareConfig:
+    synthetic: bool = opt(False, "generate the synthetic ROCOv2-layout dataset into --out")
+    data: str | None = opt(None, "existing ROCOv2-layout data (a directory or a URL)")
+    out: str = opt("data/synthetic", "output directory (tokenizer/, stats.json; the shards "
+                   "with --synthetic)")
+    n_train: int = opt(2000, "synthetic training pairs")
+    n_val: int = opt(300, "synthetic validation pairs")
+    n_test: int = opt(300, "synthetic test pairs")
+    seed: int = opt(0, "synthetic data seed (same seed, same bytes)")
+    image_size: int = opt(224, "synthetic image size (px)")
+    rows_per_shard: int = opt(1000, "synthetic rows per Parquet shard")
+    config: str = opt("tiny", "preset or YAML: image size / max length for the statistics pass")
+    tokenizer: str | None = opt(None, "use this HF tokenizer (name or path) instead of "
+                                "training a WordPiece vocabulary")
+    splits: list = opt(list(SPLITS), "splits to describe", metavar="SPLIT")
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
-def generate(spec: SyntheticSpec, out: Path) -> list[str]:
+def ray_map(fn, tasks) -> list:
+    """``map`` over Ray tasks, logging progress as shards land."""
     import ray
 
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*-of-*.parquet"):
-        old.unlink()
-    tasks = shard_tasks(spec, out)
-    run = ray.remote(num_cpus=1)(lambda task: task.run())
-    pending = [run.remote(t) for t in tasks]
+    remote = ray.remote(num_cpus=1)(fn)
+    pending = [remote.remote(t) for t in tasks]
     progress = Progress("synthetic shards", total=len(pending), every=2.0)
-    paths = []
+    done_all = []
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        paths.extend(ray.get(done))
+        done_all.extend(ray.get(done))
         progress.update(len(done))
-    return sorted(paths)
+    return done_all
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    setup_logging()
-    init_ray(args.address)
+def run(cfg: PrepareConfig) -> dict:
+    if cfg.synthetic == (cfg.data is not None):
+        raise UserError("give exactly one of --synthetic (generate) or --data PATH (describe)")
+    out = Path(cfg.out)
+    if cfg.data is not None:
+        for split in cfg.splits:  # a wrong path or a missing split fails before Ray starts
+            resolve_split(cfg.data, split)
+    config = load_config(cfg.config)
+    spec = SyntheticSpec(sizes={"train": cfg.n_train, "validation": cfg.n_val, "test": cfg.n_test},
+                         seed=cfg.seed, image_size=cfg.image_size, rows_per_shard=cfg.rows_per_shard)
+    reuse = cfg.synthetic and existing_synthetic(out, spec)  # other data there: an error now
+    init_ray(cfg.address)
     from ray_jobs.data import read_split_dataset, split_statistics
 
-    out = Path(args.out)
-    data = args.data
-    if args.synthetic:
-        spec = SyntheticSpec(sizes={"train": args.n_train, "validation": args.n_val,
-                                    "test": args.n_test},
-                             seed=args.seed, image_size=args.image_size,
-                             rows_per_shard=args.rows_per_shard)
-        log.info("generating synthetic ROCOv2: %s pairs at %d px, seed %d", spec.sizes,
-                 spec.image_size, spec.seed)
-        generate(spec, out)
+    data = cfg.data
+    if cfg.synthetic:
+        log.info("%s synthetic ROCOv2: %s pairs at %d px, seed %d",
+                 "reusing the" if reuse else "generating", spec.sizes, spec.image_size, spec.seed)
+        write_synthetic(spec, out, map_fn=ray_map)
         data = str(out)
-    if data is None:
-        raise SystemExit("rocoray prepare: give --synthetic or --data PATH")
 
-    config = load_config(args.config)
-    text_cfg = TextEncoderConfig(**{**vars(config.model.text), "tokenizer": args.tokenizer})
-    tokenizer, source = resolve_tokenizer(text_cfg, data, train_split=args.splits[0])
+    text_cfg = replace(config.model.text, tokenizer=cfg.tokenizer)
+    tokenizer, source = resolve_tokenizer(text_cfg, data, train_split=cfg.splits[0])
     check_vocabulary(tokenizer)
     tok_dir = out / TOKENIZER_DIRNAME
     tokenizer.save_pretrained(str(tok_dir))
@@ -96,7 +91,7 @@ def main(argv=None) -> dict:
 
     preprocessor = build_preprocessor(config.model, tokenizer)
     stats = []
-    for split in args.splits:
+    for split in cfg.splits:
         ds, files = read_split_dataset(data, split)
         s = split_statistics(ds, preprocessor, split)
         s["files"] = len(files.paths)
@@ -108,11 +103,16 @@ def main(argv=None) -> dict:
         if s["skipped"]:
             log.warning("%s: skipped %s", split, s["skipped"])
     result = {"data": str(data), "tokenizer": str(tok_dir), "splits": stats}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").write_text(json.dumps(result, indent=2))
+    storage.write_json(out, "stats.json", result)
     print(format_statistics(stats))
     print(f"\nstatistics: {out / 'stats.json'}")
     return result
+
+
+def main(argv=None) -> dict:
+    cfg = parse(PrepareConfig, argv, "rocoray prepare", __doc__)
+    setup_logging()
+    return run_cli("rocoray prepare", lambda: run(cfg))
 
 
 if __name__ == "__main__":

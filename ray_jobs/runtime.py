@@ -7,13 +7,19 @@ import os
 import sys
 import time
 
+from core import faults
+
 log = logging.getLogger("rocoray")
 
-# Quiet, harmless defaults on small machines (see ../shared/ENVIRONMENT.md).
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Set (unless the user set them) when a job starts Ray: no usage-stats prompt, no token-auth
+# warning on a local cluster, no Train V1->V2 migration notices, no tokenizers fork warning.
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+             "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def quiet_defaults() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -27,11 +33,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
              progress_bars: bool | None = None):
     """Connect to a cluster (``address``, ``RAY_ADDRESS``, or a job's own cluster) or start a
     local one. Idempotent. The dashboard stays on: Tune over Train V2 needs it."""
+    quiet_defaults()
     import ray
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs = {"log_to_driver": True}
+        if os.environ.get(faults.ENV):  # test-only fault injection reaches every worker
+            kwargs["runtime_env"] = {"env_vars": {faults.ENV: os.environ[faults.ENV]}}
         if address:
             kwargs["address"] = address
         elif num_cpus is not None:
@@ -63,11 +72,40 @@ class Progress:
         self.start = self.last = time.perf_counter()
         self.done = 0
 
-    def update(self, n: int = 1, extra: str = "") -> None:
+    def update(self, n: int = 1, extra="") -> None:
+        """Count ``n`` more; ``extra`` is a string, or a callable evaluated only when a line
+        is printed (e.g. a loss that would otherwise sync a GPU every step)."""
         self.done += n
         now = time.perf_counter()
         if now - self.last >= self.every or (self.total and self.done >= self.total):
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             of = f"/{self.total}" if self.total else ""
-            log.info("%s: %d%s (%.1f/s) %s", self.label, self.done, of, rate, extra)
+            extra = extra() if callable(extra) else extra
+            log.info("%s: %d%s (%.1f/s)%s", self.label, self.done, of, rate,
+                     f" {extra}" if extra else "")
+
+
+def format_epoch(m: dict, epochs: int | None = None) -> str:
+    """One readable line for an epoch's metrics."""
+    if not m:
+        return "no epoch finished"
+    parts = [f"epoch {m.get('epoch')}" + (f"/{epochs}" if epochs else "")]
+    if "train/loss" in m:
+        parts.append(f"loss {m['train/loss']:.4f}")
+    if "train/samples_per_s" in m:
+        parts.append(f"{m['train/samples_per_s']:.0f} samples/s")
+    recalls = [f"{d} " + "/".join(f"{m[f'val/{d}/R@{k}']:.3f}" for k in (1, 5, 10)
+                                 if f"val/{d}/R@{k}" in m) for d in ("t2i", "i2t")
+               if f"val/{d}/R@1" in m]
+    if recalls:
+        parts.append("val R@1/5/10 " + ", ".join(recalls))
+    if "val/mean_recall" in m:
+        parts.append(f"mean recall {m['val/mean_recall']:.3f}")
+    if "val/match_acc" in m:
+        parts.append(f"match acc {m['val/match_acc']:.3f}")
+    if m.get("train/skipped_rows"):
+        parts.append(f"skipped rows {m['train/skipped_rows']}")
+    if "train/epoch_s" in m:
+        parts.append(f"({m['train/epoch_s']:.0f}s)")
+    return ", ".join(parts)

@@ -1,491 +1,245 @@
-"""Score a gallery with Ray Data batch inference, keep a streaming top-K per query in both
-directions, and write the results to Parquet.
+"""Score a gallery with Ray: encode every caption and image once (Ray Data batch inference),
+score the caption x image tiles on one pool of actors, keep a streaming top-K per query in
+both directions, and write the results.
 
-    rocoray score --model fusion --checkpoint runs/fusion-demo --data data/synthetic --split test
-    rocoray score --model two_tower --checkpoint runs/two-tower-demo --data data/synthetic
-    rocoray score --model rerank --checkpoint runs/fusion-demo --retriever runs/two-tower-demo
+    rocoray score --model fusion --checkpoint runs/demo/train/fusion --data data/synthetic
+    rocoray score --model two_tower --checkpoint runs/demo/train/two_tower --data data/synthetic
+    rocoray score --model rerank --checkpoint runs/demo/train/fusion \\
+        --retriever runs/demo/train/two_tower --data data/synthetic
 
-fusion     1. encode every caption and image ONCE on an actor pool (map_batches with a
-              callable class: GPUs on a cluster, fractional CPUs here);
-           2. cut the caption x image matrix into tiles, score them with the fusion head on an
-              actor pool; each tile sends back only its top-K lists and rank counts;
-           3. merge into a streaming top-K per query (O(N*K) memory), exact ranks included.
-two_tower  embed both sides once, chunked matrix product, the same top-K output.
-rerank     the two-tower model's top-k candidates re-scored by the fusion head (N*k pairs).
+fusion     encode (Ray Data: read + preprocess + encode in one actor stage), then the
+           scoring plan of ``core.scoring`` (positives, every tile) on one actor pool: each
+           actor loads the model once; each tile sends back only its top-K lists and
+           rank counts (O(N*K) memory, exact ranks).
+two_tower  embed both sides once, then the same plan in this process (a matmul per tile).
+rerank     the two-tower model's top-k candidates re-scored by the fusion head (2Nk pairs),
+           optionally fused with the two-tower score (--alpha).
 
-Outputs in --out: t2i.parquet / i2t.parquet (query, top-K ids and scores, rank of the first
-correct item), scoring.json (metrics, timings, peak memory, skipped rows). The work dir is
-restartable: encoded blocks and finished tiles are kept, a rerun skips them, and the final
-output is identical.
+Outputs in --out: gallery.parquet, t2i.parquet / i2t.parquet (top-K rows, ids, scores, exact
+rank of the first correct item), scoring.json. Encoded galleries and finished work items are
+cached under --cache, keyed on everything that produced them: a rerun after a crash reuses
+them and writes identical output; changed inputs are computed anew (the log says why).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import logging
-import resource
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import ray
-import ray.data
 import torch
 
-from core.checkpoint import load_checkpoint, read_checkpoint_config
-from core.data.preprocess import build_preprocessor, count_skips, merge_counts
-from core.data.rocov2 import columns_to_read, resolve_split, row_groups
-from core.evaluation import (concat, num_items, positive_tiles, score_candidates,
-                             stream_retrieval)
-from core.feature_store import (FeatureStore, arrays_exist, features_from_numpy,
-                                features_to_numpy, read_arrays, write_arrays)
+from core import storage
+from core.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint
+from core.data.rocov2 import resolve_split, row_groups
+from core.evaluation import in_memory_blocks
 from core.metrics import bidirectional_metrics
-from core.retrieval import StreamingRetrieval, positive_keys, reduce_tile, rerank
-from ray_jobs.runtime import Progress, init_ray, setup_logging
+from core.scoring import ScoringPlan, TileWorker, local_executor, outputs, tile_shape
+from ray_jobs.actor_pool import ActorExecutor, peak_rss_mb
+from ray_jobs.gallery import Gallery, encode
+from ray_jobs.options import UserError, opt, parse, run_cli
+from ray_jobs.runtime import init_ray, setup_logging
 
 log = logging.getLogger("rocoray.score")
 
-GALLERY = "gallery.parquet"
+
+@dataclass
+class ScoringOptions:
+    """Settings shared by ``rocoray score``, ``rocoray evaluate`` and the demo."""
+
+    split: str = opt("test", "split of --data to score")
+    k: int = opt(10, "top-K kept per query")
+    rerank_k: int = opt(32, "rerank: first-stage candidates per query")
+    alpha: float = opt(0.0, "rerank: fused score = fusion logit + alpha x two-tower cosine")
+    block: int | None = opt(None, "rows per feature block = tile side (default: sized for the device)")
+    chunk: int | None = opt(None, "sub-block side inside a tile (default: sized for the device)")
+    max_items: int | None = opt(None, "score only the first N rows of the split")
+    actors: int = opt(2, "actors of the encode and scoring pools")
+    cpus_per_actor: float = opt(0.5, "CPUs per actor (fractional on small machines)")
+    gpus_per_actor: float = opt(1.0, "GPUs per actor, with --use-gpu")
+    use_gpu: bool = opt(False, "encode and score on GPUs")
+    precision: str | None = opt(None, "fp32 or bf16 autocast (default: the checkpoint's "
+                                "train.precision on GPUs, fp32 on CPUs)", choices=["fp32", "bf16"])
+    cache: str | None = opt(None, "cached encoded galleries and work items (default: <out>/cache)")
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+@dataclass
+class ScoreConfig(ScoringOptions):
+    model: str = opt(None, "what to score", choices=["fusion", "two_tower", "rerank"], required=True)
+    checkpoint: str = opt(None, "checkpoint dir or training run dir (rerank: the fusion model)",
+                          required=True)
+    retriever: str | None = opt(None, "rerank: the two-tower checkpoint or run")
+    data: str | None = opt(None, "ROCOv2 data (default: the checkpoint's data.path)")
+    out: str = opt("runs/score", "output directory")
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory, or a training run directory (its best checkpoint)."""
-    p = Path(path)
-    if (p / "model.safetensors").exists():
-        return str(p)
-    result = p / "result.json"
-    if result.exists():
-        info = json.loads(result.read_text())
-        chosen = info.get("best_checkpoint") or info.get("latest_checkpoint")
-        if chosen:
-            return chosen
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint path does not exist: {path}")
-    raise FileNotFoundError(f"{path} is neither a checkpoint (model.safetensors) nor a "
-                            f"training run with a result.json")
+@dataclass
+class Job:
+    """A validated request: every path resolved, sizes known; nothing written yet."""
+
+    cfg: ScoreConfig
+    checkpoints: dict  # kind -> checkpoint dir
+    files: object  # core.data.rocov2.SplitFiles
+    rows: int  # rows in the split (before skipping), from the Parquet footers
+    device: str
+    precision: str
+    out: str
+    cache: str
 
 
-def _device(use_gpu: bool) -> str:
-    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+def prepare(cfg: ScoreConfig) -> Job:
+    """Check everything a user can get wrong, before Ray starts or anything is written."""
+    need = {"fusion": ["fusion"], "two_tower": ["two_tower"], "rerank": ["fusion", "two_tower"]}
+    given = {"fusion": cfg.checkpoint, "two_tower": cfg.checkpoint}
+    if cfg.model == "rerank":
+        if not cfg.retriever:
+            raise UserError("--model rerank needs --retriever (a two-tower checkpoint or run)")
+        given["two_tower"] = cfg.retriever
+    flag = {"fusion": "--checkpoint", "two_tower": "--retriever" if cfg.model == "rerank"
+            else "--checkpoint"}
+    checkpoints = {}
+    for kind in need[cfg.model]:
+        path = resolve_checkpoint(given[kind])
+        found = read_checkpoint_config(path).model.kind
+        if found != kind:
+            raise UserError(f"{flag[kind]} {given[kind]} holds a {found} model; "
+                            f"--model {cfg.model} needs a {kind} checkpoint there")
+        checkpoints[kind] = path
+    data = cfg.data or read_checkpoint_config(checkpoints[need[cfg.model][0]]).data.path
+    files = resolve_split(data, cfg.split)
+    rows = sum(n for _, _, n in row_groups(files, cfg.max_items))
+    rows = rows if cfg.max_items is None else min(rows, cfg.max_items)
+    wanted = max(cfg.k, cfg.rerank_k) if cfg.model == "rerank" else cfg.k
+    if wanted > rows:
+        raise UserError(f"top-{wanted} asked for (--k/--rerank-k), but split {cfg.split!r} of "
+                        f"{data} holds only {rows} row(s)")
+    if cfg.model == "rerank" and cfg.k > cfg.rerank_k:
+        raise UserError(f"--k {cfg.k} must not exceed --rerank-k {cfg.rerank_k}")
+    device = "cuda" if cfg.use_gpu else "cpu"
+    precision = cfg.precision or ("fp32" if device == "cpu" else
+                                  read_checkpoint_config(checkpoints[need[cfg.model][0]]).train.precision)
+    out = storage.absolute(cfg.out)
+    return Job(dataclasses.replace(cfg, data=data), checkpoints, files, rows, device, precision,
+               out, storage.absolute(cfg.cache or storage.join(out, "cache")))
 
 
-# --- stage 1: encode the gallery once ------------------------------------------------------
-
-class GalleryEncoder:
-    """Ray Data actor: reads a Parquet row group, preprocesses it and encodes both sides.
-
-    Reading, preprocessing and encoding live in this ONE actor stage on purpose: with no
-    separate read tasks competing with the actor pool for CPUs, the stage cannot deadlock
-    on a small cluster (the failure mode of read tasks + actors on 2 CPUs)."""
-
-    def __init__(self, checkpoint: str, filesystem, columns: list[str], use_gpu: bool = False,
-                 batch_size: int = 64):
-        self.device = _device(use_gpu)
-        loaded = load_checkpoint(checkpoint, device=self.device)
-        self.model = loaded.model
-        self.preprocessor = build_preprocessor(loaded.config.model, loaded.tokenizer)
-        self.filesystem, self.columns, self.batch_size = filesystem, columns, batch_size
-
-    @torch.no_grad()
-    def _encode(self, batch: dict) -> dict:
-        out = {k: batch[k] for k in ("image_id", "caption", "group", "skip")}
-        pixels = torch.as_tensor(batch["pixel_values"]).to(self.device)
-        ids = torch.as_tensor(batch["input_ids"]).to(self.device)
-        mask = torch.as_tensor(batch["attention_mask"]).to(self.device)
-        for side, feats in (("text", self.model.encode_text(ids, mask)),
-                            ("image", self.model.encode_image(pixels))):
-            for name, value in features_to_numpy(feats).items():
-                out[f"{side}.{name}"] = value
-        return out
-
-    def __call__(self, units: dict) -> dict:
-        from core.data.rocov2 import read_row_group
-
-        parts = []
-        for path, group in zip(units["path"], units["row_group"]):
-            table = read_row_group(self.filesystem, str(path), int(group), self.columns)
-            for start in range(0, table.num_rows, self.batch_size):
-                parts.append(self._encode(self.preprocessor(table.slice(start, self.batch_size))))
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+def _shape(job: Job, kind: str) -> tuple[int, int]:
+    memory = (torch.cuda.get_device_properties(0).total_memory
+              if job.device == "cuda" and torch.cuda.is_available() else None)
+    block, chunk = tile_shape(kind, job.device, memory)
+    block, chunk = job.cfg.block or block, min(job.cfg.chunk or chunk, job.cfg.block or block)
+    return block - block % chunk, chunk
 
 
-def encode_gallery(args, checkpoint: str, kind: str, workdir: str) -> dict:
-    """Encode the split once into a FeatureStore (skipped when a previous run finished it)."""
-    store = FeatureStore(f"{workdir}/features", kind)
-    meta = store.read_meta()
-    if meta and meta.get("complete") and meta.get("block_size") == args.block:
-        log.info("encoded gallery found in %s (%d items): reusing it", workdir, meta["n"])
-        return meta
-    files = resolve_split(args.data, args.split)
-    units = row_groups(files, args.max_items)
-    if not units:
-        raise ValueError(f"the gallery is empty: split {args.split!r} of {args.data} has no rows")
-    ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
-                             override_num_blocks=len(units))
-    ds = ds.map_batches(GalleryEncoder, fn_constructor_kwargs={
-        "checkpoint": checkpoint, "filesystem": files.filesystem,
-        "columns": columns_to_read(files), "use_gpu": args.use_gpu},
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=args.actors),
-        num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor or None,
-        batch_format="numpy")
-    # Deterministic row order: the same gallery indices on every (re)run.
-    ds.context.execution_options.preserve_order = True
-    if args.max_items is not None:
-        ds = ds.limit(args.max_items)
+# --- the three methods -----------------------------------------------------------------------
+
+def two_tower_topk(job: Job, gallery: Gallery, k: int):
+    """Two-tower retrieval: the plan in this process, a matmul per 4096 x 4096 tile."""
+    model = load_checkpoint(job.checkpoints["two_tower"]).model
+    text, image = gallery.features("text"), gallery.features("image")
+    block, chunk = tile_shape("two_tower", "cpu")
+    plan = ScoringPlan(gallery.groups, gallery.groups, block=block, chunk=chunk, k=k)
     t0 = time.perf_counter()
-    pending: list[dict] = []
-    ids, captions, groups, skipped = [], [], [], {}
-    blocks = 0
-    progress = Progress("encoded rows", every=5.0)
-
-    def flush(final: bool = False):
-        nonlocal pending, blocks
-        while pending and (final or sum(len(p["group"]) for p in pending) >= args.block):
-            merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-            head = {k: v[:args.block] for k, v in merged.items()}
-            rest = {k: v[args.block:] for k, v in merged.items()}
-            for side in ("text", "image"):
-                arrays = {k.split(".", 1)[1]: v for k, v in head.items() if k.startswith(side + ".")}
-                store.write_block(side, blocks, features_from_numpy(kind, side, arrays))
-            blocks += 1
-            pending = [rest] if len(rest["group"]) else []
-
-    for batch in ds.iter_batches(batch_size=args.block, batch_format="numpy"):
-        skipped = merge_counts(skipped, count_skips(batch["skip"]))
-        keep = np.asarray(batch["skip"]) == 0
-        progress.update(len(keep))
-        if not keep.any():
-            continue
-        batch = {k: np.asarray(v)[keep] for k, v in batch.items()}
-        ids.extend(batch["image_id"].tolist())
-        captions.extend(batch["caption"].tolist())
-        groups.append(batch["group"])
-        pending.append({k: v for k, v in batch.items()
-                        if k.startswith(("text.", "image.")) or k == "group"})
-        flush()
-    flush(final=True)
-    if not ids:
-        raise ValueError(f"the gallery is empty: split {args.split!r} of {args.data} has no "
-                         f"usable rows (skipped: {skipped or 'none'})")
-    table = pa.table({"image_id": ids, "caption": captions,
-                      "group": np.concatenate(groups)})
-    with _open(workdir, GALLERY, "wb") as f:
-        pq.write_table(table, f)
-    meta = {"n": len(ids), "block_size": args.block, "blocks": blocks, "kind": kind,
-            "skipped": skipped, "source": files.source, "split": args.split,
-            "encode_s": time.perf_counter() - t0, "complete": True}
-    store.write_meta(meta)
-    log.info("encoded %d items in %d blocks (%.1fs); skipped %s", len(ids), blocks,
-             meta["encode_s"], skipped or "none")
-    return meta
+    acc = plan.run_retrieval(local_executor(TileWorker(model, in_memory_blocks(text, image, block),
+                                                       plan)))
+    results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
+    return results, {"score_s": time.perf_counter() - t0, "pairs": len(text) * len(image)}
 
 
-def _open(workdir: str, name: str, mode: str):
-    import fsspec
-
-    fs, base = fsspec.core.url_to_fs(workdir)
-    return fs.open(f"{base}/{name}", mode)
-
-
-def read_gallery(workdir: str) -> pa.Table:
-    with _open(workdir, GALLERY, "rb") as f:
-        return pq.read_table(f)
+def fusion_plan(job: Job, gallery: Gallery, k: int) -> tuple[ScoringPlan, dict]:
+    block, chunk = _shape(job, "fusion")
+    plan = ScoringPlan(gallery.groups, gallery.groups, block=block, chunk=chunk, k=k)
+    key = {"features": gallery.store.root, "chunk": chunk, "k": k, "precision": job.precision}
+    return plan, key
 
 
-# --- stage 2: score tiles on an actor pool -------------------------------------------------
-
-class TileScorer:
-    """Ray Data actor: scores work items against blocks from the FeatureStore and writes each
-    item's reduced result atomically; items whose result exists are skipped (restart)."""
-
-    def __init__(self, checkpoint: str, workdir: str, kind: str, k: int, block: int,
-                 use_gpu: bool = False, fail_after: int | None = None):
-        self.device = _device(use_gpu)
-        self.model = load_checkpoint(checkpoint, device=self.device).model
-        self.workdir, self.k, self.block = workdir, k, block
-        self.store = FeatureStore(f"{workdir}/features", kind)
-        groups = read_gallery(workdir).column("group").to_numpy()
-        self.groups = groups
-        self.positives = None
-        if arrays_exist(workdir, "positives.npz"):
-            p = read_arrays(workdir, "positives.npz")
-            self.positives = (p["t2i"], p["i2t"])
-        self.candidates = None
-        if arrays_exist(workdir, "candidates.npz"):
-            self.candidates = read_arrays(workdir, "candidates.npz")
-        self.fail_after, self.done = fail_after, 0
-
-    def _ids(self, b: int) -> np.ndarray:
-        return np.arange(b * self.block, min((b + 1) * self.block, len(self.groups)))
-
-    def _tile_scores(self, a: int, b: int) -> np.ndarray:
-        text = self.store.read_block("text", a, self.device)
-        image = self.store.read_block("image", b, self.device)
-        return self.model.score(text, image).float().cpu().numpy()
-
-    @torch.no_grad()
-    def _run(self, kind: str, a: int, b: int) -> dict:
-        if kind == "pos":
-            # A tile holding correct pairs: kept whole, so the positives' scores and the
-            # tile pass use the very same numbers (exact ranks, bit for bit).
-            return {"scores": self._tile_scores(a, b)}
-        if kind == "tile":
-            pos_tile = item_name("pos", a, b)
-            scores = (read_arrays(self.workdir, pos_tile)["scores"]
-                      if arrays_exist(self.workdir, pos_tile) else self._tile_scores(a, b))
-            return reduce_tile(self._ids(a), self._ids(b), scores, self.groups, self.groups,
-                               self.k, self.positives)
-        # rerank: queries of block a against their first-stage candidates
-        side, other = ("text", "image") if kind == "rr_t2i" else ("image", "text")
-        queries = self.store.read_block(side, a, self.device)
-        cand = self.candidates[kind[3:]][self._ids(a)]  # (nq, kc) gallery rows
-        gallery = self.store.rows(other, cand.reshape(-1), self.block, self.device)
-        return {"scores": score_candidates(self.model, queries, gallery, cand.shape[1], side)}
-
-    def __call__(self, batch: dict) -> dict:
-        status, seconds = [], []
-        for kind, a, b in zip(batch["kind"], batch["a"], batch["b"]):
-            name = item_name(str(kind), int(a), int(b))
-            t0 = time.perf_counter()
-            if arrays_exist(self.workdir, name):
-                status.append("cached")
-            else:
-                if self.fail_after is not None and self.done >= self.fail_after:
-                    raise RuntimeError("test hook: simulated scoring crash")
-                write_arrays(self.workdir, name, self._run(str(kind), int(a), int(b)))
-                self.done += 1
-                status.append("done")
-            seconds.append(time.perf_counter() - t0)
-        return {"kind": batch["kind"], "a": batch["a"], "b": batch["b"],
-                "status": np.asarray(status), "seconds": np.asarray(seconds),
-                "rss_mb": np.full(len(status), peak_rss_mb())}
-
-
-def item_name(kind: str, a: int, b: int) -> str:
-    return f"items/{kind}-{a:05d}-{b:05d}.npz"
-
-
-def run_items(args, checkpoint: str, kind: str, workdir: str, items: list[tuple[str, int, int]],
-              label: str, on_result=None) -> dict:
-    """Spread work items over an actor pool; call ``on_result(kind, a, b)`` as each lands."""
-    ds = ray.data.from_items([{"kind": k, "a": a, "b": b} for k, a, b in items],
-                             # one item per block: results (and progress) land item by item
-                             override_num_blocks=max(1, min(len(items), 4096)))
-    ds = ds.map_batches(TileScorer, fn_constructor_kwargs={
-        "checkpoint": checkpoint, "workdir": workdir, "kind": kind, "k": args.k,
-        "block": args.block, "use_gpu": args.use_gpu, "fail_after": args.fail_after_items},
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=args.actors),
-        num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor or None,
-        batch_format="numpy")
-    progress = Progress(label, total=len(items), every=5.0)
-    stats = {"done": 0, "cached": 0, "actor_seconds": 0.0, "actor_peak_rss_mb": 0.0}
-    for row in ds.iter_rows():
-        stats[str(row["status"])] += 1
-        stats["actor_seconds"] += float(row["seconds"])
-        stats["actor_peak_rss_mb"] = max(stats["actor_peak_rss_mb"], float(row["rss_mb"]))
-        if on_result is not None:
-            on_result(str(row["kind"]), int(row["a"]), int(row["b"]))
-        progress.update(1, f"({stats['cached']} cached)")
-    return stats
-
-
-# --- the three methods ---------------------------------------------------------------------
-
-def score_fusion(args, checkpoint: str, workdir: str, meta: dict) -> tuple[StreamingRetrieval, dict]:
-    groups = read_gallery(workdir).column("group").to_numpy()
-    n, blocks = meta["n"], meta["blocks"]
-    timings = {}
-    # Positives first (an O(N) pass): their keys make streaming ranks exact.
+def fusion_topk(job: Job, gallery: Gallery):
+    plan, key = fusion_plan(job, gallery, job.cfg.k)
+    execute = ActorExecutor(job, "fusion", plan, gallery, {**key, "method": "fusion"})
     t0 = time.perf_counter()
-    if not arrays_exist(workdir, "positives.npz"):
-        tiles = positive_tiles(groups, groups, args.block)
-        run_items(args, checkpoint, "fusion", workdir, [("pos", a, b) for a, b in sorted(tiles)],
-                  "tiles with correct pairs")
-        ti, ii, scores = [], [], []
-        for (a, b), (t, i) in sorted(tiles.items()):
-            tile_scores = read_arrays(workdir, item_name("pos", a, b))["scores"]
-            ti.append(t)
-            ii.append(i)
-            scores.append(tile_scores[t - a * args.block, i - b * args.block])
-        pt, pi = positive_keys(np.concatenate(ti), np.concatenate(ii), np.concatenate(scores), n, n)
-        write_arrays(workdir, "positives.npz", {"t2i": pt, "i2t": pi})
-    pos = read_arrays(workdir, "positives.npz")
-    timings["positives_s"] = time.perf_counter() - t0
-    acc = StreamingRetrieval(groups, groups, args.k, (pos["t2i"], pos["i2t"]))
-    block = args.block
+    acc = plan.run_retrieval(execute)
+    results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
+    n = len(gallery.groups)
+    return results, {"score_s": time.perf_counter() - t0, "pairs": n * n, **execute.stats}
 
-    def merge(kind, a, b):
-        part = read_arrays(workdir, item_name(kind, a, b))
-        acc.add_partial(np.arange(a * block, min((a + 1) * block, n)),
-                        np.arange(b * block, min((b + 1) * block, n)), **part)
 
+def rerank_topk(job: Job, first: Gallery, gallery: Gallery):
+    """The two-tower top-k candidates re-scored by the fusion head (2Nk pairs)."""
+    if first.table.column("image_id").to_pylist() != gallery.table.column("image_id").to_pylist():
+        raise UserError("the two-tower and fusion galleries differ: were they trained on "
+                        "different data? Give --data explicitly")
     t0 = time.perf_counter()
-    items = [("tile", a, b) for a in range(blocks) for b in range(blocks)]
-    stats = run_items(args, checkpoint, "fusion", workdir, items, "fusion tiles", merge)
-    timings["score_s"] = time.perf_counter() - t0
-    timings["pairs"] = n * n
-    timings.update(stats)
-    return acc, timings
+    first_stage, first_timings = two_tower_topk(job, first, job.cfg.rerank_k)
+    for direction, (index, scores, ranks) in first_stage.items():  # what the retriever gave
+        outputs.write_topk(storage.join(job.out, "first_stage"), direction, first.table, index,
+                           scores, ranks)
+    plan, key = fusion_plan(job, gallery, job.cfg.k)
+    execute = ActorExecutor(job, "fusion", plan, gallery, {
+        **key, "method": "rerank", "first_stage": first.store.root, "rerank_k": job.cfg.rerank_k})
+    results = plan.run_rerank(execute, first_stage, job.cfg.alpha)
+    n = len(gallery.groups)
+    return results, {"score_s": time.perf_counter() - t0, "pairs": 2 * n * job.cfg.rerank_k,
+                     "first_stage_score_s": first_timings["score_s"], **execute.stats}
 
 
-def score_two_tower(args, checkpoint: str, workdir: str, meta: dict) -> tuple[StreamingRetrieval, dict]:
-    groups = read_gallery(workdir).column("group").to_numpy()
-    store = FeatureStore(f"{workdir}/features", "two_tower")
-    text = concat([store.read_block("text", b) for b in range(meta["blocks"])])
-    image = concat([store.read_block("image", b) for b in range(meta["blocks"])])
-    model = load_checkpoint(checkpoint).model
-    t0 = time.perf_counter()
-    acc = stream_retrieval(model, text, image, groups, groups, k=args.k, tile=4096)
-    return acc, {"score_s": time.perf_counter() - t0, "pairs": num_items(text) * num_items(image)}
+# --- the job ---------------------------------------------------------------------------------
 
-
-def score_rerank(args, checkpoint: str, retriever: str, workdir: str, meta: dict):
-    """Two-tower top-k candidates (from the retriever's own scoring run) re-scored by fusion."""
-    first = Path(getattr(args, "retriever_out", None) or Path(workdir) / "retriever")
-    first_args = argparse.Namespace(**{**vars(args), "out": str(first), "model": "two_tower",
-                                       "checkpoint": retriever, "k": args.rerank_k})
-    first_result = score(first_args)
-    gallery = read_gallery(workdir)
-    groups = gallery.column("group").to_numpy()
-    fg = read_gallery(str(first))
-    if fg.column("image_id").to_pylist() != gallery.column("image_id").to_pylist():
-        raise ValueError("the retriever's gallery differs from the re-ranker's (different data?)")
-    cands, firsts, ranks = {}, {}, {}
-    for direction in ("t2i", "i2t"):
-        table = pq.read_table(first / f"{direction}.parquet")
-        cands[direction] = np.asarray(table.column("topk_index").to_pylist(), dtype=np.int64)
-        firsts[direction] = np.asarray(table.column("topk_scores").to_pylist(), dtype=np.float32)
-        ranks[direction] = table.column("rank").to_numpy()
-    write_arrays(workdir, "candidates.npz", cands)
-    t0 = time.perf_counter()
-    n_blocks = meta["blocks"]
-    items = [(f"rr_{d}", a, 0) for d in ("t2i", "i2t") for a in range(n_blocks)]
-    stats = run_items(args, checkpoint, "fusion", workdir, items, "rerank items")
-    out = {}
-    for direction in ("t2i", "i2t"):
-        fused = np.concatenate([read_arrays(workdir, item_name(f"rr_{direction}", a, 0))["scores"]
-                                for a in range(n_blocks)])
-        if args.alpha:
-            fused = fused + args.alpha * firsts[direction]
-        out[direction] = rerank(cands[direction], fused, ranks[direction], groups, groups, args.k)
-    timings = {"score_s": time.perf_counter() - t0, "pairs": 2 * len(groups) * args.rerank_k,
-               "retriever_s": first_result["timings"]["total_s"], **stats}
-    return out, timings
-
-
-# --- the job -------------------------------------------------------------------------------
-
-def write_topk(workdir: str, gallery: pa.Table, direction: str, index: np.ndarray,
-               scores: np.ndarray, ranks: np.ndarray) -> None:
-    ids = np.asarray(gallery.column("image_id").to_pylist(), dtype=object)
-    table = pa.table({
-        "query_index": np.arange(len(ranks)),
-        "query_id": ids,
-        "topk_index": [row.tolist() for row in index],
-        "topk_ids": [ids[row].tolist() for row in index],
-        "topk_scores": [row.tolist() for row in scores.astype(np.float32)],
-        "rank": ranks.astype(np.int64),
-    })
-    with _open(workdir, f"{direction}.parquet", "wb") as f:
-        pq.write_table(table, f)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rocoray score", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["fusion", "two_tower", "rerank"], required=True)
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint dir, or a training run dir (its best checkpoint); for "
-                        "rerank: the fusion model")
-    p.add_argument("--retriever", default=None, help="rerank: the two-tower checkpoint/run")
-    p.add_argument("--data", default=None, help="data (default: the checkpoint's data.path)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", default=None, help="work/output dir (default runs/score/<model>)")
-    p.add_argument("--k", type=int, default=10, help="top-K kept per query")
-    p.add_argument("--rerank-k", type=int, default=32, help="rerank: candidates per query")
-    p.add_argument("--alpha", type=float, default=0.0,
-                   help="rerank: add alpha x the two-tower score to the fusion score")
-    p.add_argument("--block", type=int, default=64, help="rows per feature block = tile side")
-    p.add_argument("--max-items", type=int, default=None, help="score only the first N rows")
-    p.add_argument("--actors", type=int, default=2)
-    p.add_argument("--cpus-per-actor", type=float, default=0.5)
-    p.add_argument("--gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--fail-after-items", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--address", default=None)
-    return p.parse_args(argv)
-
-
-def score(args) -> dict:
-    t_start = time.perf_counter()
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    expected = "fusion" if args.model in ("fusion", "rerank") else "two_tower"
-    cfg = read_checkpoint_config(checkpoint)
-    if cfg.model.kind != expected:
-        raise ValueError(f"--model {args.model} needs a {expected} checkpoint, but "
-                         f"{checkpoint} holds a {cfg.model.kind} model")
-    if args.model == "rerank":
-        if not args.retriever:
-            raise ValueError("--model rerank needs --retriever (a two-tower checkpoint)")
-        retriever = resolve_checkpoint(args.retriever)
-        if read_checkpoint_config(retriever).model.kind != "two_tower":
-            raise ValueError(f"--retriever {retriever} is not a two-tower checkpoint")
-        if not args.k <= args.rerank_k:
-            raise ValueError(f"--k {args.k} must not exceed --rerank-k {args.rerank_k}")
-    args.data = args.data or cfg.data.path
-    workdir = args.out or f"runs/score/{args.model}"
-    if "://" not in workdir:
-        workdir = str(Path(workdir).resolve())
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-    args.out = workdir
-    meta = encode_gallery(args, checkpoint, expected, workdir)
-    n = meta["n"]
-    k_needed = args.rerank_k if args.model == "rerank" else args.k
-    if k_needed > n:
-        raise ValueError(f"top-{k_needed} asked for, but the gallery holds only {n} item(s)")
-    gallery = read_gallery(workdir)
-    if args.model == "fusion":
-        acc, timings = score_fusion(args, checkpoint, workdir, meta)
-        results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
-    elif args.model == "two_tower":
-        acc, timings = score_two_tower(args, checkpoint, workdir, meta)
-        results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
+def execute(job: Job) -> dict:
+    cfg, t_start = job.cfg, time.perf_counter()
+    main_kind = "two_tower" if cfg.model == "two_tower" else "fusion"
+    gallery = encode(job, main_kind, _shape(job, main_kind)[0])
+    n = len(gallery.groups)
+    wanted = max(cfg.k, cfg.rerank_k) if cfg.model == "rerank" else cfg.k
+    if wanted > n:
+        raise UserError(f"top-{wanted} asked for (--k/--rerank-k), but only {n} item(s) of the "
+                        f"gallery could be used (skipped: {gallery.meta['skipped'] or 'none'})")
+    encode_s = {main_kind: gallery.meta["encode_s"]}
+    if cfg.model == "two_tower":
+        results, timings = two_tower_topk(job, gallery, cfg.k)
+    elif cfg.model == "fusion":
+        results, timings = fusion_topk(job, gallery)
     else:
-        results, timings = score_rerank(args, checkpoint, retriever, workdir, meta)
+        first = encode(job, "two_tower", _shape(job, "two_tower")[0])
+        encode_s["two_tower"] = first.meta["encode_s"]
+        results, timings = rerank_topk(job, first, gallery)
+    storage.write_parquet(job.out, outputs.GALLERY, gallery.table)
     for direction, (index, scores, ranks) in results.items():
-        write_topk(workdir, gallery, direction, index, scores, ranks)
-    metrics = bidirectional_metrics(results["t2i"][2], results["i2t"][2], n_images=n, n_texts=n)
-    timings["encode_s"] = meta["encode_s"]
-    timings["total_s"] = time.perf_counter() - t_start
+        outputs.write_topk(job.out, direction, gallery.table, index, scores, ranks)
+    ks = tuple(k for k in (1, 5, 10) if k <= n)
+    metrics = bidirectional_metrics(results["t2i"][2], results["i2t"][2], n_images=n, n_texts=n,
+                                    ks=ks)
+    timings.update(encode_s=sum(encode_s.values()), encode_s_by_model=encode_s,
+                   total_s=time.perf_counter() - t_start, driver_peak_rss_mb=peak_rss_mb())
     timings["pairs_per_s"] = timings["pairs"] / max(timings["score_s"], 1e-9)
-    timings["driver_peak_rss_mb"] = peak_rss_mb()
-    summary = {"model": args.model, "checkpoint": checkpoint, "data": str(args.data),
-               "split": args.split, "n": n, "k": args.k, "skipped": meta["skipped"],
-               "metrics": metrics, "timings": timings}
-    if args.model == "rerank":
-        summary.update(rerank_k=args.rerank_k, alpha=args.alpha, retriever=retriever)
-    with _open(workdir, "scoring.json", "wb") as f:
-        f.write(json.dumps(summary, indent=2, default=float).encode())
-    log.info("%s on %d items: t2i R@1/5/10 %.3f/%.3f/%.3f, i2t %.3f/%.3f/%.3f (%.1fs)", args.model,
-             n, *(metrics["t2i"][f"R@{k}"] for k in (1, 5, 10)),
-             *(metrics["i2t"][f"R@{k}"] for k in (1, 5, 10)), timings["total_s"])
+    summary = {"model": cfg.model, "checkpoints": job.checkpoints, "data": str(cfg.data),
+               "split": cfg.split, "n": n, "k": cfg.k, "skipped": gallery.meta["skipped"],
+               "precision": job.precision, "device": job.device, "metrics": metrics,
+               "timings": timings, "features": {g: gallery.store.root for g in [main_kind]}}
+    if cfg.model == "rerank":
+        summary.update(rerank_k=cfg.rerank_k, alpha=cfg.alpha)
+        summary["features"]["two_tower"] = first.store.root
+    storage.write_json(job.out, outputs.SUMMARY, summary)
+    log.info("%s on %d items: %s (%.1fs)", cfg.model, n, ", ".join(
+        f"{d} R@{k} {metrics[d][f'R@{k}']:.3f}" for d in ("t2i", "i2t") for k in ks),
+        timings["total_s"])
     return summary
 
 
+def run(cfg: ScoreConfig) -> dict:
+    """Validate, start (or join) Ray, score. Jobs call this with a ScoreConfig."""
+    job = prepare(cfg)
+    init_ray(cfg.address)
+    return execute(job)
+
+
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    cfg = parse(ScoreConfig, argv, "rocoray score", __doc__)
     setup_logging()
-    init_ray(args.address)
-    summary = score(args)
-    print(json.dumps({k: summary[k] for k in ("model", "n", "metrics")}, default=float))
-    print(f"results: {args.out}")
+    summary = run_cli("rocoray score", lambda: run(cfg))
+    print(storage.dumps_json({k: summary[k] for k in ("model", "n", "metrics")}))
+    print(f"results: {storage.absolute(cfg.out)}")
     return summary
 
 

@@ -2,258 +2,252 @@
 TorchTrainer workers; each epoch reports loss, learning rate, throughput and validation
 Recall@K with a safetensors checkpoint.
 
-    rocoray train --model two_tower --config tiny --data data/synthetic --name tt-demo
+    rocoray train --model two_tower --config tiny --data data/synthetic --name tt
     ray job submit --working-dir . -- python -m ray_jobs.train --model fusion --config base \\
         --data hf://datasets/eltorio/ROCOv2-radiology --storage-path s3://bucket/runs
 
 Re-launching with the same --name (and storage path) resumes from the latest checkpoint;
-``train.max_failures`` restarts a crashed worker group from it.
+``train.max_failures`` restarts a crashed worker group from it. An error before the first
+optimizer step (a bad setting, a bug) is deterministic: it ends the run at once with its
+message instead of being retried.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.checkpoint import WEIGHTS, load_train_state, save_checkpoint, unwrap
+from core import faults, storage
+from core.checkpoint import RUN_RESULT, WEIGHTS, load_train_state, save_checkpoint, unwrap
 from core.config import ExperimentConfig, config_from_dict, load_config, save_config, to_dict
-from core.data.preprocess import build_preprocessor, merge_counts, valid_rows
+from core.data.preprocess import build_preprocessor
+from core.data.rocov2 import resolve_split
 from core.data.tokenizer import resolve_tokenizer
-from core.evaluation import concat, encode_batches, validate
+from core.distributed import gather_objects
+from core.evaluation import encode_batches, validate
 from core.metrics import flat_metrics
 from core.models import build_model, count_parameters
-from core.training import LossModule, build_optimizer, build_scheduler, to_model_inputs
-from ray_jobs.runtime import Progress, init_ray, setup_logging
+from core.training import LossModule, build_optimizer, build_scheduler, train_one_epoch
+from ray_jobs.options import UserError, opt, parse, run_cli
+from ray_jobs.runtime import Progress, format_epoch, init_ray, setup_logging
 
 log = logging.getLogger("rocoray.train")
 
 TRAIN_COLUMNS = ["pixel_values", "input_ids", "attention_mask", "group", "skip"]
-RESULT_FILE = "result.json"
 HISTORY = "history.json"  # every epoch's metrics, carried from checkpoint to checkpoint
+FATAL = "fatal_error.json"  # written instead of retrying a deterministic first-step error
 
 
 # --- the worker: plain PyTorch plus get_dataset_shard / prepare_model / report ---------------
 
-def _all_ranks_agree(flag: bool, device) -> bool:
-    """True if ``flag`` holds on every rank (collectives must stay in step)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([0.0 if flag else 1.0], device=device)
-    dist.all_reduce(t)
-    return t.item() == 0.0
-
-
-def _gather_encoded(encoded: dict | None) -> dict | None:
-    """Every rank's validation features on every rank (they are small: a gallery's worth)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return encoded
-    parts = [None] * dist.get_world_size()
-    local = None if encoded is None else {k: (v.cpu() if hasattr(v, "cpu") else v)
-                                          for k, v in encoded.items() if k in ("text", "image", "group")}
-    dist.all_gather_object(parts, local)
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    return {"text": concat([p["text"] for p in parts]), "image": concat([p["image"] for p in parts]),
-            "group": np.concatenate([p["group"] for p in parts])}
+@dataclass
+class WorkerState:
+    cfg: ExperimentConfig
+    loss_module: torch.nn.Module  # LossModule, DDP-wrapped under several workers
+    model: torch.nn.Module  # the bare model inside it
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    device: torch.device
+    rank: int
+    world: int
+    start_epoch: int = 0
+    step: int = 0
+    history: list | None = None
 
 
-def _maybe_fail(cfg, step: int) -> None:
-    """Test hook: kill this worker process once, after ``fail_at_step`` optimizer steps."""
-    t = cfg.train
-    if t.fail_at_step is None or step != t.fail_at_step:
+def setup(loop_config: dict) -> WorkerState:
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.train.seed + rank)
+    model = build_model(cfg.model)
+    loss_module = ray.train.torch.prepare_model(LossModule(model, cfg.model))
+    optimizer = build_optimizer(loss_module, cfg.train)
+    scheduler = build_scheduler(optimizer, loop_config["steps_per_epoch"] * cfg.train.epochs,
+                                cfg.train.warmup_fraction)
+    if rank == 0:
+        log.info("%s model: %.1fM parameters, on %s", cfg.model.kind,
+                 count_parameters(model) / 1e6, ray.train.torch.get_device())
+    return WorkerState(cfg, loss_module, unwrap(loss_module).model, optimizer, scheduler,
+                       ray.train.torch.get_device(), rank, world, history=[])
+
+
+def restore(state: WorkerState) -> None:
+    """Continue from the latest checkpoint of this run, if there is one."""
+    import ray.train
+    from safetensors.torch import load_model
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
         return
-    marker = Path(t.fail_marker or tempfile.gettempdir()) / "rocoray_fail_marker"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(str(step))
-    log.warning("fail_at_step=%d: killing this worker (test hook)", step)
-    os._exit(1)
+    with checkpoint.as_directory() as ckpt_dir:
+        load_model(state.model, str(Path(ckpt_dir) / WEIGHTS), device=str(state.device))
+        saved = load_train_state(ckpt_dir, device=state.device)
+        history_file = Path(ckpt_dir) / HISTORY
+        state.history = json.loads(history_file.read_text()) if history_file.exists() else []
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.start_epoch, state.step = saved["epoch"] + 1, saved["step"]
+    if state.rank == 0:
+        log.info("resumed from the checkpoint of epoch %d (step %d)", state.start_epoch - 1,
+                 state.step)
+
+
+def batches(shard, batch_size: int, device, **kwargs):
+    """Host batches (``core.batch``) from a Ray Data shard: the collate runs in Ray's prefetch
+    threads, bookkeeping stays numpy, model inputs are pinned for the copy to a GPU."""
+    from ray_jobs.data import HostCollate
+
+    return shard.iter_torch_batches(batch_size=batch_size, prefetch_batches=2,
+                                    collate_fn=HostCollate(pin_memory=device.type == "cuda"),
+                                    **kwargs)
+
+
+def train_epoch(state: WorkerState, shard, epoch: int, steps_per_epoch: int, attempt: dict):
+    cfg = state.cfg
+    progress = Progress(f"epoch {epoch + 1}/{cfg.train.epochs} steps", steps_per_epoch,
+                        every=10.0) if state.rank == 0 else None
+
+    def on_step(n: int, loss: torch.Tensor) -> None:
+        state.step += 1
+        attempt["steps"] += 1
+        if progress is not None:
+            progress.update(1, lambda: f"loss {loss.item():.4f}")
+        faults.maybe_fail("train.step", state.step, hard=True)  # a worker dying (tests)
+
+    data = batches(shard, cfg.train.batch_size, state.device,
+                   local_shuffle_buffer_size=cfg.train.local_shuffle_buffer or None,
+                   local_shuffle_seed=cfg.train.seed + epoch * 1000 + state.rank)
+    precision = cfg.train.precision if state.device.type == "cuda" else "fp32"
+    return train_one_epoch(state.loss_module, state.optimizer, state.scheduler, data,
+                           state.device, precision, cfg.train.grad_clip, on_step)
+
+
+def validate_epoch(state: WorkerState, shard) -> dict | None:
+    """Each rank encodes its shard of the validation split; rank 0 scores the gathered
+    gallery (two-tower: all of it; fusion: the first ``fusion_val_max_items``)."""
+    cfg = state.cfg
+    limit = cfg.train.fusion_val_max_items if cfg.model.kind == "fusion" else cfg.train.val_max_items
+    per_rank = None if limit is None else math.ceil(limit / state.world)
+    state.model.eval()
+    kept, rows, skipped = [], 0, 0
+    for batch in batches(shard, cfg.train.eval_batch_size, state.device):
+        skipped += sum(batch.skipped.values())
+        if per_rank is not None and rows >= per_rank:
+            break
+        kept.append(batch)
+        rows += len(batch)
+    local = None
+    if rows:
+        enc = encode_batches(state.model, kept, state.device)
+        if per_rank is not None:
+            enc = {k: (v.index(slice(0, per_rank)) if k in ("text", "image") else v[:per_rank])
+                   for k, v in enc.items()}
+        local = {"text": enc["text"].to("cpu"), "image": enc["image"].to("cpu"),
+                 "group": np.asarray(enc["group"])}
+    parts = [p for p in gather_objects(local) if p is not None]
+    out = {"val/skipped_rows": skipped * state.world}
+    if state.rank != 0 or not parts:
+        return out
+    encoded = {side: type(parts[0][side]).cat([p[side] for p in parts]).to(state.device)
+               for side in ("text", "image")}
+    encoded["group"] = np.concatenate([p["group"] for p in parts])
+    out.update(flat_metrics(validate(state.model, encoded, max_items=limit), "val/"))
+    return out
+
+
+def save(state: WorkerState, epoch: int, metrics: dict, tokenizer) -> None:
+    """Rank 0 writes the checkpoint (weights, config, tokenizer, optimizer state, history);
+    every rank reports, as Ray Train requires."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if state.rank == 0:
+            save_checkpoint(tmp, state.model, state.cfg, tokenizer,
+                            {"optimizer": state.optimizer.state_dict(),
+                             "scheduler": state.scheduler.state_dict(), "epoch": epoch,
+                             "step": state.step})
+            state.history.append(metrics)
+            (Path(tmp) / HISTORY).write_text(storage.dumps_json(state.history))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            log.info(format_epoch(metrics, state.cfg.train.epochs))
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
-    import ray.train.torch
 
-    cfg: ExperimentConfig = config_from_dict(loop_config["config"])
-    tokenizer = loop_config["tokenizer"]
-    steps_per_epoch = loop_config["steps_per_epoch"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.train.seed + rank)
-    device = ray.train.torch.get_device()
-    use_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
-
-    model = build_model(cfg.model)
-    loss_module = ray.train.torch.prepare_model(LossModule(model, cfg.model))
-    model = unwrap(loss_module).model
-    optimizer = build_optimizer(loss_module, cfg.train)
-    scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.train.epochs,
-                                cfg.train.warmup_fraction)
-    start_epoch, step, history = 0, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        from safetensors.torch import load_model
-
-        with checkpoint.as_directory() as ckpt_dir:
-            load_model(model, str(Path(ckpt_dir) / WEIGHTS), device=str(device))
-            state = load_train_state(ckpt_dir, device=device)
-            history_file = Path(ckpt_dir) / HISTORY
-            history = json.loads(history_file.read_text()) if history_file.exists() else []
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        if rank == 0:
-            log.info("resumed from the checkpoint of epoch %d (step %d)", start_epoch - 1, step)
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
-    per_rank_val = None
-    if cfg.model.kind == "fusion":
-        per_rank_val = math.ceil(cfg.train.fusion_val_max_items / world)
-    elif cfg.train.val_max_items is not None:
-        per_rank_val = math.ceil(cfg.train.val_max_items / world)
-
-    for epoch in range(start_epoch, cfg.train.epochs):
-        progress = Progress(f"epoch {epoch + 1}/{cfg.train.epochs} steps", steps_per_epoch,
-                            every=10.0) if rank == 0 else None
-        loss_module.train()
-        t0 = time.perf_counter()
-        seen, losses, skipped, extras = 0, [], {}, {}
-        for batch in train_shard.iter_torch_batches(
-                batch_size=cfg.train.batch_size, prefetch_batches=2,
-                local_shuffle_buffer_size=cfg.train.local_shuffle_buffer or None,
-                local_shuffle_seed=cfg.train.seed + epoch * 1000 + rank,
-                pin_memory=device.type == "cuda"):
-            batch, skip_counts = valid_rows(batch)
-            skipped = merge_counts(skipped, skip_counts)
-            n = len(batch["group"])
-            if not _all_ranks_agree(n >= 2, device):
-                continue  # a contrastive step needs 2 rows; every rank skips together
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, stats = loss_module(**to_model_inputs(batch, device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(loss_module.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            seen += n
-            losses.append(loss.item())
-            for key, value in stats.items():
-                extras.setdefault(key, []).append(float(value))
-            if progress is not None:
-                progress.update(1, f"loss {losses[-1]:.4f}")
-            _maybe_fail(cfg, step)
-        train_time = time.perf_counter() - t0
-
-        # Validation: each rank encodes its shard, rank 0 scores the gathered gallery.
-        model.eval()
-        val_batches, val_skipped = [], {}
-        rows = 0
-        for batch in val_shard.iter_torch_batches(batch_size=cfg.train.eval_batch_size,
-                                                  prefetch_batches=1):
-            if per_rank_val is not None and rows >= per_rank_val:
-                break
-            batch, counts = valid_rows(batch)
-            val_skipped = merge_counts(val_skipped, counts)
-            if per_rank_val is not None:
-                batch = {k: v[: per_rank_val - rows] for k, v in batch.items()}
-            rows += len(batch["group"])
-            val_batches.append(batch)
-        encoded = encode_batches(model, [b for b in val_batches if len(b["group"])], device) \
-            if rows else None
-        encoded = _gather_encoded(encoded)
-
-        metrics = {"epoch": epoch + 1, "step": step, "start_epoch": start_epoch,
-                   "train/loss": float(np.mean(losses)) if losses else float("nan"),
-                   "train/lr": scheduler.get_last_lr()[0],
-                   "train/samples_per_s": seen * world / max(train_time, 1e-9),
-                   "train/epoch_s": train_time,
-                   "train/torch_threads": torch.get_num_threads(),
-                   "train/skipped_rows": sum(skipped.values()) * world,
-                   "val/skipped_rows": sum(val_skipped.values()) * world}
-        metrics.update({f"train/{k}": float(np.mean(v)) for k, v in extras.items()})
-        checkpoint_obj = None
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                if encoded is not None:
-                    model_cpu = model
-                    val = validate(model_cpu, {k: _to(v, device) for k, v in encoded.items()},
-                                   max_items=cfg.train.fusion_val_max_items
-                                   if cfg.model.kind == "fusion" else cfg.train.val_max_items)
-                    metrics.update(flat_metrics(val, "val/"))
-                save_checkpoint(tmp, model, cfg, tokenizer,
-                                {"optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step})
-                history.append(metrics)
-                (Path(tmp) / HISTORY).write_text(json.dumps(history, default=float))
-                checkpoint_obj = ray.train.Checkpoint.from_directory(tmp)
-                log.info("epoch %d/%d: %s", epoch + 1, cfg.train.epochs,
-                         {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-            ray.train.report(metrics, checkpoint=checkpoint_obj,
-                             checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
-
-
-def _to(value, device):
-    from core.evaluation import to_device
-
-    if isinstance(value, np.ndarray):
-        return value
-    return to_device(value, device)
+    attempt = {"steps": 0}  # optimizer steps taken in this attempt
+    try:
+        state = setup(loop_config)
+        restore(state)
+        train_shard = ray.train.get_dataset_shard("train")
+        val_shard = ray.train.get_dataset_shard("validation")
+        for epoch in range(state.start_epoch, state.cfg.train.epochs):
+            stats = train_epoch(state, train_shard, epoch, loop_config["steps_per_epoch"], attempt)
+            summary = stats.summary()
+            metrics = {"epoch": epoch + 1, "step": state.step, "start_epoch": state.start_epoch,
+                       "train/loss": summary.pop("loss", float("nan")),
+                       "train/lr": state.scheduler.get_last_lr()[0],
+                       "train/samples_per_s": summary.pop("samples_per_s") * state.world,
+                       "train/epoch_s": stats.seconds,
+                       "train/torch_threads": torch.get_num_threads(),
+                       "train/skipped_rows": sum(stats.skipped.values()) * state.world,
+                       **{f"train/{k}": v for k, v in summary.items()}}
+            metrics.update(validate_epoch(state, val_shard) or {})
+            save(state, epoch, metrics, loop_config["tokenizer"])
+    except Exception as exc:
+        if attempt["steps"]:
+            raise  # after real progress: Ray Train retries from the last checkpoint
+        # Before the first step nothing has changed since the last attempt: a retry would
+        # fail the same way. Record the error and end normally; the driver raises it.
+        log.error("training failed before its first step: %s: %s", type(exc).__name__, exc)
+        if ray.train.get_context().get_world_rank() == 0:
+            storage.write_json(loop_config["run_dir"], FATAL,
+                               {"error": f"{type(exc).__name__}: {exc}", "time": time.time()})
 
 
 # --- the driver ----------------------------------------------------------------------------
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rocoray train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["two_tower", "fusion"], default=None,
-                   help="model kind (overrides model.kind)")
-    p.add_argument("--config", default="tiny", help="preset name (tiny, base) or YAML path")
-    p.add_argument("--data", default=None, help="ROCOv2 data: dir, file list or URL")
-    p.add_argument("--name", default=None, help="run name; the same name resumes")
-    p.add_argument("--storage-path", default=None, help="local dir or s3:// (train.storage_path)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.lr=3e-4 model.two_tower.embed_dim=256")
-    p.add_argument("--address", default=None, help="Ray cluster address")
-    return p.parse_args(argv)
+@dataclass
+class TrainArgs:
+    model: str | None = opt(None, "model kind (overrides model.kind)", choices=["two_tower", "fusion"])
+    config: str = opt("tiny", "preset name (tiny, base) or a YAML file")
+    data: str | None = opt(None, "ROCOv2 data: a directory, a Parquet file, or a URL "
+                           "(default: the config's data.path)")
+    name: str | None = opt(None, "run name; the same name resumes (default: <model>-<time>)")
+    storage_path: str | None = opt(None, "local dir or s3:// for runs (default: train.storage_path)")
+    epochs: int | None = opt(None, "override train.epochs")
+    num_workers: int | None = opt(None, "override train.num_workers")
+    set: list = opt([], "config overrides, e.g. train.lr=3e-4 model.two_tower.embed_dim=256",
+                    metavar="KEY=VALUE")
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
-
-def config_from_args(args) -> ExperimentConfig:
-    overrides = list(args.set)
-    for flag, key in ((args.model, "model.kind"), (args.data, "data.path"),
-                      (args.name, "train.name"), (args.storage_path, "train.storage_path"),
-                      (args.epochs, "train.epochs"), (args.num_workers, "train.num_workers")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    return load_config(args.config, overrides)
-
-
-def storage_root(cfg: ExperimentConfig) -> str:
-    path = cfg.train.storage_path
-    return path if "://" in path else str(Path(path).resolve())
+    def experiment(self) -> ExperimentConfig:
+        overrides = list(self.set)
+        for value, key in ((self.model, "model.kind"), (self.data, "data.path"),
+                           (self.name, "train.name"), (self.storage_path, "train.storage_path"),
+                           (self.epochs, "train.epochs"), (self.num_workers, "train.num_workers")):
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        return load_config(self.config, overrides)
 
 
 def run_dir(cfg: ExperimentConfig) -> str:
-    return f"{storage_root(cfg).rstrip('/')}/{cfg.train.name}"
+    return storage.join(storage.absolute(cfg.train.storage_path), cfg.train.name)
 
 
 def build_datasets(cfg: ExperimentConfig, tokenizer) -> tuple[dict, int]:
@@ -277,7 +271,12 @@ def build_datasets(cfg: ExperimentConfig, tokenizer) -> tuple[dict, int]:
 
 
 def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str]:
-    """Fill in what the run needs before it starts: a name, the tokenizer and its vocab size."""
+    """Check the data and fill in what the run needs before it starts: a name, the tokenizer
+    and its vocabulary size. Raises user errors (a wrong path, a missing split) before Ray."""
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        resolve_split(cfg.data.path, split, cfg.data.storage_options)
+    if cfg.train.precision not in ("fp32", "bf16"):
+        raise UserError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
     if not cfg.train.name:
         cfg.train.name = f"{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     tokenizer, source = resolve_tokenizer(cfg.model.text, cfg.data.path, cfg.data.train_split,
@@ -285,7 +284,7 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str]:
     if not cfg.model.text.name_or_path:
         cfg.model.text.vocab_size = len(tokenizer)
     if cfg.train.precision == "bf16" and not cfg.train.use_gpu:
-        log.warning("precision bf16 needs GPUs (train.use_gpu=true); training in fp32")
+        log.info("train.precision bf16 applies on GPUs; this CPU run trains in fp32")
     return cfg, tokenizer, source
 
 
@@ -304,11 +303,11 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None):
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer,
-                           "steps_per_epoch": steps_per_epoch},
+                           "steps_per_epoch": steps_per_epoch, "run_dir": run_dir(cfg)},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=t.name, storage_path=storage_root(cfg), callbacks=callbacks,
+            name=t.name, storage_path=storage.absolute(t.storage_path), callbacks=callbacks,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
                                                checkpoint_score_attribute="val/mean_recall",
@@ -316,46 +315,59 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None):
         datasets=datasets)
     log.info("training %s on %d rows: %d worker(s) x batch %d, %d steps/epoch, %d epochs",
              cfg.model.kind, rows, t.num_workers, t.batch_size, steps_per_epoch, t.epochs)
-    return trainer.fit()
+    started = time.time()
+    result = trainer.fit()
+    out = run_dir(cfg)
+    if storage.exists(out, FATAL):
+        fatal = storage.read_json(out, FATAL)
+        if fatal["time"] >= started:
+            raise RuntimeError(f"training run {t.name} failed before its first step (not "
+                               f"retried): {fatal['error']}")
+    return result
 
 
 def summarize(result, cfg: ExperimentConfig) -> dict:
+    """The run's result.json: final metrics, every epoch, and checkpoints RELATIVE to the run
+    directory (a run can be moved)."""
     best = result.get_best_checkpoint("val/mean_recall", "max") if result.best_checkpoints else None
     history = []
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as ckpt_dir:
             path = Path(ckpt_dir) / HISTORY
             history = json.loads(path.read_text()) if path.exists() else []
-    return {"name": cfg.train.name, "model": cfg.model.kind, "path": run_dir(cfg),
-            "final": result.metrics,
-            "best_checkpoint": best.path if best else None,
-            "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+    out = run_dir(cfg)
+    return {"name": cfg.train.name, "model": cfg.model.kind,
+            "final": result.metrics, "epochs": cfg.train.epochs,
+            "best_checkpoint": storage.relative_to(best.path, out) if best else None,
+            "latest_checkpoint": (storage.relative_to(result.checkpoint.path, out)
+                                  if result.checkpoint else None),
             "history": history}
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    setup_logging()
-    cfg = config_from_args(args)
-    init_ray(args.address)
+def run(cfg: ExperimentConfig, address: str | None = None) -> dict:
+    """Validate, start (or join) Ray, train; returns the run summary (with its ``path``)."""
     cfg, tokenizer, source = prepare_run(cfg)
-    log.info("tokenizer: %s (%d tokens); model: %s, %.1fM parameters", source, len(tokenizer),
-             cfg.model.kind, count_parameters(build_model(cfg.model)) / 1e6)
+    init_ray(address)
+    log.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
     result = fit(cfg, tokenizer)
     if result.error:
         raise result.error
     summary = summarize(result, cfg)
     out = run_dir(cfg)
-    if "://" not in out:
+    if not storage.is_url(out):
         save_config(cfg, Path(out) / "config.yaml")
-        (Path(out) / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    storage.write_json(out, RUN_RESULT, summary)
+    summary["path"] = out
+    return summary
+
+
+def main(argv=None) -> dict:
+    args = parse(TrainArgs, argv, "rocoray train", __doc__)
+    setup_logging()
+    summary = run_cli("rocoray train", lambda: run(args.experiment(), args.address))
     final = summary["final"] or {}
-    print(f"\n{cfg.model.kind} run {cfg.train.name}: epoch {final.get('epoch')}, "
-          f"val mean recall {final.get('val/mean_recall', float('nan')):.3f}, "
-          f"t2i R@1/5/10 {final.get('val/t2i/R@1', float('nan')):.3f}/"
-          f"{final.get('val/t2i/R@5', float('nan')):.3f}/{final.get('val/t2i/R@10', float('nan')):.3f}"
-          + (f", match acc {final['val/match_acc']:.3f}" if "val/match_acc" in final else ""))
-    print(f"results: {out}  best checkpoint: {summary['best_checkpoint']}")
+    print(f"\n{summary['model']} run {summary['name']}: {format_epoch(final, summary['epochs'])}")
+    print(f"results: {summary['path']}  best checkpoint: {summary['best_checkpoint']}")
     return summary
 
 

@@ -14,16 +14,17 @@ a TorchTrainer whose RunConfig forwards every report to Tune (TuneReportCallback
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import re
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import load_config, save_config, to_dict
+from core import faults, storage
+from core.config import save_config
 from core.search_space import SearchSpace, load_search_space
+from ray_jobs.options import opt, parse, run_cli
 from ray_jobs.runtime import init_ray, setup_logging
 
 log = logging.getLogger("rocoray.tune")
@@ -31,22 +32,18 @@ log = logging.getLogger("rocoray.tune")
 SEARCH_SPACE_FILE = "search_space.json"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rocoray tune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", required=True, help="a YAML file from tune_spaces/")
-    p.add_argument("--data", default=None, help="ROCOv2 data (default: the preset's data.path)")
-    p.add_argument("--name", default=None, help="experiment name; the same name resumes")
-    p.add_argument("--storage-path", default="runs/tune")
-    p.add_argument("--num-samples", type=int, default=None, help="override the space's")
-    p.add_argument("--epochs", type=int, default=None, help="override the space's")
-    p.add_argument("--search", choices=["random", "grid", "optuna"], default=None)
-    p.add_argument("--max-concurrent-trials", type=int, default=None)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="fixed config overrides for every trial")
-    p.add_argument("--fail-trial-once", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--address", default=None)
-    return p.parse_args(argv)
+@dataclass
+class TuneArgs:
+    space: str = opt(None, "a search space YAML, e.g. tune_spaces/two_tower.yaml", required=True)
+    data: str | None = opt(None, "ROCOv2 data (default: the preset's data.path)")
+    name: str | None = opt(None, "experiment name; the same name resumes (default: <model>-<time>)")
+    storage_path: str = opt("runs/tune", "local dir or s3:// for experiments")
+    num_samples: int | None = opt(None, "override the space's num_samples")
+    epochs: int | None = opt(None, "override the space's epochs")
+    search: str | None = opt(None, "override the space's search", choices=["random", "grid", "optuna"])
+    max_concurrent_trials: int | None = opt(None, "override the space's max_concurrent_trials")
+    set: list = opt([], "fixed config overrides for every trial", metavar="KEY=VALUE")
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
 def param_space(space: SearchSpace) -> dict:
@@ -83,20 +80,14 @@ def trial_driver(config: dict) -> None:
     cfg = space.trial_config(values, config["__overrides__"])
     cfg.train.name = f"train_{ctx.get_trial_id()}"
     cfg.train.storage_path = config["__train_storage__"]
-    marker_dir = config.get("__fail_trial_once__")
-    if marker_dir and ctx.get_trial_id().endswith("00001"):
-        marker = Path(marker_dir) / f"failed_{ctx.get_trial_id()}"
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text("1")
-            raise RuntimeError("test hook: this trial fails once")
+    faults.maybe_fail("tune.trial", 1)  # tests: the first trial to get here fails, once
     cfg, tokenizer, _ = prepare_run(cfg)
     result = fit(cfg, tokenizer, callbacks=[TuneReportCallback()])
     if result.error:
         raise result.error
 
 
-def build_tuner(space: SearchSpace, args, experiment_path: str, overrides: list):
+def build_tuner(space: SearchSpace, experiment_path: str, overrides: list):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -112,11 +103,10 @@ def build_tuner(space: SearchSpace, args, experiment_path: str, overrides: list)
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = ConcurrencyLimiter(OptunaSearch(), max_concurrent=space.max_concurrent_trials)
-    storage, name = os.path.split(experiment_path.rstrip("/"))
+    parent, name = os.path.split(experiment_path.rstrip("/"))
     fixed = {"__space__": {k: v for k, v in vars(space).items() if k != "params"},
              "__overrides__": overrides,
-             "__train_storage__": f"{experiment_path}/trainer_runs",
-             "__fail_trial_once__": args.fail_trial_once}
+             "__train_storage__": f"{experiment_path}/trainer_runs"}
     return tune.Tuner(
         trainable,
         param_space={**param_space(space), **fixed},
@@ -124,7 +114,7 @@ def build_tuner(space: SearchSpace, args, experiment_path: str, overrides: list)
             metric=space.metric, mode=space.mode, scheduler=scheduler, search_alg=search_alg,
             num_samples=1 if space.search == "grid" else space.num_samples,
             max_concurrent_trials=space.max_concurrent_trials),
-        run_config=tune.RunConfig(name=name, storage_path=storage,
+        run_config=tune.RunConfig(name=name, storage_path=parent,
                                   failure_config=tune.FailureConfig(max_failures=0)))
 
 
@@ -174,30 +164,30 @@ def summarize(results, space: SearchSpace, experiment_path: Path, overrides: lis
             "table": "\n".join(table)}
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    setup_logging()
+def run(args: TuneArgs) -> dict:
     space = load_search_space(args.space)
-    for attr, flag in (("num_samples", args.num_samples), ("epochs", args.epochs),
-                       ("search", args.search), ("max_concurrent_trials", args.max_concurrent_trials)):
-        if flag is not None:
-            setattr(space, attr, flag)
+    for attr in ("num_samples", "epochs", "search", "max_concurrent_trials"):
+        if getattr(args, attr) is not None:
+            setattr(space, attr, getattr(args, attr))
     overrides = list(args.set) + ([f"data.path={args.data}"] if args.data else [])
-    init_ray(args.address)
     # Resolve the tokenizer once, before trials start (and fail fast on a bad data path).
+    from core.data.rocov2 import resolve_split
     from core.data.tokenizer import resolve_tokenizer
 
     probe = space.trial_config({}, overrides)
     # Trials run in their own working directories: pin local paths down now.
     for key, value in (("data.path", probe.data.path), ("model.text.tokenizer", probe.model.text.tokenizer),
                        ("model.text.name_or_path", probe.model.text.name_or_path)):
-        if isinstance(value, str) and "://" not in value and Path(value).exists():
+        if isinstance(value, str) and not storage.is_url(value) and Path(value).exists():
             overrides.append(f"{key}={Path(value).resolve()}")
     probe = space.trial_config({}, overrides)
+    for split in (probe.data.train_split, probe.data.val_split):
+        resolve_split(probe.data.path, split)
+    init_ray(args.address)
     resolve_tokenizer(probe.model.text, probe.data.path, probe.data.train_split)
     name = args.name or f"{space.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).resolve())
-    experiment_path = f"{storage.rstrip('/')}/{name}"
+    storage_root = storage.absolute(args.storage_path)
+    experiment_path = f"{storage_root.rstrip('/')}/{name}"
     from ray import tune
 
     if tune.Tuner.can_restore(experiment_path):
@@ -205,15 +195,15 @@ def main(argv=None) -> dict:
         tuner = tune.Tuner.restore(experiment_path, trainable=tune.with_resources(
             trial_driver, {"CPU": 0.25}), resume_errored=True, restart_errored=False)
     else:
-        tuner = build_tuner(space, args, experiment_path, overrides)
+        tuner = build_tuner(space, experiment_path, overrides)
     t0 = time.perf_counter()
     results = tuner.fit()
     # Summaries go beside the trials; with remote storage, into a local folder of that name.
-    local = Path(experiment_path) if "://" not in storage else Path("runs/tune") / name
+    local = Path(experiment_path) if not storage.is_url(storage_root) else Path("runs/tune") / name
     local.mkdir(parents=True, exist_ok=True)
-    (local / SEARCH_SPACE_FILE).write_text(json.dumps(
-        {**{k: v for k, v in vars(space).items() if k != "params"},
-         "params": [vars(p) for p in space.params], "overrides": overrides}, indent=2))
+    storage.write_json(local, SEARCH_SPACE_FILE,
+                       {**{k: v for k, v in vars(space).items() if k != "params"},
+                        "params": [vars(p) for p in space.params], "overrides": overrides})
     summary = summarize(results, space, local, overrides)
     summary["wall_s"] = time.perf_counter() - t0
     print(f"\n{summary['table']}\n")
@@ -224,9 +214,10 @@ def main(argv=None) -> dict:
     return summary
 
 
-def best_config_round_trip(path: str | Path):
-    """What `rocoray train --config best_config.yaml` does with the file."""
-    return to_dict(load_config(path))
+def main(argv=None) -> dict:
+    args = parse(TuneArgs, argv, "rocoray tune", __doc__)
+    setup_logging()
+    return run_cli("rocoray tune", lambda: run(args))
 
 
 if __name__ == "__main__":

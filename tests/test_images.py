@@ -64,6 +64,16 @@ def test_broken_bytes_raise(data, match):
 def test_resize_center_crop_and_normalise():
     img = decode_image(jpeg_bytes((200, 100)))
     assert resize_center_crop(img, 32).size == (32, 32)
-    arr = image_to_array(jpeg_bytes((200, 100)), 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    assert arr.shape == (3, 32, 32) and arr.dtype == np.float32
-    assert -1.0 <= arr.min() and arr.max() <= 1.0
+    arr = image_to_array(jpeg_bytes((200, 100)), 32)
+    assert arr.shape == (3, 32, 32) and arr.dtype == np.uint8  # what travels to the device
+    # normalisation happens on the device, in the image encoder
+    import torch
+
+    from core.config import ImageEncoderConfig
+    from core.models.encoders import ImageEncoder
+
+    enc = ImageEncoder(ImageEncoderConfig(arch="small_cnn", image_size=32, mean=[0.5] * 3,
+                                          std=[0.5] * 3, cnn_channels=[8]))
+    norm = enc.normalize(torch.from_numpy(arr)[None])
+    assert norm.dtype == torch.float32 and -1.0 <= norm.min() and norm.max() <= 1.0
+    assert torch.allclose(norm, torch.from_numpy(arr)[None].float() / 127.5 - 1.0, atol=1e-5)

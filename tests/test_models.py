@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,8 +83,7 @@ def test_block_scoring_runs_each_encoder_once_per_item():
     _, ids, mask = inputs(n_txt, seed=1)
     with torch.no_grad():
         text, image = model.encode_text(ids, mask), model.encode_image(px)
-        import numpy as np
-        acc = stream_retrieval(model, text, image, np.arange(n_txt), np.arange(n_txt).tolist() + [0, 1, 2], k=3, tile=4)
+        acc = stream_retrieval(model, text, image, np.arange(n_txt), np.arange(n_txt).tolist() + [0, 1, 2], k=3, block=4)
     assert seen == {"image": n_img, "text": n_txt}  # N + M encoder passes, not N x M
     assert acc.t2i.keys.shape == (n_txt, 3)
 
@@ -136,12 +136,16 @@ def test_gradients_reach_both_encoders(kind):
 
 
 def test_encode_batches_concatenates_features():
+    from core.batch import collate
+
     model = build_model(tiny("fusion").model).eval()
     batches = []
     for s in range(3):
         px, ids, mask = inputs(4, seed=s)
-        batches.append({"pixel_values": px, "input_ids": ids, "attention_mask": mask,
-                        "group": [s * 4 + i for i in range(4)], "image_id": [f"{s}-{i}" for i in range(4)]})
+        batches.append(collate({"pixel_values": px.numpy(), "input_ids": ids.numpy(),
+                                "attention_mask": mask.numpy(), "skip": np.zeros(4, np.int8),
+                                "group": np.array([s * 4 + i for i in range(4)]),
+                                "image_id": np.array([f"{s}-{i}" for i in range(4)], dtype=object)}))
     enc = encode_batches(model, batches)
     assert len(enc["text"]) == 12 and enc["image"].k.shape[0] == 12
     assert enc["image_id"][5] == "1-1"

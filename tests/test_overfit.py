@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from core.config import load_config
-from core.data.preprocess import build_preprocessor, valid_rows
+from core.batch import collate
+from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
 from core.evaluation import encode_batches, validate
 from core.models import build_model
-from core.training import LossModule, build_optimizer, to_model_inputs
+from core.training import LossModule, build_optimizer
 
 
 @pytest.mark.timeout(300)
@@ -19,13 +20,13 @@ def test_tiny_model_overfits_32_pairs(kind, synthetic_dir, tiny_tokenizer):
     torch.manual_seed(0)
     cfg = load_config("tiny", [f"model.kind={kind}", "train.lr=1e-3", "train.weight_decay=0"])
     cfg.model.text.vocab_size = len(tiny_tokenizer)
-    batch, skipped = valid_rows(build_preprocessor(cfg.model, tiny_tokenizer)(
+    batch = collate(build_preprocessor(cfg.model, tiny_tokenizer)(
         read_split(synthetic_dir, "train").slice(0, 32)))
-    assert skipped == {} and len(batch["group"]) == 32
+    assert batch.skipped == {} and len(batch) == 32
     model = build_model(cfg.model)
     loss_module = LossModule(model, cfg.model)
     opt = build_optimizer(loss_module, cfg.train)
-    inputs = to_model_inputs(batch, "cpu")
+    inputs = batch.to("cpu").inputs
     result = None
     for step in range(300):
         model.train()

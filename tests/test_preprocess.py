@@ -6,14 +6,14 @@ import numpy as np
 from helpers import bad_rows, rocov2_table
 
 from core.config import load_config
+from core.batch import collate
 from core.data.preprocess import (Preprocessor, SkipReason, build_preprocessor, count_skips,
-                                  group_key, valid_rows)
+                                  group_key)
 
 
 def test_bad_rows_are_marked_and_counted(tiny_tokenizer):
     rows = bad_rows()
-    pre = Preprocessor(tiny_tokenizer, image_size=32, max_length=16, mean=(0.5,) * 3,
-                       std=(0.5,) * 3)
+    pre = Preprocessor(tiny_tokenizer, image_size=32, max_length=16)
     out = pre(rocov2_table(rows))
     assert len(out["skip"]) == len(rows)  # nothing vanishes
     for row, code in zip(rows, out["skip"]):
@@ -23,17 +23,17 @@ def test_bad_rows_are_marked_and_counted(tiny_tokenizer):
         if "expect" in r:
             expected[r["expect"]] = expected.get(r["expect"], 0) + 1
     assert count_skips(out["skip"]) == expected
-    kept, counts = valid_rows(out)
-    assert list(kept["image_id"]) == ["good-1", "good-2"]
-    assert counts == expected
-    assert kept["pixel_values"].shape == (2, 3, 32, 32)
-    assert np.abs(kept["pixel_values"]).sum() > 0
+    kept = collate(out)
+    assert list(kept.image_id) == ["good-1", "good-2"]
+    assert kept.skipped == expected
+    assert kept.inputs["pixel_values"].shape == (2, 3, 32, 32)
+    assert kept.inputs["pixel_values"].float().abs().sum() > 0
     assert (out["input_ids"][out["skip"] != 0] == 0).all()
 
 
 def test_numpy_batch_format_matches_arrow(tiny_tokenizer):
     table = rocov2_table(bad_rows())
-    pre = Preprocessor(tiny_tokenizer, 32, 16, (0.5,) * 3, (0.5,) * 3)
+    pre = Preprocessor(tiny_tokenizer, 32, 16)
     a = pre(table)
     batch = {name: np.asarray(table.column(name).to_pylist(), dtype=object)
              for name in table.column_names}
@@ -51,7 +51,7 @@ def test_caption_group_column_wins(tiny_tokenizer):
     table = rocov2_table(bad_rows()[:1] * 2)
     import pyarrow as pa
     table = table.append_column("caption_group", pa.array(["g1", "g2"]))
-    out = Preprocessor(tiny_tokenizer, 32, 16, (0.5,) * 3, (0.5,) * 3)(table)
+    out = Preprocessor(tiny_tokenizer, 32, 16)(table)
     assert out["group"][0] != out["group"][1]  # same caption, different declared groups
 
 

@@ -16,7 +16,7 @@ def test_ci_runs_the_readme_test_command():
     assert command[0].strip() in readme
 
 
-def test_core_never_imports_ray():
+def test_core_never_imports_ray_or_the_app():
     for path in (REPO / "core").rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -26,3 +26,4 @@ def test_core_never_imports_ray():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n == "ray" or n.startswith("ray.") for n in names), path
+            assert not any(n == "ray_jobs" or n.startswith("ray_jobs.") for n in names), path

@@ -10,7 +10,8 @@ import torch
 
 from core.checkpoint import save_checkpoint
 from core.config import load_config
-from core.data.preprocess import build_preprocessor, valid_rows
+from core.batch import collate
+from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
 from core.evaluation import encode_batches, score_matrix
 from core.metrics import evaluate_scores, ranks_from_scores
@@ -37,16 +38,16 @@ def reference(checkpoint, synthetic_dir):
     from core.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
-    batch, _ = valid_rows(build_preprocessor(loaded.config.model, loaded.tokenizer)(
+    batch = collate(build_preprocessor(loaded.config.model, loaded.tokenizer)(
         read_split(synthetic_dir, "test")))
     enc = encode_batches(loaded.model, [batch])
     return enc, score_matrix(loaded.model, enc["text"], enc["image"])
 
 
-def run_score(*argv):
-    from ray_jobs.score import main
+def run_score(**kwargs):
+    from ray_jobs.score import ScoreConfig, run
 
-    return main(list(map(str, argv)))
+    return run(ScoreConfig(**{k: (str(v) if hasattr(v, "parts") else v) for k, v in kwargs.items()}))
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,8 @@ def fusion_run(checkpoints, synthetic_dir, tmp_path_factory):
 
     init_ray(num_cpus=2, progress_bars=False)
     out = tmp_path_factory.mktemp("fusion-score")
-    summary = run_score("--model", "fusion", "--checkpoint", checkpoints["fusion"], "--data",
-                        synthetic_dir, "--out", out, "--block", 16, "--k", 10)
+    summary = run_score(model="fusion", checkpoint=checkpoints["fusion"], data=synthetic_dir,
+                        out=out, block=16, k=10)
     return out, summary
 
 
@@ -80,13 +81,26 @@ def test_distributed_fusion_scoring_equals_full_matrix(ray_session, fusion_run, 
 
 @pytest.mark.timeout(400)
 def test_restart_skips_finished_tiles_and_output_is_identical(ray_session, fusion_run, checkpoints,
-                                                              synthetic_dir, tmp_path):
+                                                              synthetic_dir, tmp_path, monkeypatch):
+    import ray
+
+    from ray_jobs.runtime import init_ray
+
     clean_out, _ = fusion_run
-    args = ("--model", "fusion", "--checkpoint", checkpoints["fusion"], "--data", synthetic_dir,
-            "--out", tmp_path, "--block", 16, "--k", 10, "--actors", 1)
-    with pytest.raises(Exception, match="simulated scoring crash"):
-        run_score(*args, "--fail-after-items", 6)
-    summary = run_score(*args)
+    args = dict(model="fusion", checkpoint=checkpoints["fusion"], data=synthetic_dir,
+                out=tmp_path, block=16, k=10, actors=1)
+    # the actor dies at its 7th work item (4 positive tiles + 2 tiles done): a fresh Ray
+    # carries the test-only fault switch to its workers
+    monkeypatch.setenv("ROCORAY_FAULTS", f"score.item=7@{tmp_path / 'markers'}")
+    ray.shutdown()
+    init_ray(num_cpus=2, progress_bars=False)
+    try:
+        with pytest.raises(Exception, match="injected fault at score.item"):
+            run_score(**args)
+        summary = run_score(**args)
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "markers" / "fault-score.item").exists()  # it did crash
     assert summary["timings"]["cached"] >= 1  # finished tiles were not scored again
     assert summary["timings"]["done"] + summary["timings"]["cached"] == 16
     for name in ("t2i.parquet", "i2t.parquet"):
@@ -95,16 +109,16 @@ def test_restart_skips_finished_tiles_and_output_is_identical(ray_session, fusio
 
 @pytest.mark.timeout(400)
 def test_two_tower_and_rerank(ray_session, fusion_run, checkpoints, synthetic_dir, tmp_path):
-    tt = run_score("--model", "two_tower", "--checkpoint", checkpoints["two_tower"], "--data",
-                   synthetic_dir, "--out", tmp_path / "tt", "--k", 10)
+    tt = run_score(model="two_tower", checkpoint=checkpoints["two_tower"], data=synthetic_dir,
+                   out=tmp_path / "tt", k=10)
     enc, full = reference(checkpoints["two_tower"], synthetic_dir)
     assert tt["metrics"] == evaluate_scores(full, enc["group"], enc["group"])
-    rr = run_score("--model", "rerank", "--checkpoint", checkpoints["fusion"], "--retriever",
-                   checkpoints["two_tower"], "--data", synthetic_dir, "--out", tmp_path / "rr",
-                   "--k", 5, "--rerank-k", 16, "--block", 16)
+    rr = run_score(model="rerank", checkpoint=checkpoints["fusion"],
+                   retriever=checkpoints["two_tower"], data=synthetic_dir, out=tmp_path / "rr",
+                   k=5, rerank_k=16, block=16)
     table = pq.read_table(tmp_path / "rr" / "t2i.parquet")
     assert set(table.column_names) >= {"query_id", "topk_ids", "topk_scores", "rank"}
-    first = pq.read_table(tmp_path / "rr" / "retriever" / "t2i.parquet")
+    first = pq.read_table(tmp_path / "rr" / "first_stage" / "t2i.parquet")
     candidates = np.asarray(first.column("topk_index").to_pylist())
     reranked = np.asarray(table.column("topk_index").to_pylist())
     assert all(set(r) <= set(c) for r, c in zip(reranked, candidates))  # only candidates move
@@ -122,12 +136,13 @@ def test_two_tower_and_rerank(ray_session, fusion_run, checkpoints, synthetic_di
 @pytest.mark.timeout(300)
 def test_bad_requests_fail_clearly(ray_session, checkpoints, synthetic_dir, tmp_path):
     with pytest.raises(ValueError, match="needs a fusion checkpoint"):
-        run_score("--model", "fusion", "--checkpoint", checkpoints["two_tower"], "--out", tmp_path / "a")
+        run_score(model="fusion", checkpoint=checkpoints["two_tower"], out=tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        run_score("--model", "fusion", "--checkpoint", tmp_path / "nope", "--out", tmp_path / "b")
-    with pytest.raises(ValueError, match="gallery holds only 8"):
-        run_score("--model", "two_tower", "--checkpoint", checkpoints["two_tower"], "--data",
-                  synthetic_dir, "--max-items", 8, "--k", 10, "--out", tmp_path / "c")
+        run_score(model="fusion", checkpoint=tmp_path / "nope", out=tmp_path / "b")
+    with pytest.raises(ValueError, match="holds only 8"):
+        run_score(model="two_tower", checkpoint=checkpoints["two_tower"], data=synthetic_dir,
+                  max_items=8, k=10, out=tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # nothing written
 
 
 @pytest.mark.timeout(300)
@@ -137,5 +152,5 @@ def test_empty_gallery_is_a_clear_error(ray_session, checkpoints, tmp_path):
     write_parquet(rocov2_table([{"image": truncated_jpeg(), "image_id": f"x{i}", "caption": "c"}
                                 for i in range(4)]), tmp_path / "test-00000-of-00001.parquet")
     with pytest.raises(ValueError, match="gallery is empty.*image_undecodable.: 4"):
-        run_score("--model", "two_tower", "--checkpoint", checkpoints["two_tower"], "--data",
-                  tmp_path, "--out", tmp_path / "out")
+        run_score(model="two_tower", checkpoint=checkpoints["two_tower"], data=tmp_path, k=2,
+                  out=tmp_path / "out")

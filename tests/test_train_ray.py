@@ -15,9 +15,13 @@ SMALL = ["train.batch_size=32", "train.eval_batch_size=64", "train.fusion_val_ma
 
 
 def _train(synthetic_dir, tmp_path, *extra):
-    from ray_jobs.train import main
+    """The train job as other jobs call it: a typed config (here from its command line)."""
+    from ray_jobs.options import parse
+    from ray_jobs.train import TrainArgs, run
 
-    return main(["--data", str(synthetic_dir), "--storage-path", str(tmp_path), *extra])
+    args = parse(TrainArgs, ["--data", str(synthetic_dir), "--storage-path", str(tmp_path), *extra],
+                 "rocoray train", None)
+    return run(args.experiment(), args.address)
 
 
 @pytest.mark.timeout(420)
@@ -29,7 +33,7 @@ def test_two_tower_reports_checkpoints_and_resumes_by_name(ray_session, syntheti
                 "val/i2t/R@5", "val/t2i/MRR", "val/t2i/median_rank", "val/mean_recall"):
         assert key in final, key
     assert final["epoch"] == 1 and final["val/gallery_size"] == 64  # every worker's shard
-    ckpt = Path(first["latest_checkpoint"])
+    ckpt = Path(first["path"]) / first["latest_checkpoint"]  # relative: the run can move
     assert (ckpt / "model.safetensors").exists() and (ckpt / "tokenizer" / "tokenizer.json").exists()
     assert load_train_state(ckpt)["epoch"] == 0
     assert load_checkpoint(ckpt, expected_kind="two_tower").model.kind == "two_tower"
@@ -47,16 +51,38 @@ def test_two_tower_reports_checkpoints_and_resumes_by_name(ray_session, syntheti
 
 
 @pytest.mark.timeout(420)
-def test_fusion_survives_a_worker_dying_mid_epoch(ray_session, synthetic_dir, tmp_path):
-    # 256 rows / batch 32 = 8 steps per epoch: die in the middle of epoch 2, once.
-    summary = _train(synthetic_dir, tmp_path, "--model", "fusion", "--name", "fu", "--epochs", "2",
-                     "--set", *SMALL, "train.max_failures=1", "train.fail_at_step=12",
-                     f"train.fail_marker={tmp_path}")
-    assert (tmp_path / "rocoray_fail_marker").read_text() == "12"  # it did die
+def test_fusion_survives_a_worker_dying_mid_epoch(ray_session, synthetic_dir, tmp_path, monkeypatch):
+    import ray
+
+    from ray_jobs.runtime import init_ray
+
+    # 256 rows / batch 32 = 8 steps per epoch: die late in epoch 2 (step 14), once. The
+    # test-only switch reaches the workers through a fresh Ray.
+    monkeypatch.setenv("ROCORAY_FAULTS", f"train.step=14@{tmp_path / 'markers'}")
+    ray.shutdown()
+    init_ray(num_cpus=2, progress_bars=False)
+    try:
+        summary = _train(synthetic_dir, tmp_path, "--model", "fusion", "--name", "fu", "--epochs",
+                         "2", "--set", *SMALL, "train.max_failures=1")
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "markers" / "fault-train.step").exists()  # it did die
+    saved = (tmp_path / "fu" / "checkpoint_epoch_0002" / "config.yaml").read_text()
+    assert "fail_at" not in saved and "ROCORAY_FAULTS" not in saved  # never persisted
     final = summary["final"]
     assert final["epoch"] == 2 and final["start_epoch"] == 1  # restarted from epoch 1's checkpoint
     assert final["step"] == 16
     assert 0.0 <= final["val/match_acc"] <= 1.0 and "train/match_acc" in final
+
+
+@pytest.mark.timeout(300)
+def test_deterministic_first_step_error_is_not_retried(ray_session, synthetic_dir, tmp_path):
+    # 128 is not divisible by 3 heads: the model cannot be built, on every attempt alike.
+    # With 3 retries allowed the run still ends after one attempt, with the real message.
+    with pytest.raises(RuntimeError, match="before its first step.*not divisible by 3 heads"):
+        _train(synthetic_dir, tmp_path, "--model", "fusion", "--name", "bad", "--epochs", "1",
+               "--set", *SMALL, "train.max_failures=3", "model.fusion.num_heads=3")
+    assert not list((tmp_path / "bad").glob("checkpoint_*"))
 
 
 @pytest.mark.timeout(120)

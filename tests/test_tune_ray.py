@@ -42,20 +42,26 @@ def test_short_trial_names_stay_unique():
 
 @pytest.mark.timeout(900)
 def test_tune_search_resume_and_best_config(ray_session, synthetic_dir, tmp_path, monkeypatch):
-    from ray_jobs.tune import main
+    import ray
+
+    from ray_jobs.runtime import init_ray
+    from ray_jobs.tune import TuneArgs, run
 
     # A RELATIVE data path, as a user types it: trials run in their own directories.
     monkeypatch.chdir(synthetic_dir.parent)
-    args = ["--space", str(REPO / "tune_spaces" / "two_tower.yaml"), "--data", synthetic_dir.name,
-            "--name", "exp", "--storage-path", str(tmp_path), "--num-samples", "2",
-            "--epochs", "2", "--set", "train.batch_size=32", "train.eval_batch_size=64",
-            "--fail-trial-once", str(tmp_path / "markers")]
-    first = main(args)  # the second trial dies once: an interrupted experiment
+    args = TuneArgs(space=str(REPO / "tune_spaces" / "two_tower.yaml"), data=synthetic_dir.name,
+                    name="exp", storage_path=str(tmp_path), num_samples=2, epochs=2,
+                    set=["train.batch_size=32", "train.eval_batch_size=64"])
+    # the first trial driver to start dies once (test-only switch, through a fresh Ray)
+    monkeypatch.setenv("ROCORAY_FAULTS", f"tune.trial=1@{tmp_path / 'markers'}")
+    ray.shutdown()
+    init_ray(num_cpus=2, progress_bars=False)
+    first = run(args)  # an interrupted experiment
     status = {t["trial"]: t["status"] for t in first["trials"]}
     assert sorted(status.values()) == ["ERROR", "OK"]
     done = next(t for t in first["trials"] if t["status"] == "OK")
 
-    second = main(args)  # same name: Tuner.restore
+    second = run(args)  # same name: Tuner.restore
     rows = {t["trial"]: t for t in second["trials"]}
     assert all(t["status"] == "OK" for t in rows.values())
     assert rows[done["trial"]] == done  # the finished trial was not run again

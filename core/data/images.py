@@ -1,4 +1,5 @@
-"""Image decoding and the resize / center-crop / normalise transform.
+"""Image decoding and the resize / center-crop transform (normalisation: on the device,
+``core.models.encoders.ImageEncoder.normalize``).
 
 Radiology images come in every mode PIL knows: 8-bit greyscale (most X-rays), 16-bit
 greyscale (DICOM exports), RGB, RGBA (figures with transparency), palette and CMYK (from
@@ -79,23 +80,11 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
                         centering=(0.5, 0.5))
 
 
-def normalize(img: Image.Image, mean, std) -> np.ndarray:
-    """RGB PIL image -> float32 CHW array, scaled to [0, 1] then standardised."""
-    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(std, dtype=np.float32)[:, None, None]
-    return (arr - mean) / std
+def to_uint8_chw(img: Image.Image) -> np.ndarray:
+    """RGB PIL image -> uint8 CHW array (normalisation happens on the model's device)."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def image_to_array(data: bytes | None, size: int, mean, std) -> np.ndarray:
-    """Encoded bytes -> model-ready float32 (3, size, size). Raises ImageDecodeError."""
-    img = decode_image(data, draft_size=size)
-    return normalize(resize_center_crop(img, size), mean, std)
-
-
-def denormalize(pixels: np.ndarray, mean, std) -> np.ndarray:
-    """Model input (3, H, W) back to uint8 HWC, for thumbnails in reports."""
-    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(std, dtype=np.float32)[:, None, None]
-    arr = (pixels * std + mean).clip(0, 1) * 255.0
-    return arr.transpose(1, 2, 0).astype(np.uint8)
+def image_to_array(data: bytes | None, size: int) -> np.ndarray:
+    """Encoded bytes -> model-ready uint8 (3, size, size). Raises ImageDecodeError."""
+    return to_uint8_chw(resize_center_crop(decode_image(data, draft_size=size), size))

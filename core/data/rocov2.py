@@ -8,6 +8,9 @@ ROCOv2 on the Hugging Face hub (``eltorio/ROCOv2-radiology``) is a set of Parque
     caption   string
     cui       list<string>                          UMLS concept ids (optional here)
 
+and optionally ``caption_group`` (string): rows with the same value are correct answers for
+each other (without it, rows with the same normalised caption are).
+
 ``resolve_split`` finds a split's shards in a local directory, a list of files, or any
 fsspec URL (``s3://``, ``gs://``, ``hf://datasets/eltorio/ROCOv2-radiology``), and checks
 every shard's columns before anything is read, so a bad path or a missing column fails at
@@ -23,8 +26,10 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core import storage
+
 REQUIRED_COLUMNS = ("image", "image_id", "caption")
-OPTIONAL_COLUMNS = ("cui",)
+OPTIONAL_COLUMNS = ("cui", "caption_group")
 
 # The Arrow schema ``datasets`` writes for the ROCOv2 columns.
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -50,12 +55,6 @@ class SplitFiles:
     filesystem: object  # an fsspec AbstractFileSystem
 
 
-def _open_fs(url: str, storage_options: dict | None):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
-
-
 def _split_pattern_matches(fs, root: str, split: str) -> list[str]:
     found: list[str] = []
     for pattern in (f"{split}-*.parquet", f"data/{split}-*.parquet", f"{split}/*.parquet"):
@@ -73,17 +72,17 @@ def resolve_split(source: str | Sequence[str], split: str,
     if isinstance(source, (list, tuple)):
         if not source:
             raise FileNotFoundError("empty list of ROCOv2 Parquet files")
-        fs, _ = _open_fs(str(source[0]), storage_options)
+        fs, _ = storage.filesystem(str(source[0]), storage_options)
         paths = []
         for item in source:
-            _, path = _open_fs(str(item), storage_options)
+            _, path = storage.filesystem(str(item), storage_options)
             if not fs.exists(path):
                 raise FileNotFoundError(f"ROCOv2 Parquet file not found: {item}")
             paths.append(path)
         label = f"{len(paths)} file(s) starting {source[0]}"
     else:
         source = str(source)
-        fs, root = _open_fs(source, storage_options)
+        fs, root = storage.filesystem(source, storage_options)
         if not fs.exists(root):
             raise FileNotFoundError(f"ROCOv2 data path does not exist: {source}")
         if fs.isfile(root):
@@ -125,12 +124,23 @@ def check_columns(files: SplitFiles) -> None:
                 f"got {image_type}")
 
 
+def split_identity(files: SplitFiles) -> dict:
+    """What identifies a split's content for cached work: its source, and each shard's path,
+    size and modification stamp (no data read)."""
+    shards = []
+    for path in files.paths:
+        info = files.filesystem.info(path)
+        stamp = info.get("mtime") or info.get("ETag") or info.get("LastModified") or ""
+        shards.append([path, int(info.get("size") or 0), str(stamp)])
+    return {"source": files.source, "split": files.split, "shards": shards}
+
+
 def columns_to_read(files: SplitFiles) -> list[str]:
-    """The required columns, plus the optional ones (``cui``, ``caption_group``) that the
-    first shard has."""
+    """The required columns, plus the optional ones (``OPTIONAL_COLUMNS``) that the first
+    shard has."""
     with files.filesystem.open(files.paths[0], "rb") as handle:
         names = pq.read_schema(handle).names
-    return list(REQUIRED_COLUMNS) + [c for c in ("cui", "caption_group") if c in names]
+    return list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in names]
 
 
 def row_groups(files: SplitFiles, max_rows: int | None = None) -> list[tuple[str, int, int]]:
@@ -160,7 +170,7 @@ def read_row_group(filesystem, path: str, group: int, columns: Sequence[str]) ->
 def read_split(source: str | Sequence[str], split: str, columns: Sequence[str] | None = None,
                storage_options: dict | None = None, max_rows: int | None = None) -> pa.Table:
     """Read one split into memory (single process). For small data, tests and reports;
-    the Ray jobs stream the same ``SplitFiles`` with ``ray.data.read_parquet``."""
+    the Ray jobs stream the same ``SplitFiles`` row group by row group (``read_row_group``)."""
     files = resolve_split(source, split, storage_options)
     return read_files(files, columns=columns, max_rows=max_rows)
 

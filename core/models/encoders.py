@@ -79,9 +79,21 @@ class ImageEncoder(nn.Module):
             self.backbone.train(was_training)
         self.grid = tuple(grid.shape[-2:])
         self.num_patches = grid.shape[-2] * grid.shape[-1]
+        # uint8 pixels travel host -> device (4x less than float32) and are normalised here,
+        # on the device. Not saved with the weights: they come from the config.
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(config.std).view(1, 3, 1, 1) * 255.0),
+                             persistent=False)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> standardised float; float input is taken as standardised."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        return (pixels.to(self.mean.dtype) - self.mean) * self.inv_std
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.backbone(pixels)  # (B, C, h, w)
+        fmap = self.backbone(self.normalize(pixels))  # (B, C, h, w)
         patches = fmap.flatten(2).transpose(1, 2)  # (B, h*w, C)
         return patches, patches.mean(dim=1)
 

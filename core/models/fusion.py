@@ -27,34 +27,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelConfig
+from core.features import Features
 from core.models.encoders import ImageEncoder, TextEncoder, l2_normalize, masked_mean
 
 
 @dataclass
-class FusionImage:
+class FusionImage(Features):
     k: torch.Tensor  # (N, L, h, P, dh): every layer's keys
     v: torch.Tensor  # (N, L, h, P, dh): every layer's values
     embed: torch.Tensor  # (N, d) L2-normalised pooled patches (hard negatives, ITC)
 
-    def __len__(self) -> int:
-        return self.k.shape[0]
-
-    def index(self, idx) -> FusionImage:
-        return FusionImage(self.k[idx], self.v[idx], self.embed[idx])
-
 
 @dataclass
-class FusionText:
+class FusionText(Features):
     tokens: torch.Tensor  # (N, T, d) projected token features (the residual stream's start)
     q0: torch.Tensor  # (N, h, T, dh) the first layer's queries
     mask: torch.Tensor  # (N, T)
     embed: torch.Tensor  # (N, d) L2-normalised pooled tokens
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def index(self, idx) -> FusionText:
-        return FusionText(self.tokens[idx], self.q0[idx], self.mask[idx], self.embed[idx])
 
     def trimmed(self) -> FusionText:
         """Drop the token positions that are padding in every row (right padding)."""
@@ -118,6 +107,7 @@ class CrossAttentionLayer(nn.Module):
 
 class FusionModel(nn.Module):
     kind = "fusion"
+    feature_types = {"text": FusionText, "image": FusionImage}
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -159,21 +149,11 @@ class FusionModel(nn.Module):
     def _match_logit(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(masked_mean(t, mask))).squeeze(-1)
 
-    def score(self, text: FusionText, image: FusionImage, chunk: int = 16) -> torch.Tensor:
-        """Logits for every caption x image of the block: (Nt, Ni), computed in sub-blocks of
-        ``chunk`` x ``chunk`` (small working sets run ~3x faster on CPUs than big ones)."""
-        nt, ni = len(text), len(image)
-        if nt <= chunk and ni <= chunk:
-            return self._score_block(text, image)
-        rows = []
-        for a in range(0, nt, chunk):
-            t = text.index(slice(a, a + chunk))
-            rows.append(torch.cat([self._score_block(t, image.index(slice(b, b + chunk)))
-                                   for b in range(0, ni, chunk)], dim=1))
-        return torch.cat(rows, dim=0)
+    def score(self, text: FusionText, image: FusionImage) -> torch.Tensor:
+        """Logits for every caption x image of the block: (Nt, Ni). Its working set grows with
+        Nt x Ni: callers cut big blocks into chunks (``core.scoring.score_block``).
 
-    def _score_block(self, text: FusionText, image: FusionImage) -> torch.Tensor:
-        """Text tokens never attend to each other inside the fusion layers, so each valid token
+        Text tokens never attend to each other inside the fusion layers, so each valid token
         is processed on its own: padding is dropped (tokens are packed) and the per-pair
         cost follows the captions' real lengths."""
         valid = text.mask.bool()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from core.config import ModelConfig
+from core.features import Embeddings
 from core.models.encoders import ImageEncoder, TextEncoder, l2_normalize, trim_padding
 
 
@@ -33,6 +34,7 @@ class ProjectionMLP(nn.Module):
 
 class TwoTowerModel(nn.Module):
     kind = "two_tower"
+    feature_types = {"text": Embeddings, "image": Embeddings}
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -51,28 +53,34 @@ class TwoTowerModel(nn.Module):
             self.register_buffer("logit_scale", init)
         self.max_logit_scale = tc.max_logit_scale
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+    def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
         _, pooled = self.image_encoder(pixels)
         return l2_normalize(self.image_proj(pooled))
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         _, _, pooled = self.text_encoder(*trim_padding(input_ids, attention_mask))
         return l2_normalize(self.text_proj(pooled))
+
+    def encode_image(self, pixels: torch.Tensor) -> Embeddings:
+        return Embeddings(self.embed_image(pixels))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Embeddings:
+        return Embeddings(self.embed_text(input_ids, attention_mask))
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped as CLIP does (at 100 by default)."""
         return self.logit_scale.exp().clamp(max=self.max_logit_scale)
 
-    def score(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def score(self, text: Embeddings, image: Embeddings) -> torch.Tensor:
         """Cosine similarities (Nt, Ni): the ranking score."""
-        return text @ image.T
+        return text.embed @ image.embed.T
 
-    def score_pairs(self, text, image, text_index=None, image_index=None) -> torch.Tensor:
-        if text_index is not None:
-            text = text[text_index]
-        if image_index is not None:
-            image = image[image_index]
-        return (text * image).sum(-1)
+    def score_pairs(self, text: Embeddings, image: Embeddings, text_index=None,
+                    image_index=None) -> torch.Tensor:
+        t = text.embed if text_index is None else text.embed[text_index]
+        i = image.embed if image_index is None else image.embed[image_index]
+        return (t * i).sum(-1)
 
     def forward(self, pixels, input_ids, attention_mask):
-        return self.encode_image(pixels), self.encode_text(input_ids, attention_mask), self.scale()
+        """(image embeddings, text embeddings, exp(logit_scale)) for the InfoNCE loss."""
+        return self.embed_image(pixels), self.embed_text(input_ids, attention_mask), self.scale()

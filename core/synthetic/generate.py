@@ -156,12 +156,40 @@ def _run_task(task: ShardTask) -> str:
     return task.run()
 
 
+SPEC_FILE = "synthetic_spec.json"
+
+
+def spec_dict(spec: SyntheticSpec) -> dict:
+    return {"version": 1, **{k: v for k, v in spec.__dict__.items()}}
+
+
+def existing_synthetic(out_dir: str | Path, spec: SyntheticSpec) -> bool:
+    """True if ``out_dir`` already holds exactly this spec's data (same spec, same bytes);
+    raise ``FileExistsError`` if it holds other shards, which are never overwritten."""
+    out_dir = Path(out_dir)
+    shards = sorted(out_dir.glob("*.parquet")) if out_dir.exists() else []
+    if not shards:
+        return False
+    spec_file = out_dir / SPEC_FILE
+    if spec_file.exists() and json.loads(spec_file.read_text()) == spec_dict(spec):
+        names = {p.name for p in shards}
+        if all(Path(t.out_dir, shard_name(t.split, t.shard, t.n_shards)).name in names
+               for t in shard_tasks(spec, out_dir)):
+            return True
+    raise FileExistsError(f"{out_dir} already holds other Parquet shards; generate into an "
+                          "empty directory (--out) instead of overwriting them")
+
+
 def write_synthetic(spec: SyntheticSpec, out_dir: str | Path,
                     map_fn: Callable = map) -> list[str]:
-    """Write every split's shards to ``out_dir``. ``map_fn`` spreads the shard tasks
+    """Write every split's shards to ``out_dir`` (skipped when it already holds this very
+    spec's data; an error when it holds other data). ``map_fn`` spreads the shard tasks
     (the builtin ``map`` here; the prepare job passes Ray tasks)."""
     out_dir = Path(out_dir)
+    tasks = shard_tasks(spec, out_dir)
+    if existing_synthetic(out_dir, spec):
+        return sorted(str(Path(t.out_dir, shard_name(t.split, t.shard, t.n_shards))) for t in tasks)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*-of-*.parquet"):
-        old.unlink()
-    return list(map_fn(_run_task, shard_tasks(spec, out_dir)))
+    paths = list(map_fn(_run_task, tasks))
+    (out_dir / SPEC_FILE).write_text(json.dumps(spec_dict(spec), indent=2))
+    return sorted(paths)

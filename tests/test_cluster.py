@@ -1,8 +1,8 @@
-"""The cluster path: `ray job submit` to a local head started with `ray start --head` on
-loopback, and cluster.yaml checked by Ray's own cluster-config validation.
+"""The cluster path: `ray job submit` to a local head started with `ray start --head --block`
+on loopback, and cluster.yaml checked by Ray's own cluster-config validation.
 
-Named to run last: `ray stop` ends every Ray process on the machine, so the session's
-in-process Ray is shut down first (the ray_session fixture restarts it if needed)."""
+The head is stopped by ending the process tree this test started (never `ray stop`, which
+would end every Ray on the machine), so the test runs in any order."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,13 +53,25 @@ def test_ray_job_submit_to_a_local_head(synthetic_dir, tmp_path):
                RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
     port, dash = _free_port(), _free_port()
-    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2",
-                    "--disable-usage-stats"], check=True, env=env, timeout=120,
-                   capture_output=True)
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={port}", f"--dashboard-port={dash}",
+                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+                             f"--temp-dir={tempfile.mkdtemp(prefix='rocoray-head-')}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
     job_id = f"rocoray-test-{int(time.time())}"
     try:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.time() + 120
+        while True:  # the head is up once its dashboard answers
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:
+                assert head.poll() is None, "ray start --head exited"
+                assert time.time() < deadline, "the head did not come up"
+                time.sleep(2)
         subprocess.run(
             [RAY, "job", "submit", "--address", address, "--submission-id", job_id,
              "--no-wait", "--working-dir", str(REPO), "--",
@@ -81,4 +94,24 @@ def test_ray_job_submit_to_a_local_head(synthetic_dir, tmp_path):
         assert result["final"]["epoch"] == 1 and "val/mean_recall" in result["final"]
         assert "two_tower run submitted" in logs
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, timeout=120, capture_output=True)
+        _stop_tree(head)
+
+
+def _stop_tree(proc: subprocess.Popen) -> None:
+    """End the `ray start --block` process and everything it started (GCS, raylet, dashboard,
+    workers), and nothing else."""
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+    except psutil.NoSuchProcess:
+        return
+    family = parent.children(recursive=True) + [parent]
+    for p in family:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for p in alive:
+        p.kill()

@@ -1,0 +1,54 @@
+"""What a scoring run leaves behind, and how it is read back (report, rerank, benchmarks):
+
+    gallery.parquet     one row per scored item: image_id, caption, group (its gallery order)
+    t2i.parquet         per caption query: top-K image rows, ids, scores, exact rank
+    i2t.parquet         per image query: top-K caption rows, ids, scores, exact rank
+    scoring.json        metrics, timings, sizes, skipped rows (strict JSON)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from core import storage
+
+GALLERY = "gallery.parquet"
+SUMMARY = "scoring.json"
+
+
+def topk_name(direction: str) -> str:
+    return f"{direction}.parquet"
+
+
+def write_gallery(root: str, image_ids, captions, groups) -> pa.Table:
+    table = pa.table({"image_id": list(image_ids), "caption": list(captions),
+                      "group": np.asarray(groups, np.int64)})
+    storage.write_parquet(root, GALLERY, table)
+    return table
+
+
+def read_gallery(root: str) -> pa.Table:
+    return storage.read_parquet(root, GALLERY)
+
+
+def write_topk(root: str, direction: str, gallery: pa.Table, index: np.ndarray,
+               scores: np.ndarray, ranks: np.ndarray) -> None:
+    ids = np.asarray(gallery.column("image_id").to_pylist(), dtype=object)
+    table = pa.table({
+        "query_index": np.arange(len(ranks)),
+        "query_id": ids,
+        "topk_index": [row.tolist() for row in np.asarray(index)],
+        "topk_ids": [ids[row].tolist() for row in np.asarray(index)],
+        "topk_scores": [row.tolist() for row in np.asarray(scores, np.float32)],
+        "rank": np.asarray(ranks, np.int64),
+    })
+    storage.write_parquet(root, topk_name(direction), table)
+
+
+def read_topk(root: str, direction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top-K rows (Nq, K), their scores, exact ranks) of a scoring run."""
+    table = storage.read_parquet(root, topk_name(direction))
+    return (np.asarray(table.column("topk_index").to_pylist(), dtype=np.int64),
+            np.asarray(table.column("topk_scores").to_pylist(), dtype=np.float32),
+            table.column("rank").to_numpy())

@@ -1,0 +1,87 @@
+"""Stage 2 of the scoring job: one pool of actors runs the work items of the scoring plan
+(``core.scoring``). Each actor loads the model once and reads feature blocks from the object
+store; results travel back through Ray, and the driver keeps finished items in a keyed cache
+so that a rerun after a crash skips them."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import ray
+
+from core import faults, storage
+from core.checkpoint import load_checkpoint
+from core.models import MODELS
+from core.scoring import ScoringPlan, TileWorker
+from core.work_cache import keyed_dir
+from ray_jobs.gallery import Gallery, actor_resources, torch_device
+from ray_jobs.runtime import Progress
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@ray.remote
+class ScoringActor:
+    """Loads the model once; runs any work item of the plan on blocks from the object store."""
+
+    def __init__(self, checkpoint: str, kind: str, plan: ScoringPlan, refs: dict, device: str,
+                 precision: str):
+        self.device = torch_device(device)
+        model = load_checkpoint(checkpoint, device=self.device).model
+        types, cache = MODELS[kind].feature_types, {}
+
+        def blocks(side: str, b: int):
+            if (side, b) not in cache:
+                if len(cache) >= 8:
+                    cache.pop(next(iter(cache)))
+                cache[(side, b)] = types[side].from_numpy(ray.get(refs[side][b]), self.device)
+            return cache[(side, b)]
+
+        self.worker = TileWorker(model, blocks, plan, self.device, precision)
+        self.done = 0
+
+    def run(self, item, context: dict):
+        t0 = time.perf_counter()
+        self.done += 1
+        faults.maybe_fail("score.item", self.done)
+        result = self.worker.run(item, context)
+        return item, result, time.perf_counter() - t0, peak_rss_mb()
+
+
+class ActorExecutor:
+    """Runs plan items on one pool of ``ScoringActor``s; finished items are written to a
+    keyed cache dir by the driver (results travel through Ray) and skipped on a rerun."""
+
+    def __init__(self, job, kind: str, plan: ScoringPlan, gallery: Gallery, key: dict):
+        from ray.util import ActorPool
+
+        cfg = job.cfg
+        actor = ScoringActor.options(**actor_resources(cfg))
+        self.pool = ActorPool([actor.remote(job.checkpoints[kind], kind, plan, gallery.refs,
+                                            job.device, job.precision) for _ in range(cfg.actors)])
+        self.items_dir, _ = keyed_dir(job.cache, "items", key)
+        self.stats = {"done": 0, "cached": 0, "actor_seconds": 0.0, "actor_peak_rss_mb": 0.0}
+
+    def __call__(self, items, context):
+        ctx = ray.put(context)
+        todo = []
+        for item in items:
+            name = f"{item.name}.npz"
+            if storage.exists(self.items_dir, name):
+                self.stats["cached"] += item.kind.value == "tile"
+                yield item, storage.read_arrays(self.items_dir, name)
+            else:
+                todo.append(item)
+        progress = Progress(f"{items[0].kind.value} items" if items else "items", len(items), 5.0)
+        progress.update(len(items) - len(todo))
+        for item, result, seconds, rss in self.pool.map_unordered(
+                lambda a, it: a.run.remote(it, ctx), todo):
+            storage.write_arrays(self.items_dir, f"{item.name}.npz", result)
+            self.stats["done"] += item.kind.value == "tile"
+            self.stats["actor_seconds"] += seconds
+            self.stats["actor_peak_rss_mb"] = max(self.stats["actor_peak_rss_mb"], rss)
+            progress.update(1)
+            yield item, result

@@ -1,0 +1,166 @@
+"""Stage 1 of the scoring job: encode every caption and image of a split once, as Ray Data
+batch inference (read + preprocess + encode in one actor stage), into feature blocks that go
+to the object store for the scoring actors and to a keyed cache for reruns."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import ray.data
+import torch
+
+from core import storage
+from core.batch import collate
+from core.checkpoint import checkpoint_identity, load_checkpoint
+from core.data.preprocess import build_preprocessor, count_skips, merge_counts
+from core.data.rocov2 import columns_to_read, read_row_group, row_groups, split_identity
+from core.feature_store import FeatureStore
+from core.models import MODELS
+from core.scoring import autocast, outputs
+from core.work_cache import keyed_dir
+from ray_jobs.options import UserError
+from ray_jobs.runtime import Progress
+
+log = logging.getLogger("rocoray.score")
+
+
+def torch_device(job_device: str) -> str:
+    return "cuda" if job_device == "cuda" and torch.cuda.is_available() else "cpu"
+
+
+def actor_resources(cfg) -> dict:
+    return {"num_cpus": cfg.cpus_per_actor, "num_gpus": cfg.gpus_per_actor if cfg.use_gpu else 0}
+
+
+class GalleryEncoder:
+    """Ray Data actor: reads row groups, preprocesses and encodes both sides. Reading,
+    preprocessing and encoding are ONE actor stage: no read tasks compete with the actor pool
+    for CPUs (a deadlock on 2-CPU machines). Skipped rows come back with zero features and
+    their reason, so the driver counts them."""
+
+    def __init__(self, checkpoint: str, filesystem, columns: list[str], device: str,
+                 precision: str, batch_size: int = 64):
+        self.device = torch_device(device)
+        loaded = load_checkpoint(checkpoint, device=self.device)
+        self.model, self.precision = loaded.model, precision
+        self.preprocessor = build_preprocessor(loaded.config.model, loaded.tokenizer)
+        self.filesystem, self.columns, self.batch_size = filesystem, columns, batch_size
+
+    @torch.no_grad()
+    def _encode(self, rows: dict) -> dict:
+        batch = collate(rows, pin_memory=self.device == "cuda")
+        keep = np.asarray(rows["skip"]) == 0
+        out = {k: rows[k] for k in ("image_id", "caption", "group", "skip")}
+        if not len(batch):
+            return out | {"empty": np.ones(len(keep), bool)}
+        inputs = batch.to(self.device).inputs
+        with autocast(self.device, self.precision):
+            feats = {"text": self.model.encode_text(inputs["input_ids"], inputs["attention_mask"]),
+                     "image": self.model.encode_image(inputs["pixel_values"])}
+        for side, f in feats.items():
+            for name, value in f.numpy().items():
+                full = np.zeros((len(keep), *value.shape[1:]), value.dtype)
+                full[keep] = value
+                out[f"{side}.{name}"] = full
+        return out
+
+    def __call__(self, units: dict) -> dict:
+        parts = []
+        for path, group in zip(units["path"], units["row_group"]):
+            table = read_row_group(self.filesystem, str(path), int(group), self.columns)
+            for start in range(0, table.num_rows, self.batch_size):
+                parts.append(self._encode(self.preprocessor(table.slice(start, self.batch_size))))
+        parts = [p for p in parts if "empty" not in p] or parts[:1]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "empty"}
+
+
+@dataclass
+class Gallery:
+    """An encoded gallery: its rows, and its feature blocks in the object store."""
+
+    kind: str
+    table: object  # pyarrow Table: image_id, caption, group
+    refs: dict  # side -> [ObjectRef of a block's numpy arrays]
+    block: int
+    store: FeatureStore
+    meta: dict
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.table.column("group").to_numpy()
+
+    def features(self, side: str):
+        """Every block of one side, in this process."""
+        types = MODELS[self.kind].feature_types
+        return types[side].cat([types[side].from_numpy(ray.get(r)) for r in self.refs[side]])
+
+
+def encode(job, kind: str, block: int) -> Gallery:
+    """Encode the split with ``kind``'s checkpoint once (``job``: a validated
+    ``ray_jobs.score.Job``), or reuse a cached encoding that came from the same checkpoint,
+    data, split, rows, block and precision."""
+    cfg, checkpoint = job.cfg, job.checkpoints[kind]
+    key = {"checkpoint": checkpoint_identity(checkpoint), "data": split_identity(job.files),
+           "max_items": cfg.max_items, "block": block, "precision": job.precision}
+    root, _ = keyed_dir(job.cache, f"features-{kind}", key)
+    store = FeatureStore(root, MODELS[kind].feature_types)
+    meta = store.read_meta()
+    if meta and meta.get("complete"):
+        log.info("%s gallery: reusing %d encoded items from %s", kind, meta["n"], root)
+        refs = {side: [ray.put(store.read_block(side, b).numpy()) for b in range(meta["blocks"])]
+                for side in ("text", "image")}
+        return Gallery(kind, storage.read_parquet(root, outputs.GALLERY), refs, block, store, meta)
+
+    units = row_groups(job.files, cfg.max_items)
+    ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
+                             override_num_blocks=len(units))
+    ds = ds.map_batches(GalleryEncoder, fn_constructor_kwargs={
+        "checkpoint": checkpoint, "filesystem": job.files.filesystem,
+        "columns": columns_to_read(job.files), "device": job.device, "precision": job.precision},
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(units))),
+        batch_format="numpy",
+        **actor_resources(cfg))
+    ds.context.execution_options.preserve_order = True  # the same gallery order on every run
+    if cfg.max_items is not None:
+        ds = ds.limit(cfg.max_items)
+    t0 = time.perf_counter()
+    refs, host, skipped, pending = {"text": [], "image": []}, [], {}, []
+    progress = Progress(f"{kind} gallery: encoded rows", total=job.rows, every=5.0)
+
+    def flush(final: bool = False) -> None:
+        while pending and (final or sum(len(p["group"]) for p in pending) >= block):
+            merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+            head = {k: v[:block] for k, v in merged.items()}
+            rest = {k: v[block:] for k, v in merged.items()}
+            for side in ("text", "image"):
+                arrays = {k.split(".", 1)[1]: v for k, v in head.items() if k.startswith(side + ".")}
+                store.write_block(side, len(refs[side]), store.types[side].from_numpy(arrays))
+                refs[side].append(ray.put(arrays))
+            pending[:] = [rest] if len(rest["group"]) else []
+
+    for batch in ds.iter_batches(batch_size=block, batch_format="numpy"):
+        skip = np.asarray(batch["skip"])
+        skipped = merge_counts(skipped, count_skips(skip))
+        progress.update(len(skip))
+        keep = skip == 0
+        if keep.any():
+            host.append({k: batch[k][keep] for k in ("image_id", "caption", "group")})
+            pending.append({k: v[keep] for k, v in batch.items()
+                            if k.startswith(("text.", "image.")) or k == "group"})
+            flush()
+    flush(final=True)
+    if not host:
+        raise UserError(f"the gallery is empty: split {cfg.split!r} of {cfg.data} has no usable "
+                        f"rows (skipped: {skipped or 'none'})")
+    table = outputs.write_gallery(root, *(np.concatenate([h[k] for h in host])
+                                          for k in ("image_id", "caption", "group")))
+    meta = {"n": table.num_rows, "blocks": len(refs["text"]), "block": block, "skipped": skipped,
+            "encode_s": time.perf_counter() - t0, "complete": True}
+    store.write_meta(meta)
+    log.info("%s gallery: encoded %d items in %d blocks (%.1fs); skipped %s", kind, meta["n"],
+             meta["blocks"], meta["encode_s"], skipped or "none")
+    return Gallery(kind, table, refs, block, store, meta)
