@@ -31,8 +31,7 @@ def main(argv=None) -> dict:
     from core.data.preprocess import build_preprocessor
     from core.models import build_model
     from core.training import LossModule, build_optimizer, build_scheduler, train_step
-    from ray_jobs.data import HostCollate
-    from ray_jobs.data import preprocess, read_split_dataset
+    from ray_jobs.data import HostCollate, read_split_dataset
     from ray_jobs.runtime import init_ray
     from ray_jobs.train import TRAIN_COLUMNS, fit, prepare_run
 
@@ -47,10 +46,9 @@ def main(argv=None) -> dict:
     # 2. the input pipeline alone, streaming. Like training epochs after the first, later
     #    passes run on warm worker processes (the first pays their start-up and imports);
     #    the rate is the median of the warm passes.
-    raw, _ = read_split_dataset(cfg.data.path, "train")
-    pipeline = preprocess(raw, pre, cfg.train.preprocess_num_cpus,
-                          cfg.train.preprocess_batch_size).select_columns(
-                              TRAIN_COLUMNS, num_cpus=cfg.train.preprocess_num_cpus)
+    pipeline, _ = read_split_dataset(cfg.data.path, "train",
+                                     num_cpus=cfg.train.preprocess_num_cpus, preprocessor=pre,
+                                     batch_size=cfg.train.preprocess_batch_size, keep=TRAIN_COLUMNS)
     passes = []
     for _ in range(4):
         t0 = time.perf_counter()
@@ -59,9 +57,9 @@ def main(argv=None) -> dict:
     pipeline_rows_per_s = statistics.median(passes[1:])
 
     # 1a. Ray Train over materialised data
-    train_ds = preprocess(raw, pre, 0.5, 64).select_columns(TRAIN_COLUMNS).materialize()
-    val_raw, _ = read_split_dataset(cfg.data.path, "validation")
-    val_ds = preprocess(val_raw, pre, 0.5, 64).select_columns(TRAIN_COLUMNS).materialize()
+    train_ds = pipeline.materialize()
+    val_ds = read_split_dataset(cfg.data.path, "validation", num_cpus=0.5, preprocessor=pre,
+                                keep=TRAIN_COLUMNS)[0].materialize()
     result = fit(cfg, tokenizer, datasets=({"train": train_ds, "validation": val_ds},
                                             train_ds.count()))
     from ray_jobs.train import summarize

@@ -1,8 +1,7 @@
 """Roofline of the fusion head: achieved GFLOP/s of block scoring (FLOPs counted from the
 shapes) vs this machine's fp32 matmul GFLOP/s, measured in the same run (target >= 30%).
 
-Also projects the cost of scoring ROCOv2's ~10k x 10k test pairs with the `base` preset on
-GPUs, from the FLOPs per pair and the efficiency measured here (a projection, not a run).
+GPU figures come only from a GPU run (bench/gpu.py), never from this CPU measurement.
 
     python -m bench.roofline [--n 256]
 """
@@ -16,7 +15,6 @@ import time
 import torch
 
 from bench._common import load_fusion, load_gallery, write_result
-from core.config import load_config
 from core.evaluation import encode_batches, score_matrix
 
 
@@ -47,9 +45,6 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", default="runs/demo/train/fusion")
     p.add_argument("--data", default="data/synthetic")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--gpus", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--gpu-peak-tflops", type=float, default=989.0,
-                   help="dense bf16 peak of the cluster's GPU (H100 SXM: 989)")
     args = p.parse_args(argv)
     model, tokenizer, cfg, source = load_fusion(args.checkpoint)
     batch = load_gallery(cfg, tokenizer, args.data, "train", args.n)
@@ -68,28 +63,9 @@ def main(argv=None) -> dict:
     head = args.n * args.n * flops / seconds / 1e9
     peak = matmul_gflops()
     fraction = head / peak
-    # Projection for ROCOv2's test split with the base preset on GPUs.
-    base = load_config("base").model
-    base_flops = fusion_flops_per_pair(30.0, base.fusion.width, base.fusion.num_layers, 49,
-                                       base.fusion.mlp_ratio)
-    pairs = 10_000 ** 2
-    projection_s = {g: pairs * base_flops / (g * args.gpu_peak_tflops * 1e12 * fraction)
-                    for g in args.gpus}
-    projection = (
-        "Projection (not a run): scoring ROCOv2's ~10k x 10k test pairs with the `base` fusion "
-        f"head costs {base_flops / 1e6:.1f} MFLOP per pair (~30 tokens, 7x7 patches, width "
-        f"{base.fusion.width}, {base.fusion.num_layers} layers), {pairs * base_flops / 1e15:.1f} "
-        f"PFLOP in all; at the {100 * fraction:.0f}% of peak measured here on a "
-        f"{args.gpu_peak_tflops:.0f} TFLOP/s bf16 GPU that is "
-        + ", ".join(f"{s:.1f} s on {g} GPU{'s' if g > 1 else ''}" for g, s in projection_s.items())
-        + f" (at a more cautious 30% of peak: {projection_s[args.gpus[0]] * fraction / 0.3:.0f} s on "
-        f"{args.gpus[0]}); the 2 x 10k encoder passes add about 0.15 PFLOP (ResNet-50 + BERT-base); "
-        "rerank with k=32 needs 2 x 32 / 10,000 = 0.64% of the head's work.")
     result = {"bench": "roofline", "weights": source, "n": args.n, "mean_tokens": tokens,
               "flops_per_pair": flops, "score_s": seconds, "head_gflops": head,
-              "matmul_gflops": peak, "fraction_of_matmul": fraction, "target_fraction": 0.3,
-              "base_flops_per_pair": base_flops, "projection_rocov2_test_s": projection_s,
-              "projection": projection}
+              "matmul_gflops": peak, "fraction_of_matmul": fraction, "target_fraction": 0.3}
     write_result(result)
     return result
 

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["synthetic_generation", "pairwise_scoring", "roofline", "ray_overhead", "scaling",
-           "rerank"]
+BENCHES = ["synthetic_generation", "pairwise_scoring", "roofline", "input_pipeline",
+           "ray_overhead", "scaling", "rerank"]
 
 
 def main(argv=None) -> None:

@@ -1,9 +1,9 @@
-"""The comparison report: metrics table, Recall@K chart, time vs gallery size, architecture
-comparison, and the top-3 retrieved items for sample queries, as Markdown and HTML.
+"""The comparison report: a verdict with 95 % intervals, the metrics, training curves,
+speed and cost, and retrieved examples, as Markdown and one self-contained HTML file.
 
-Input is ``metrics.json`` as ``rocoray evaluate`` writes it plus the per-method top-K
-tables; everything here is plain matplotlib / pyarrow, so a report can be re-rendered from
-saved results without Ray.
+Input is ``metrics.json`` as ``rocoray evaluate`` writes it (with the ``comparison`` of
+``core.comparison``), the examples and their images; everything here is matplotlib, html
+and PIL, so a report can be re-rendered from saved results without Ray.
 """
 
 from __future__ import annotations
@@ -20,35 +20,90 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+from core import storage  # noqa: E402
+from core.comparison import DIRECTIONS, LABELS  # noqa: E402
+
 METHODS = ("two_tower", "fusion", "rerank")
-LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank"}
 COLORS = {"two_tower": "#1f77b4", "fusion": "#d62728", "rerank": "#2ca02c"}
 KS = (1, 5, 10)
 
+# A slope of log(time) on log(N) means something only over enough sizes, a wide enough
+# range, and times well above timer and start-up noise.
+SLOPE_MIN_SIZES, SLOPE_MIN_SPAN, SLOPE_MIN_SECONDS = 3, 4.0, 0.05
 
-def fit_exponent(sizes, seconds) -> float:
-    """Slope of log(time) vs log(N): ~1 linear, ~2 quadratic."""
-    x, y = np.log(np.asarray(sizes, float)), np.log(np.maximum(np.asarray(seconds, float), 1e-9))
-    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 else float("nan")
 
+def fit_exponent(sizes, seconds) -> float | None:
+    """Slope of log(time) vs log(N) (~1 linear, ~2 quadratic), or None when the sizes or the
+    times cannot support one (see the SLOPE_* thresholds)."""
+    sizes, seconds = np.asarray(sizes, float), np.asarray(seconds, float)
+    if (len(sizes) < SLOPE_MIN_SIZES or sizes.max() < SLOPE_MIN_SPAN * sizes.min()
+            or seconds.min() < SLOPE_MIN_SECONDS):
+        return None
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def slope_text(sizes, seconds) -> str:
+    e = fit_exponent(sizes, seconds)
+    if e is not None:
+        return f"slope {e:.2f}"
+    return (f"slope not measured (needs >= {SLOPE_MIN_SIZES} sizes spanning >= "
+            f"{SLOPE_MIN_SPAN:.0f}x and times >= {SLOPE_MIN_SECONDS} s)")
+
+
+def _ks(metrics: dict) -> list[int]:
+    return [k for k in KS if k <= metrics["gallery_size"]]
+
+
+def _methods(metrics: dict) -> list[str]:
+    return [m for m in METHODS if m in metrics["methods"]]
+
+
+# --- figures -----------------------------------------------------------------------------------
 
 def recall_chart(metrics: dict, path: Path) -> Path:
-    methods = [m for m in METHODS if m in metrics["methods"]]
-    labels = [f"{d} R@{k}" for d in ("t2i", "i2t") for k in KS]
+    est = metrics["comparison"]["estimates"]
+    methods, ks = _methods(metrics), _ks(metrics)
+    labels = [f"{d} R@{k}" for d in DIRECTIONS for k in ks]
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     for i, m in enumerate(methods):
-        vals = [metrics["methods"][m]["metrics"][d][f"R@{k}"] for d in ("t2i", "i2t") for k in KS]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=LABELS[m],
-               color=COLORS[m])
-    chance = [min(1.0, k / metrics["gallery_size"]) for _ in ("t2i", "i2t") for k in KS]
+        e = [est[m][d][f"R@{k}"] for d in DIRECTIONS for k in ks]
+        vals = np.array([v["value"] for v in e])
+        err = np.array([[v["value"] - v["low"] for v in e], [v["high"] - v["value"] for v in e]])
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, yerr=err, capsize=2,
+               label=LABELS[m], color=COLORS[m])
+    chance = [metrics["comparison"]["chance"][f"R@{k}"] for _ in DIRECTIONS for k in ks]
     ax.plot(x, chance, "k_", markersize=18, label="chance")
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("recall")
+    ax.set_ylabel("recall (95% CI)")
     ax.set_title(f"Recall@K on {metrics['split']} ({metrics['gallery_size']} pairs)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def training_curves(training: dict, path: Path) -> Path | None:
+    """Loss and validation mean recall per epoch, for each trained model."""
+    runs = {m: t for m, t in training.items() if t.get("history")}
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for m, t in runs.items():
+        epochs = [h["epoch"] for h in t["history"]]
+        axes[0].plot(epochs, [h.get("train/loss") for h in t["history"]], "o-", color=COLORS[m],
+                     label=LABELS[m])
+        axes[1].plot(epochs, [h.get("val/mean_recall") for h in t["history"]], "o-",
+                     color=COLORS[m], label=LABELS[m])
+    axes[0].set_title("training loss", fontsize=9)
+    axes[1].set_title("validation mean recall (R@1/5/10, both directions)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -61,8 +116,8 @@ def timing_chart(scaling: dict, path: Path) -> Path:
         if m not in scaling["seconds"]:
             continue
         sizes, secs = scaling["sizes"], scaling["seconds"][m]
-        ax.loglog(sizes, secs, "o-", color=COLORS[m],
-                  label=f"{LABELS[m]} (slope {fit_exponent(sizes, secs):.2f})")
+        ax.loglog(sizes, secs, "o-", color=COLORS[m], label=f"{LABELS[m]} ({slope_text(sizes, secs)})"
+                  if fit_exponent(sizes, secs) is not None else f"{LABELS[m]} (slope not measured)")
     ax.set_xlabel("gallery size N (captions = images)")
     ax.set_ylabel("scoring time (s)")
     ax.set_title("Scoring time vs gallery size (one process, encoders excluded)", fontsize=9)
@@ -74,13 +129,10 @@ def timing_chart(scaling: dict, path: Path) -> Path:
     return path
 
 
-def thumbnail(data: bytes, size: int = 96, hit: bool | None = None) -> Image.Image:
+def thumbnail(data: bytes, size: int = 128) -> Image.Image:
     from core.data.images import decode_image
 
-    img = ImageOps.fit(decode_image(data), (size, size))
-    if hit is not None:
-        img = ImageOps.expand(img, border=4, fill=(40, 170, 60) if hit else (200, 40, 40))
-    return img
+    return ImageOps.fit(decode_image(data), (size, size))
 
 
 def png_b64(img: Image.Image) -> str:
@@ -89,86 +141,92 @@ def png_b64(img: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def examples_figure(examples: dict, images: dict, path: Path) -> Path:
-    """Caption -> top-3 images for each sample query and method; green = correct."""
-    methods = [m for m in METHODS if m in examples]
-    queries = examples[methods[0]]["t2i"]
-    fig, axes = plt.subplots(len(queries), 1 + 3 * len(methods),
-                             figsize=(1.6 * (1 + 3 * len(methods)), 1.9 * len(queries)),
-                             squeeze=False)
-    for r, q in enumerate(queries):
-        ax = axes[r][0]
-        ax.axis("off")
-        ax.text(0, 0.5, _wrap(q["query_caption"], 28), fontsize=6, va="center")
-        for mi, m in enumerate(methods):
-            row = examples[m]["t2i"][r]
-            for j, (gid, hit) in enumerate(zip(row["top_ids"], row["hits"])):
-                ax = axes[r][1 + 3 * mi + j]
-                ax.imshow(thumbnail(images[gid], 96, hit))
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0 and j == 1:
-                    ax.set_title(LABELS[m], fontsize=8)
-    fig.suptitle("text -> image: top-3 per method (green border = correct)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+# --- tables ------------------------------------------------------------------------------------
 
-
-def _wrap(text: str, width: int, lines: int = 7) -> str:
-    words, out, cur = text.split(), [], ""
-    for w in words:
-        if len(cur) + len(w) + 1 > width:
-            out.append(cur)
-            cur = w
-        else:
-            cur = f"{cur} {w}".strip()
-    out.append(cur)
-    return "\n".join(out[:lines]) + ("..." if len(out) > lines else "")
-
-
-def _fmt(v, digits=3):
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+def _f(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["method"] + [f"{d} R@{k}" for d in ("t2i", "i2t") for k in KS] + \
-        ["t2i MRR", "i2t MRR", "t2i med. rank", "i2t med. rank"]
+    est = metrics["comparison"]["estimates"]
+    ks = _ks(metrics)
+    header = ["method"] + [f"{d} R@{k}" for d in DIRECTIONS for k in ks] + ["t2i MRR", "i2t MRR",
+                                                                            "t2i med. rank", "i2t med. rank"]
     rows = []
-    for m in METHODS:
-        if m not in metrics["methods"]:
-            continue
+    for m in _methods(metrics):
         r = metrics["methods"][m]["metrics"]
-        rows.append([LABELS[m]] + [_fmt(r[d][f"R@{k}"]) for d in ("t2i", "i2t") for k in KS]
-                    + [_fmt(r["t2i"]["MRR"]), _fmt(r["i2t"]["MRR"]),
-                       _fmt(r["t2i"]["median_rank"], 1), _fmt(r["i2t"]["median_rank"], 1)])
+        cells = [f"{_f(e['value'])} [{_f(e['low'], 2)}, {_f(e['high'], 2)}]"
+                 for e in (est[m][d][f"R@{k}"] for d in DIRECTIONS for k in ks)]
+        rows.append([LABELS[m]] + cells + [_f(r["t2i"]["MRR"]), _f(r["i2t"]["MRR"]),
+                                           _f(r["t2i"]["median_rank"], 1), _f(r["i2t"]["median_rank"], 1)])
+    rows.append(["chance"] + [_f(metrics["comparison"]["chance"][f"R@{k}"]) for _ in DIRECTIONS
+                              for k in ks] + ["", "", "", ""])
     return header, rows
 
 
+def difference_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["comparison", "direction", "metric", "difference", "95% CI", "beyond noise"]
+    rows = []
+    for x in metrics["comparison"]["differences"]:
+        rows.append([f"{LABELS[x['a']]} − {LABELS[x['b']]}", x["direction"], x["metric"],
+                     f"{x['value']:+.3f}", f"[{x['low']:+.3f}, {x['high']:+.3f}]",
+                     "yes" if x["significant"] else "no"])
+    return header, rows
+
+
+def cost_seconds(timings: dict) -> float:
+    """What a method costs from scratch: its encoders (timed when they ran, even if a later
+    job reused their cached output) plus its scoring."""
+    return timings.get("encode_s", 0.0) + timings["score_s"]
+
+
 def cost_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "parameters", "encoder passes", "head/score evaluations",
-              "cost growth", "encode s", "score s", "total s", "pairs/s", "peak RSS MB"]
+    """What each method computes and what it costs, comparable across methods: encoder
+    passes and head evaluations counted, seconds per query (both directions)."""
+    header = ["method", "parameters", "encoder passes", "head / score evaluations", "cost growth",
+              "encode s", "score s", "ms per query", "peak RSS MB"]
     n = metrics["gallery_size"]
     rows = []
-    for m in METHODS:
-        if m not in metrics["methods"]:
-            continue
+    for m in _methods(metrics):
         info = metrics["methods"][m]
         t = info["timings"]
         if m == "fusion":
-            evals, growth = f"N^2 = {n * n} fusion-head pairs", "O(N) encode + O(N^2) head"
+            passes, evals = f"2N = {2 * n} (fusion)", f"N² = {n * n:,} fusion-head pairs"
+            growth = "O(N) encode + O(N²) head"
         elif m == "two_tower":
-            evals, growth = f"N^2 = {n * n} dot products (one matmul)", "O(N) encode + O(N^2 d) matmul"
+            passes, evals = f"2N = {2 * n} (two-tower)", f"N² = {n * n:,} dot products (matmuls)"
+            growth = "O(N) encode + O(N² d) matmul"
         else:
             k = info.get("rerank_k")
-            evals, growth = f"2Nk = {2 * n * k} fusion pairs (k={k}) + a matmul", "O(N) encode + O(Nk) head"
+            passes = f"4N = {4 * n} (both models)"
+            evals = f"2Nk = {2 * n * k:,} fusion-head pairs (k={k}) + N² dot products"
+            growth = "O(N) encode + O(Nk) head"
         peak = max(t.get("driver_peak_rss_mb", 0.0), t.get("actor_peak_rss_mb", 0.0))
-        rows.append([LABELS[m], f"{info['parameters'] / 1e6:.2f}M", f"2N = {2 * n}", evals, growth,
-                     _fmt(t.get("encode_s", 0.0), 1), _fmt(t["score_s"], 2), _fmt(t["total_s"], 1),
-                     f"{t['pairs_per_s']:.0f}", f"{peak:.0f}"])
+        rows.append([LABELS[m], f"{info['parameters'] / 1e6:.2f}M", passes, evals, growth,
+                     _f(t.get("encode_s", 0.0), 1), _f(t["score_s"], 2),
+                     _f(1000 * cost_seconds(t) / (2 * n), 1), f"{peak:.0f}"])
+    return header, rows
+
+
+def training_rows(training: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "epochs", "batch", "lr", "image", "text encoder", "head", "final val mean recall"]
+    rows = []
+    for m, t in training.items():
+        c = t.get("config") or {}
+        model, train = c.get("model", {}), c.get("train", {})
+        image, text = model.get("image", {}), model.get("text", {})
+        head = (f"fusion width {model['fusion']['width']} x {model['fusion']['num_layers']} layers, "
+                f"{model['fusion']['negatives_per_positive']} {model['fusion']['negative_mode']} negatives"
+                if m == "fusion" else
+                f"{model['two_tower']['embed_dim']}-d, T={model['two_tower']['temperature']}"
+                if model else "")
+        hist = t.get("history") or []
+        encoder = text.get("name_or_path") or "BERT from config"
+        rows.append([LABELS[m], f"{len(hist)} of {train.get('epochs', '?')}",
+                     str(train.get("batch_size", "")), str(train.get("lr", "")),
+                     f"{image.get('arch', '')} {image.get('image_size', '')} px",
+                     f"{encoder} ({text.get('num_layers', '')} layers)", head,
+                     _f(hist[-1].get("val/mean_recall")) if hist else "n/a"])
     return header, rows
 
 
@@ -185,87 +243,169 @@ def html_table(header, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(metrics: dict, examples: dict, images: dict, out_dir: Path) -> dict:
+# --- examples ----------------------------------------------------------------------------------
+
+def _img(data: bytes | None, size: int, cls: str = "") -> str:
+    if data is None:
+        return "<span class='noimg'>(image not found)</span>"
+    return (f"<img class='{cls}' src='data:image/png;base64,{png_b64(thumbnail(data, size))}' "
+            f"width='{size}' height='{size}' alt=''>")
+
+
+def examples_html(examples: dict, images: dict) -> str:
+    parts = []
+    for m in [m for m in METHODS if m in examples]:
+        parts.append(f"<h3>{html.escape(LABELS[m])}: text → image, top 3</h3>")
+        for q in examples[m]["t2i"]:
+            cells = []
+            for rank, (gid, hit) in enumerate(zip(q["top_ids"], q["hits"]), 1):
+                cells.append(f"<figure class='{'hit' if hit else 'miss'}'>{_img(images.get(gid), 128)}"
+                             f"<figcaption>#{rank} {'✔ correct' if hit else '✘'}</figcaption></figure>")
+            if not any(q["hits"]):
+                cells.append(f"<figure class='truth'>{_img(images.get(q['query_id']), 128)}"
+                             f"<figcaption>correct image: rank {q['rank'] + 1}</figcaption></figure>")
+            parts.append(f"<div class='ex'><p class='query'><b>query caption</b> "
+                         f"<span class='rank'>(correct image at rank {q['rank'] + 1})</span><br>"
+                         f"{html.escape(q['query_caption'])}</p>"
+                         f"<div class='row'>{''.join(cells)}</div></div>")
+        parts.append(f"<h3>{html.escape(LABELS[m])}: image → text, top 3</h3>")
+        for q in examples[m]["i2t"]:
+            items = "".join(
+                f"<li class='{'hit' if hit else 'miss'}'><b>#{rank}</b> {'✔' if hit else '✘'} "
+                f"{html.escape(cap)}</li>"
+                for rank, (cap, hit) in enumerate(zip(q["top_captions"], q["hits"]), 1))
+            truth = ("" if any(q["hits"]) else
+                     f"<li class='truth'><b>correct caption, rank {q['rank'] + 1}:</b> "
+                     f"{html.escape(q['query_caption'])}</li>")
+            parts.append(f"<div class='ex row'>{_img(images.get(q['query_id']), 160)}<div>"
+                         f"<p class='query'><b>query image</b> <code>{html.escape(q['query_id'])}</code>"
+                         f" <span class='rank'>(correct caption at rank {q['rank'] + 1})</span><br>"
+                         f"its own caption: <i>{html.escape(q['query_caption'])}</i></p>"
+                         f"<ol class='caps'>{items}{truth}</ol></div></div>")
+    return "\n".join(parts)
+
+
+def examples_markdown(examples: dict) -> str:
+    lines = []
+    for m in [m for m in METHODS if m in examples]:
+        lines.append(f"### {LABELS[m]}\n")
+        for q in examples[m]["t2i"]:
+            marks = " ".join(f"#{r} {'✔' if h else '✘'} `{i}`" for r, (i, h)
+                             in enumerate(zip(q["top_ids"], q["hits"]), 1))
+            lines.append(f"- text → image, query *{q['query_caption']}* (correct image "
+                         f"`{q['query_id']}` at rank {q['rank'] + 1}): {marks}")
+        for q in examples[m]["i2t"]:
+            lines.append(f"- image → text, query `{q['query_id']}` (its caption: *{q['query_caption']}*; "
+                         f"correct caption at rank {q['rank'] + 1}):")
+            for r, (cap, hit) in enumerate(zip(q["top_captions"], q["hits"]), 1):
+                lines.append(f"  {r}. {'✔' if hit else '✘'} {cap}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- the report --------------------------------------------------------------------------------
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;line-height:1.45;"
+       "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+       "padding:4px 8px;font-size:13px}th{background:#f3f3f3}.verdict{background:#f6f9ff;"
+       "border-left:4px solid #36c;padding:.6em 1em}.warn{background:#fff4e5;border-left:4px solid "
+       "#e69500;padding:.6em 1em}.row{display:flex;gap:10px;align-items:flex-start}"
+       ".ex{margin:12px 0;padding:8px;border-bottom:1px solid #eee}.query{font-size:14px;margin:4px 0}"
+       ".rank{color:#666}figure{margin:0;text-align:center;font-size:12px}figure img{border:4px solid #ccc}"
+       "figure.hit img{border-color:#2a2}figure.miss img{border-color:#c33}figure.truth img"
+       "{border-color:#36c;border-style:dashed}li.hit{color:#161}li.miss{color:#a22}li.truth{color:#235}"
+       ".caps li{margin:3px 0;font-size:14px}code{background:#f2f2f2;padding:0 3px}")
+
+
+def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Path) -> dict:
     """Write report.md, report.html and figures/ into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     figs = out_dir / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    recall_png = recall_chart(metrics, figs / "recall_at_k.png")
-    timing_png = timing_chart(metrics["scaling"], figs / "time_vs_gallery.png")
-    examples_png = examples_figure(examples, images, figs / "examples_t2i.png")
-    mh, mr = metrics_rows(metrics)
-    ch, cr = cost_rows(metrics)
+    cmp_ = metrics["comparison"]
+    figures = {"recall": recall_chart(metrics, figs / "recall_at_k.png"),
+               "timing": timing_chart(metrics["scaling"], figs / "time_vs_gallery.png")}
+    curves = training_curves(metrics.get("training", {}), figs / "training_curves.png")
+    if curves:
+        figures["training"] = curves
     skipped = metrics.get("skipped") or {}
-    skipped_text = (", ".join(f"{k}: {v}" for k, v in skipped.items()) if skipped
-                    else "none")
-    slopes = {m: fit_exponent(metrics["scaling"]["sizes"], s)
-              for m, s in metrics["scaling"]["seconds"].items()}
+    skipped_text = ", ".join(f"{k}: {v}" for k, v in skipped.items()) if skipped else "none"
     n = metrics["gallery_size"]
-    intro = (f"Data: `{metrics['data']}`, split `{metrics['split']}`: {n} image-caption pairs "
-             f"scored in both directions (rows skipped by the reader: {skipped_text}). "
-             f"Chance Recall@10 = {min(1, 10 / n):.3f}.")
-    md = [f"# rocoray retrieval report\n\n{intro}\n",
-          "## Retrieval quality\n", markdown_table(mh, mr), "",
-          f"![Recall@K]({recall_png.relative_to(out_dir)})\n",
-          "## Speed and cost\n", markdown_table(ch, cr), "",
-          "Scoring time grows with slope " + ", ".join(
-              f"{m} {s:.2f}" for m, s in slopes.items()) + " on a log-log scale "
-          "(2 = quadratic). The fusion model scores every (caption, image) pair; the "
-          "two-tower model scores with one matrix product; rerank spends the fusion head on "
-          "the two-tower model's top-k only.\n",
-          f"![time vs gallery size]({timing_png.relative_to(out_dir)})\n",
-          "## Examples\n", f"![examples]({examples_png.relative_to(out_dir)})\n"]
-    for m in METHODS:
-        if m not in examples:
-            continue
-        md.append(f"### {LABELS[m]}: image -> text, top-3\n")
-        for q in examples[m]["i2t"]:
-            md.append(f"- query `{q['query_id']}` (its caption: *{q['query_caption'][:120]}*)")
-            for rank, (cap, hit) in enumerate(zip(q["top_captions"], q["hits"]), 1):
-                md.append(f"  {rank}. {'✔' if hit else '✘'} {cap[:140]}")
-        md.append("")
-    (out_dir / "report.md").write_text("\n".join(md))
+    intro = (f"Data {metrics['data']}, split {metrics['split']}: {n} image-caption pairs scored in "
+             f"both directions (rows skipped by the reader: {skipped_text}). Chance Recall@10 = "
+             f"{cmp_['chance'].get('R@10', min(1.0, 10 / n)):.3f}. Intervals are 95 % bootstrap "
+             f"intervals over the {n} queries; differences between methods are paired.")
+    at_chance = [f"{LABELS[m]} ({d})" for m in cmp_["at_chance"] for d in DIRECTIONS
+                 if cmp_["at_chance"][m][d]]
+    warning = (f"Indistinguishable from chance (the Recall@10 interval includes the chance "
+               f"level): {', '.join(at_chance)}. These models have not learnt this data; read "
+               f"their numbers as chance." if at_chance else "")
+    sections = {
+        "Verdict": [cmp_["verdict"]["t2i"], cmp_["verdict"]["i2t"], cmp_["verdict"]["summary"]],
+        "scaling": [(f"{LABELS[m]}: {slope_text(metrics['scaling']['sizes'], s)}")
+                    for m, s in metrics["scaling"]["seconds"].items()],
+    }
+    tables = {"metrics": metrics_rows(metrics), "differences": difference_rows(metrics),
+              "cost": cost_rows(metrics), "training": training_rows(metrics.get("training", {}))}
+    cost_note = ("Encoder passes count images + captions through the encoders; rerank runs both "
+                 "models' encoders. Head / score evaluations count what the quadratic part "
+                 "computes. ms per query = (encode s + score s) / 2N: the cost from scratch of "
+                 "answering the N caption and N image queries.")
+    rel = {k: v.relative_to(out_dir) for k, v in figures.items()}
 
-    def img_tag(path_or_img, width=None):
-        img = Image.open(path_or_img) if isinstance(path_or_img, Path) else path_or_img
-        w = f' width="{width}"' if width else ""
-        return f'<img src="data:image/png;base64,{png_b64(img)}"{w}>'
+    md = ["# rocoray retrieval report\n", intro + "\n"]
+    if warning:
+        md.append(f"> **{warning}**\n")
+    md += ["## Verdict\n", *[p + "\n" for p in sections["Verdict"]],
+           "## Retrieval quality\n", markdown_table(*tables["metrics"]), "",
+           f"![Recall@K]({rel['recall']})\n", "### Differences between methods\n",
+           markdown_table(*tables["differences"]), "", "## Training\n",
+           markdown_table(*tables["training"]), ""]
+    if "training" in rel:
+        md.append(f"![training curves]({rel['training']})\n")
+    md += ["## Speed and cost\n", markdown_table(*tables["cost"]), "", cost_note + "\n",
+           "Scoring time vs gallery size: " + "; ".join(sections["scaling"]) + ".\n",
+           f"![time vs gallery size]({rel['timing']})\n",
+           "## Examples (the HTML report shows the images)\n", examples_markdown(examples)]
+    storage.write_text(out_dir, "report.md", "\n".join(md))
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>rocoray report</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "font-size:13px}th{background:#f3f3f3}.hit{color:#282}.miss{color:#c22}"
-             ".q{display:flex;gap:8px;align-items:flex-start;margin:8px 0}</style></head><body>",
-             "<h1>rocoray retrieval report</h1>", f"<p>{html.escape(intro)}</p>",
-             "<h2>Retrieval quality</h2>", html_table(mh, mr), img_tag(recall_png),
-             "<h2>Speed and cost</h2>", html_table(ch, cr), img_tag(timing_png),
-             "<h2>Examples: text → image</h2>", img_tag(examples_png, 1100),
-             "<h2>Examples: image → text</h2>"]
-    for m in METHODS:
-        if m not in examples:
-            continue
-        parts.append(f"<h3>{html.escape(LABELS[m])}</h3>")
-        for q in examples[m]["i2t"]:
-            items = "".join(
-                f"<li class='{'hit' if hit else 'miss'}'>{'✔' if hit else '✘'} {html.escape(cap)}</li>"
-                for cap, hit in zip(q["top_captions"], q["hits"]))
-            parts.append(f"<div class='q'>{img_tag(thumbnail(images[q['query_id']], 128))}"
-                         f"<ol>{items}</ol></div>")
-    parts.append("</body></html>")
-    (out_dir / "report.html").write_text("\n".join(parts))
+    def fig(key):
+        return (f"<img src='data:image/png;base64,{png_b64(Image.open(figures[key]))}' "
+                f"alt='{key}' class='fig-{key}'>")
+
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             "<title>rocoray retrieval report</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>rocoray retrieval report</h1>", f"<p>{html.escape(intro)}</p>"]
+    if warning:
+        parts.append(f"<p class='warn'>{html.escape(warning)}</p>")
+    parts.append("<h2>Verdict</h2><div class='verdict' id='verdict'>"
+                 + "".join(f"<p>{html.escape(p)}</p>" for p in sections["Verdict"]) + "</div>")
+    parts += ["<h2>Retrieval quality</h2>", html_table(*tables["metrics"]), fig("recall"),
+              "<h3>Differences between methods</h3>", html_table(*tables["differences"]),
+              "<h2 id='training'>Training</h2>", html_table(*tables["training"])]
+    if "training" in figures:
+        parts.append(fig("training"))
+    parts += ["<h2>Speed and cost</h2>", html_table(*tables["cost"]), f"<p>{html.escape(cost_note)}</p>",
+              "<p>Scoring time vs gallery size: " + html.escape("; ".join(sections["scaling"])) + ".</p>",
+              fig("timing"), "<h2 id='examples'>Examples</h2>", examples_html(examples, images),
+              "</body></html>"]
+    storage.write_text(out_dir, "report.html", "\n".join(parts))
     return {"markdown": str(out_dir / "report.md"), "html": str(out_dir / "report.html"),
-            "figures": [str(recall_png), str(timing_png), str(examples_png)]}
+            "figures": [str(p) for p in figures.values()]}
 
 
 def headline_table(metrics: dict) -> str:
-    """A compact plain-text table for the end of the demo."""
-    lines = [f"{'method':<20}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'i2t R@1':>9}{'R@5':>7}"
-             f"{'R@10':>7}{'score s':>9}{'pairs/s':>10}"]
-    for m in METHODS:
-        if m not in metrics["methods"]:
-            continue
+    """A compact plain-text table for the end of the demo, and the verdict."""
+    ks = _ks(metrics)
+    lines = [f"{'method':<20}" + "".join(f"{d + ' R@' + str(k):>11}" for d in DIRECTIONS for k in ks)
+             + f"{'ms/query':>10}"]
+    n = metrics["gallery_size"]
+    for m in _methods(metrics):
         r, t = metrics["methods"][m]["metrics"], metrics["methods"][m]["timings"]
-        lines.append(f"{LABELS[m]:<20}" + "".join(
-            f"{r[d][f'R@{k}']:>{9 if k == 1 else 7}.3f}" for d in ("t2i", "i2t") for k in KS)
-            + f"{t['score_s']:>9.2f}{t['pairs_per_s']:>10.0f}")
+        lines.append(f"{LABELS[m]:<20}" + "".join(f"{r[d][f'R@{k}']:>11.3f}" for d in DIRECTIONS
+                                                  for k in ks)
+                     + f"{1000 * cost_seconds(t) / (2 * n):>10.1f}")
+    lines.append(f"{'chance':<20}" + "".join(f"{metrics['comparison']['chance'][f'R@{k}']:>11.3f}"
+                                             for _ in DIRECTIONS for k in ks))
+    lines += ["", metrics["comparison"]["verdict"]["summary"]]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from core.checkpoint import load_checkpoint
 from core.models import MODELS
 from core.scoring import ScoringPlan, TileWorker
 from core.work_cache import keyed_dir
-from ray_jobs.gallery import Gallery, actor_resources, torch_device
+from ray_jobs.gallery import Gallery, actor_resources, pool_size, torch_device
 from ray_jobs.runtime import Progress
 
 
@@ -61,7 +61,8 @@ class ActorExecutor:
         cfg = job.cfg
         actor = ScoringActor.options(**actor_resources(cfg))
         self.pool = ActorPool([actor.remote(job.checkpoints[kind], kind, plan, gallery.refs,
-                                            job.device, job.precision) for _ in range(cfg.actors)])
+                                            job.device, job.precision)
+                                for _ in range(pool_size(cfg))])
         self.items_dir, _ = keyed_dir(job.cache, "items", key)
         self.stats = {"done": 0, "cached": 0, "actor_seconds": 0.0, "actor_peak_rss_mb": 0.0}
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import storage
-from core.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint, read_checkpoint_config
+from core.comparison import LABELS, compare
+from core.config import to_dict
 from core.data.rocov2 import image_bytes_column, read_split
 from core.evaluation import rerank_retrieval, stream_retrieval
 from core.feature_store import FeatureStore
@@ -100,6 +102,8 @@ def scaling_curve(summaries: dict, jobs: dict, points: int, rerank_k: int) -> di
 
 
 def pick_examples(out: str, n: int, count: int, seed: int = 0) -> dict:
+    """Top-3 of the same sample queries for each method, with each query's exact rank (the
+    report shows the correct item when it was missed)."""
     gallery = outputs.read_gallery(storage.join(out, "fusion"))
     ids = gallery.column("image_id").to_pylist()
     captions = gallery.column("caption").to_pylist()
@@ -107,18 +111,44 @@ def pick_examples(out: str, n: int, count: int, seed: int = 0) -> dict:
     queries = np.random.default_rng(seed).choice(n, size=min(count, n), replace=False)
     examples = {}
     for m in METHODS:
-        top = {d: outputs.read_topk(storage.join(out, m), d)[0] for d in ("t2i", "i2t")}
+        runs = {d: outputs.read_topk(storage.join(out, m), d) for d in ("t2i", "i2t")}
+        top, rank = {d: r[0] for d, r in runs.items()}, {d: r[2] for d, r in runs.items()}
         examples[m] = {
-            "t2i": [{"query_id": ids[q], "query_caption": captions[q],
+            "t2i": [{"query_id": ids[q], "query_caption": captions[q], "rank": int(rank["t2i"][q]),
                      "top_ids": [ids[j] for j in top["t2i"][q][:3]],
                      "hits": [bool(groups[j] == groups[q]) for j in top["t2i"][q][:3]]}
                     for q in queries],
-            "i2t": [{"query_id": ids[q], "query_caption": captions[q],
+            "i2t": [{"query_id": ids[q], "query_caption": captions[q], "rank": int(rank["i2t"][q]),
                      "top_captions": [captions[j] for j in top["i2t"][q][:3]],
                      "hits": [bool(groups[j] == groups[q]) for j in top["i2t"][q][:3]]}
                     for q in queries],
         }
     return examples
+
+
+def training_record(checkpoint: str) -> dict:
+    """How a checkpoint was trained: its resolved config and its per-epoch history (saved with
+    every checkpoint), for the report's training section and curves."""
+    import json
+    from pathlib import Path
+
+    history = Path(checkpoint) / "history.json"
+    return {"config": to_dict(read_checkpoint_config(checkpoint)),
+            "history": json.loads(history.read_text()) if history.exists() else []}
+
+
+def conclude(comparison: dict) -> None:
+    """Say in the log what the report says: the verdict, and any result at chance level."""
+    for d in ("t2i", "i2t"):
+        for sentence in comparison["verdict"][d].split(". "):
+            log.info("verdict %s: %s", d, sentence.rstrip("."))
+    log.info("verdict: %s", comparison["verdict"]["summary"])
+    flat = [f"{LABELS[m]} {d}" for m, by_direction in comparison["at_chance"].items()
+            for d, at_chance in by_direction.items() if at_chance]
+    if flat:
+        log.warning("indistinguishable from chance (Recall@10 interval includes %.3f): %s; "
+                    "these models have not learnt this data", comparison["chance"].get("R@10", 0.0),
+                    ", ".join(flat))
 
 
 def example_images(data, split: str, examples: dict) -> dict[str, bytes]:
@@ -135,6 +165,8 @@ def example_images(data, split: str, examples: dict) -> dict[str, bytes]:
 
 
 def run(cfg: EvaluateConfig) -> dict:
+    score.check_checkpoint(cfg.two_tower, "two_tower", "--two-tower")  # this job's own flags
+    score.check_checkpoint(cfg.fusion, "fusion", "--fusion")
     configs = score_configs(cfg)
     jobs = {m: score.prepare(c) for m, c in configs.items()}  # every user error, before Ray
     init_ray(cfg.address)
@@ -156,7 +188,13 @@ def run(cfg: EvaluateConfig) -> dict:
                         **({"rerank_k": s["rerank_k"], "alpha": s["alpha"]} if m == "rerank" else {})}
                     for m, s in summaries.items()},
         "scaling": scaling_curve(summaries, jobs, cfg.scaling_points, cfg.rerank_k),
+        "training": {kind: training_record(jobs[kind].checkpoints[kind])
+                     for kind in ("two_tower", "fusion")},
+        "comparison": compare({m: dict(zip(("t2i", "i2t"), (outputs.read_topk(jobs[m].out, d)[2]
+                                                             for d in ("t2i", "i2t"))))
+                               for m in METHODS}, n),
     }
+    conclude(metrics["comparison"])
     storage.write_json(out, "metrics.json", metrics)
     examples = pick_examples(out, n, cfg.examples)
     paths = write_report(metrics, examples, example_images(data, cfg.split, examples), out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,25 @@ def torch_device(job_device: str) -> str:
 
 def actor_resources(cfg) -> dict:
     return {"num_cpus": cfg.cpus_per_actor, "num_gpus": cfg.gpus_per_actor if cfg.use_gpu else 0}
+
+
+def pool_size(cfg, units: int | None = None) -> int:
+    """``cfg.actors``, capped at what the cluster can place at once (an actor that can never
+    be placed would stall the pool: 2 one-GPU actors on a one-GPU machine) and at the work
+    units there are."""
+    total = ray.cluster_resources()
+    fits = [cfg.actors]
+    if cfg.cpus_per_actor:
+        fits.append(int(total.get("CPU", 0) // cfg.cpus_per_actor))
+    if cfg.use_gpu and cfg.gpus_per_actor:
+        fits.append(int(total.get("GPU", 0) // cfg.gpus_per_actor))
+    if units is not None:
+        fits.append(units)
+    size = max(1, min(fits))
+    if size < cfg.actors:
+        log.info("using %d actor(s) of the %d asked for (what fits: %s)", size, cfg.actors,
+                 {k: total.get(k) for k in ("CPU", "GPU")})
+    return size
 
 
 class GalleryEncoder:
@@ -83,6 +103,7 @@ class Gallery:
     """An encoded gallery: its rows, and its feature blocks in the object store."""
 
     kind: str
+    key: dict  # what produced it (features_key)
     table: object  # pyarrow Table: image_id, caption, group
     refs: dict  # side -> [ObjectRef of a block's numpy arrays]
     block: int
@@ -99,13 +120,21 @@ class Gallery:
         return types[side].cat([types[side].from_numpy(ray.get(r)) for r in self.refs[side]])
 
 
+def features_key(job, kind: str, block: int) -> dict:
+    """Everything an encoded gallery depends on: the checkpoint's content (weights and
+    config: model kind, preprocessing), the data shards and split, the rows, the block, the
+    precision."""
+    return {"checkpoint": checkpoint_identity(job.checkpoints[kind]),
+            "data": split_identity(job.files), "max_items": job.cfg.max_items, "block": block,
+            "precision": job.precision}
+
+
 def encode(job, kind: str, block: int) -> Gallery:
     """Encode the split with ``kind``'s checkpoint once (``job``: a validated
     ``ray_jobs.score.Job``), or reuse a cached encoding that came from the same checkpoint,
     data, split, rows, block and precision."""
     cfg, checkpoint = job.cfg, job.checkpoints[kind]
-    key = {"checkpoint": checkpoint_identity(checkpoint), "data": split_identity(job.files),
-           "max_items": cfg.max_items, "block": block, "precision": job.precision}
+    key = features_key(job, kind, block)
     root, _ = keyed_dir(job.cache, f"features-{kind}", key)
     store = FeatureStore(root, MODELS[kind].feature_types)
     meta = store.read_meta()
@@ -113,17 +142,23 @@ def encode(job, kind: str, block: int) -> Gallery:
         log.info("%s gallery: reusing %d encoded items from %s", kind, meta["n"], root)
         refs = {side: [ray.put(store.read_block(side, b).numpy()) for b in range(meta["blocks"])]
                 for side in ("text", "image")}
-        return Gallery(kind, storage.read_parquet(root, outputs.GALLERY), refs, block, store, meta)
+        return Gallery(kind, key, storage.read_parquet(root, outputs.GALLERY), refs, block, store,
+                       meta)
 
     units = row_groups(job.files, cfg.max_items)
     ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
                              override_num_blocks=len(units))
-    ds = ds.map_batches(GalleryEncoder, fn_constructor_kwargs={
-        "checkpoint": checkpoint, "filesystem": job.files.filesystem,
-        "columns": columns_to_read(job.files), "device": job.device, "precision": job.precision},
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(cfg.actors, len(units))),
-        batch_format="numpy",
-        **actor_resources(cfg))
+    with warnings.catch_warnings():
+        # max_restarts=0: a failed encoder surfaces instead of restarting, and Ray core has
+        # no error-level note to log about restarting an actor whose arguments live in the
+        # object store. Ray Data's own docs name this keyword, which it also calls deprecated.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(GalleryEncoder, fn_constructor_kwargs={
+            "checkpoint": checkpoint, "filesystem": job.files.filesystem,
+            "columns": columns_to_read(job.files), "device": job.device,
+            "precision": job.precision},
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool_size(cfg, len(units))),
+            batch_format="numpy", max_restarts=0, **actor_resources(cfg))
     ds.context.execution_options.preserve_order = True  # the same gallery order on every run
     if cfg.max_items is not None:
         ds = ds.limit(cfg.max_items)
@@ -163,4 +198,4 @@ def encode(job, kind: str, block: int) -> Gallery:
     store.write_meta(meta)
     log.info("%s gallery: encoded %d items in %d blocks (%.1fs); skipped %s", kind, meta["n"],
              meta["blocks"], meta["encode_s"], skipped or "none")
-    return Gallery(kind, table, refs, block, store, meta)
+    return Gallery(kind, key, table, refs, block, store, meta)

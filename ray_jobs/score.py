@@ -89,6 +89,17 @@ class Job:
     cache: str
 
 
+def check_checkpoint(path: str, kind: str, flag: str) -> str:
+    """The checkpoint ``path`` (a checkpoint or a run) resolves to, if it holds a ``kind``
+    model; a one-line error naming ``flag`` otherwise."""
+    resolved = resolve_checkpoint(path)
+    found = read_checkpoint_config(resolved).model.kind
+    if found != kind:
+        raise UserError(f"{flag} {path} holds a {found} model, but {flag} needs a {kind} "
+                        "checkpoint or training run")
+    return resolved
+
+
 def prepare(cfg: ScoreConfig) -> Job:
     """Check everything a user can get wrong, before Ray starts or anything is written."""
     need = {"fusion": ["fusion"], "two_tower": ["two_tower"], "rerank": ["fusion", "two_tower"]}
@@ -99,14 +110,7 @@ def prepare(cfg: ScoreConfig) -> Job:
         given["two_tower"] = cfg.retriever
     flag = {"fusion": "--checkpoint", "two_tower": "--retriever" if cfg.model == "rerank"
             else "--checkpoint"}
-    checkpoints = {}
-    for kind in need[cfg.model]:
-        path = resolve_checkpoint(given[kind])
-        found = read_checkpoint_config(path).model.kind
-        if found != kind:
-            raise UserError(f"{flag[kind]} {given[kind]} holds a {found} model; "
-                            f"--model {cfg.model} needs a {kind} checkpoint there")
-        checkpoints[kind] = path
+    checkpoints = {kind: check_checkpoint(given[kind], kind, flag[kind]) for kind in need[cfg.model]}
     data = cfg.data or read_checkpoint_config(checkpoints[need[cfg.model][0]]).data.path
     files = resolve_split(data, cfg.split)
     rows = sum(n for _, _, n in row_groups(files, cfg.max_items))
@@ -148,16 +152,25 @@ def two_tower_topk(job: Job, gallery: Gallery, k: int):
     return results, {"score_s": time.perf_counter() - t0, "pairs": len(text) * len(image)}
 
 
-def fusion_plan(job: Job, gallery: Gallery, k: int) -> tuple[ScoringPlan, dict]:
+def fusion_items_key(job: Job, method: str, features: dict, chunk: int) -> dict:
+    """Everything a finished fusion work item depends on: the encoded gallery's own key, the
+    sub-block, K, precision, the method (and for rerank its candidates)."""
+    key = {"features": features, "chunk": chunk, "k": job.cfg.k, "precision": job.precision,
+           "method": method}
+    if method == "rerank":
+        key["rerank_k"] = job.cfg.rerank_k
+    return key
+
+
+def fusion_plan(job: Job, gallery: Gallery, k: int) -> ScoringPlan:
     block, chunk = _shape(job, "fusion")
-    plan = ScoringPlan(gallery.groups, gallery.groups, block=block, chunk=chunk, k=k)
-    key = {"features": gallery.store.root, "chunk": chunk, "k": k, "precision": job.precision}
-    return plan, key
+    return ScoringPlan(gallery.groups, gallery.groups, block=block, chunk=chunk, k=k)
 
 
 def fusion_topk(job: Job, gallery: Gallery):
-    plan, key = fusion_plan(job, gallery, job.cfg.k)
-    execute = ActorExecutor(job, "fusion", plan, gallery, {**key, "method": "fusion"})
+    plan = fusion_plan(job, gallery, job.cfg.k)
+    execute = ActorExecutor(job, "fusion", plan, gallery,
+                            fusion_items_key(job, "fusion", gallery.key, plan.chunk))
     t0 = time.perf_counter()
     acc = plan.run_retrieval(execute)
     results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
@@ -175,9 +188,9 @@ def rerank_topk(job: Job, first: Gallery, gallery: Gallery):
     for direction, (index, scores, ranks) in first_stage.items():  # what the retriever gave
         outputs.write_topk(storage.join(job.out, "first_stage"), direction, first.table, index,
                            scores, ranks)
-    plan, key = fusion_plan(job, gallery, job.cfg.k)
+    plan = fusion_plan(job, gallery, job.cfg.k)
     execute = ActorExecutor(job, "fusion", plan, gallery, {
-        **key, "method": "rerank", "first_stage": first.store.root, "rerank_k": job.cfg.rerank_k})
+        **fusion_items_key(job, "rerank", gallery.key, plan.chunk), "first_stage": first.key})
     results = plan.run_rerank(execute, first_stage, job.cfg.alpha)
     n = len(gallery.groups)
     return results, {"score_s": time.perf_counter() - t0, "pairs": 2 * n * job.cfg.rerank_k,

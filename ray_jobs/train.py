@@ -252,21 +252,20 @@ def run_dir(cfg: ExperimentConfig) -> str:
 
 def build_datasets(cfg: ExperimentConfig, tokenizer) -> tuple[dict, int]:
     """Preprocessed train/validation Ray Datasets, and the number of training rows."""
-    from ray_jobs.data import preprocess, read_split_dataset, split_rows
+    from ray_jobs.data import read_split_dataset, split_rows
 
     pre = build_preprocessor(cfg.model, tokenizer)
     datasets, rows = {}, 0
     for name, split in (("train", cfg.data.train_split), ("validation", cfg.data.val_split)):
-        raw, files = read_split_dataset(cfg.data.path, split, cfg.data.storage_options,
-                                        cfg.data.max_rows)
+        # Read + preprocess in one stage of fractional-CPU tasks (a 1-CPU default deadlocks
+        # concurrent Tune trials on small machines); only the training columns leave it.
+        datasets[name], files = read_split_dataset(
+            cfg.data.path, split, cfg.data.storage_options, cfg.data.max_rows,
+            num_cpus=cfg.train.preprocess_num_cpus, preprocessor=pre,
+            batch_size=cfg.train.preprocess_batch_size, keep=TRAIN_COLUMNS,
+            shuffle_seed=cfg.train.seed if name == "train" else None)
         if name == "train":
             rows = split_rows(files, cfg.data.max_rows)  # from the Parquet footers
-            # Shuffle blocks every epoch (rows within a block by the local shuffle buffer).
-            raw = raw.randomize_block_order(seed=cfg.train.seed)
-        ds = preprocess(raw, pre, num_cpus=cfg.train.preprocess_num_cpus,
-                        batch_size=cfg.train.preprocess_batch_size)
-        # Its own fractional CPUs too: a 1-CPU default deadlocks concurrent Tune trials.
-        datasets[name] = ds.select_columns(TRAIN_COLUMNS, num_cpus=cfg.train.preprocess_num_cpus)
     return datasets, rows
 
 
@@ -291,7 +290,8 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str]:
 def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None):
     """Build and fit the TorchTrainer; returns the ray.train.Result. ``datasets`` (train,
     validation, and the number of training rows) replaces the config's data, for benchmarks."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
+                           ScalingConfig)
     from ray.train.torch import TorchTrainer
 
     datasets, rows = datasets or build_datasets(cfg, tokenizer)
@@ -309,6 +309,9 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None):
         run_config=RunConfig(
             name=t.name, storage_path=storage.absolute(t.storage_path), callbacks=callbacks,
             failure_config=FailureConfig(max_failures=t.max_failures),
+            # Ray Train's own INFO lines (worker group start, every report) repeat what the
+            # epoch line says; its warnings and errors still show.
+            logging_config=LoggingConfig(log_level="WARNING"),
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
                                                checkpoint_score_attribute="val/mean_recall",
                                                checkpoint_score_order="max")),

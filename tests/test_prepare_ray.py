@@ -15,15 +15,15 @@ from core.data.preprocess import build_preprocessor, count_skips
 
 @pytest.mark.timeout(180)
 def test_ray_data_pipeline_counts_bad_rows(ray_session, synthetic_dir, tiny_tokenizer, tmp_path):
-    from ray_jobs.data import preprocess, read_split_dataset
+    from ray_jobs.data import read_split_dataset
 
     for p in synthetic_dir.glob("validation-*.parquet"):
         shutil.copy(p, tmp_path / p.name)
     write_parquet(rocov2_table(bad_rows()), tmp_path / "validation-99999-of-99999.parquet")
-    ds, files = read_split_dataset(tmp_path, "validation")
-    assert len(files.paths) == 2
     pre = build_preprocessor(load_config("tiny").model, tiny_tokenizer)
-    out = preprocess(ds, pre, num_cpus=0.5, batch_size=16)
+    out, files = read_split_dataset(tmp_path, "validation", num_cpus=0.5, preprocessor=pre,
+                                    batch_size=16)
+    assert len(files.paths) == 2
     skips, ids, shapes = [], [], set()
     for batch in out.iter_batches(batch_format="numpy", batch_size=32):
         skips.append(batch["skip"])

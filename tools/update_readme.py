@@ -10,6 +10,7 @@ Blocks are delimited by <!-- BEGIN name --> / <!-- END name --> markers:
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import sys
@@ -38,7 +39,8 @@ def demo_block(demo_dir: Path) -> str | None:
     fu = summary["training"]["fusion"]
     lines = [
         f"Measured by `rocoray demo` ({summary['minutes']:.1f} min end to end on "
-        f"{platform.machine()}, 2 CPUs), written here by `python tools/update_readme.py`.",
+        f"{platform.machine()}, {os.cpu_count()} CPUs), written here by "
+        "`python tools/update_readme.py`.",
         "",
         "Training, on the validation split after the last epoch:",
         "",
@@ -53,10 +55,11 @@ def demo_block(demo_dir: Path) -> str | None:
         f"| fusion | text-to-image Recall@10 ({fu['final']['val/gallery_size']} images) | "
         f"{fu['final']['val/t2i/R@10']:.3f} | {fu['chance_R@10']:.3f} |",
         "",
-        f"Test split, {metrics['gallery_size']} pairs (chance Recall@10 = "
-        f"{min(1, 10 / metrics['gallery_size']):.3f}):",
+        f"Test split, {metrics['gallery_size']} pairs; 95 % bootstrap intervals over queries:",
         "",
         markdown_table(*metrics_rows(metrics)),
+        "",
+        f"Verdict (from the report): {metrics['comparison']['verdict']['summary']}",
         "",
         markdown_table(*cost_rows(metrics)),
     ]

@@ -31,7 +31,7 @@ def train_wordpiece(captions: Iterable[str], vocab_size: int = 8000, max_length:
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=1,
-                               special_tokens=SPECIAL_TOKENS)
+                               special_tokens=SPECIAL_TOKENS, show_progress=False)
     tok.train_from_iterator((c for c in captions if c), trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(

@@ -158,22 +158,20 @@ class FusionModel(nn.Module):
         cost follows the captions' real lengths."""
         valid = text.mask.bool()
         owner = valid.nonzero()[:, 0]  # caption of each packed token
-        heads, head_dim = self.layers[0].heads, self.layers[0].head_dim
-        t = text.tokens[valid][:, None]  # (V, 1, d): broadcast over images until layer 0 mixes
-        for i, layer in enumerate(self.layers):
-            k, v = image.k[:, i], image.v[:, i]  # (Ni, h, P, dh)
-            if i == 0:  # the first queries depend on the caption alone
-                q = text.q0.transpose(1, 2)[valid]  # (V, h, dh)
-                att = torch.einsum("vhd,mhpd->vmhp", q, k)
-            else:
-                q = layer.q(layer.norm_q(t)).unflatten(-1, (heads, head_dim))  # (V, Ni, h, dh)
-                att = torch.einsum("vmhd,mhpd->vmhp", q, k)
-            att = (att * self.scale).softmax(-1)
-            t = layer.finish(t, torch.einsum("vmhp,mhpd->vmhd", att, v).flatten(-2))
-        t = t.expand(-1, len(image), -1)  # (V, Ni, d), in case no layer mixed the two
-        pooled = t.new_zeros((len(text), t.shape[1], t.shape[2])).index_add_(0, owner, t)
+        first = self.layers[0]
+        # Layer 0: the queries depend on the caption alone: one batched product against
+        # every image's keys. From then on the residual stream is image-major, (Ni, V, d).
+        q0 = text.q0.transpose(1, 2)[valid]  # (V, h, dh)
+        att = torch.einsum("vhd,mhpd->mhvp", q0, image.k[:, 0]) * self.scale
+        attended = torch.einsum("mhvp,mhpd->mhvd", att.softmax(-1), image.v[:, 0])
+        t = first.finish(text.tokens[valid][None], first.merge_heads(attended))  # (Ni, V, d)
+        for i, layer in enumerate(self.layers[1:], start=1):
+            # each image's patches attended by all the block's tokens: one batched SDPA call
+            attended = F.scaled_dot_product_attention(layer.query(t), image.k[:, i], image.v[:, i])
+            t = layer.finish(t, layer.merge_heads(attended))
+        pooled = t.new_zeros((t.shape[0], len(text), t.shape[2])).index_add_(1, owner, t)
         counts = torch.bincount(owner, minlength=len(text)).clamp_min(1).to(t.dtype)
-        return self.head(self.norm(pooled / counts[:, None, None])).squeeze(-1)
+        return self.head(self.norm(pooled / counts[None, :, None])).squeeze(-1).T
 
     def score_pairs(self, text: FusionText, image: FusionImage,
                     text_index: torch.Tensor | None = None,

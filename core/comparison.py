@@ -1,0 +1,107 @@
+"""What the evaluation concludes: each method's recall with its 95 % interval, paired
+differences between methods, which results are indistinguishable from chance, and the
+verdict written from them. Pure numpy/scipy; the report renders it, the demo logs it."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+from core.significance import bootstrap_ci, paired_difference, per_query
+
+DIRECTIONS = {"t2i": "text → image", "i2t": "image → text"}
+LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank"}
+METRICS = ("R@1", "R@5", "R@10", "MRR")
+
+
+def chance_level(metric: str, gallery: int) -> float:
+    """Expected value for a random ranking with one correct item among ``gallery``."""
+    if metric.startswith("R@"):
+        return min(1.0, int(metric[2:]) / gallery)
+    return float(np.mean(1.0 / np.arange(1, gallery + 1)))  # MRR
+
+
+def compare(ranks: dict[str, dict[str, np.ndarray]], gallery: int) -> dict:
+    """``ranks[method][direction]``: 0-based rank of each query's first correct item (the same
+    queries for every method). Returns estimates, pairwise differences, chance levels and the
+    verdict, as plain JSON-able data."""
+    methods = list(ranks)
+    metrics = [m for m in METRICS if not m.startswith("R@") or int(m[2:]) <= gallery]
+    estimates = {m: {d: {k: bootstrap_ci(per_query(ranks[m][d], k)).as_dict() for k in metrics}
+                     for d in DIRECTIONS} for m in methods}
+    chance = {k: chance_level(k, gallery) for k in metrics}
+    at_chance = {m: {d: estimates[m][d]["R@10" if "R@10" in metrics else metrics[-2]]["low"]
+                     <= chance["R@10" if "R@10" in metrics else metrics[-2]]
+                     for d in DIRECTIONS} for m in methods}
+    differences = []
+    for a, b in combinations(methods, 2):
+        for d in DIRECTIONS:
+            for k in metrics:
+                diff = paired_difference(per_query(ranks[a][d], k), per_query(ranks[b][d], k))
+                differences.append({"a": a, "b": b, "direction": d, "metric": k,
+                                    **diff.as_dict(), "significant": diff.significant})
+    result = {"gallery_size": gallery, "metrics": metrics, "estimates": estimates,
+              "chance": chance, "at_chance": at_chance, "differences": differences}
+    result["verdict"] = verdict(result)
+    return result
+
+
+def _fmt(e: dict) -> str:
+    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def _diff(x: dict, flip: bool = False) -> str:
+    v, lo, hi = (x["value"], x["low"], x["high"]) if not flip else (-x["value"], -x["high"], -x["low"])
+    return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def find_difference(result: dict, a: str, b: str, direction: str, metric: str) -> tuple[dict, bool]:
+    """(the recorded a-vs-b difference, whether it is stored as b - a)."""
+    for x in result["differences"]:
+        if x["direction"] == direction and x["metric"] == metric:
+            if (x["a"], x["b"]) == (a, b):
+                return x, False
+            if (x["a"], x["b"]) == (b, a):
+                return x, True
+    raise KeyError(f"no difference {a} vs {b} {direction} {metric}")
+
+
+def verdict(result: dict) -> dict[str, str]:
+    """One paragraph per direction: who wins at each K, by how much, and whether the lead is
+    more than noise (95 % paired-bootstrap interval of the difference excludes 0)."""
+    est = result["estimates"]
+    methods = list(est)
+    out = {}
+    for d, name in DIRECTIONS.items():
+        sentences = []
+        for k in [m for m in result["metrics"] if m.startswith("R@")]:
+            ranked = sorted(methods, key=lambda m: -est[m][d][k]["value"])
+            best = ranked[0]
+            leads = []
+            for other in ranked[1:]:
+                x, flip = find_difference(result, best, other, d, k)
+                sig = x["significant"]
+                leads.append(f"{LABELS[other]} by {_diff(x, flip)}"
+                             f"{'' if sig else ' (within noise)'}")
+            sentences.append(f"at {k} {LABELS[best]} leads with {_fmt(est[best][d][k])}, ahead of "
+                             + "; ".join(leads) + f"; chance {result['chance'][k]:.3f}")
+        chance_methods = [LABELS[m] for m in methods if result["at_chance"][m][d]]
+        tail = (f" Indistinguishable from chance: {', '.join(chance_methods)}."
+                if chance_methods else "")
+        out[d] = f"{name.capitalize()}: " + ". ".join(s[0].upper() + s[1:] for s in sentences) \
+            + "." + tail
+    # the overall line: which method has the most significant wins
+    wins = {m: 0 for m in methods}
+    for x in result["differences"]:
+        if x["significant"] and x["metric"].startswith("R@"):
+            wins[x["a"] if x["value"] > 0 else x["b"]] += 1
+    best = max(methods, key=lambda m: wins[m])
+    recall = [x for x in result["differences"] if x["metric"].startswith("R@")]
+    significant = sum(x["significant"] for x in recall)
+    ks = ", ".join(k for k in result["metrics"] if k.startswith("R@"))
+    out["summary"] = (f"Over both directions at {ks}, {significant} of {len(recall)} pairwise "
+                      "recall differences are beyond noise (95 % paired bootstrap); "
+                      + (f"{LABELS[best]} wins most of them ({wins[best]})." if wins[best]
+                         else "no method beats another beyond noise."))
+    return out

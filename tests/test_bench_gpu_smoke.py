@@ -1,0 +1,23 @@
+"""bench/gpu.py is meant for a GPU machine; on the CPU, --smoke runs every code path at
+small sizes (so the script cannot rot between GPU sessions) and writes only where told."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.mark.timeout(600)
+def test_gpu_bench_code_paths_on_cpu(tmp_path):
+    from bench.gpu import main
+
+    out = tmp_path / "gpu-smoke.json"
+    result = main(["--device", "cpu", "--smoke", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["device"] == "cpu" and saved["smoke"] is True
+    assert {"bf16", "fp32"} <= set(result["matmul_tflops"])
+    assert {h["precision"] for h in result["head"]} == {"fp32", "bf16"}
+    assert result["bf16_vs_fp32"]["top10_overlap"] > 0.5
+    assert result["naive_vs_split"]["speedup"] > 1
+    assert set(result["train_step_samples_per_s"]) == {"two_tower", "fusion"}
