@@ -59,11 +59,6 @@ def exists(root: str | Path, name: str = "") -> bool:
     return fs.exists(posixpath.join(base, name) if name else base)
 
 
-def makedirs(root: str | Path) -> None:
-    fs, base = filesystem(root)
-    fs.makedirs(base, exist_ok=True)
-
-
 def write_bytes(root: str | Path, name: str, data: bytes) -> None:
     """Write ``root/name`` atomically: a temp file in the same directory, then a rename."""
     fs, base = filesystem(root)
@@ -148,12 +143,3 @@ def file_identity(path: str | Path) -> dict:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return {"size": int(fs.size(p)), "blake2b": digest.hexdigest()}
-
-
-def local_dir(path: str | Path) -> Path:
-    """A local directory for ``path`` (created), refusing URLs with a clear message."""
-    if is_url(path):
-        raise ValueError(f"{path}: a local directory is needed here, not a URL")
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out

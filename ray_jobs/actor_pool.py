@@ -64,7 +64,8 @@ class ActorExecutor:
                                             job.device, job.precision)
                                 for _ in range(pool_size(cfg))])
         self.items_dir, _ = keyed_dir(job.cache, "items", key)
-        self.stats = {"done": 0, "cached": 0, "actor_seconds": 0.0, "actor_peak_rss_mb": 0.0}
+        self.stats = {"done": 0, "cached": 0, "actor_seconds": 0.0, "actor_peak_rss_mb": 0.0,
+                      "actor_seconds_by_kind": {}, "cache_write_s": 0.0}
 
     def __call__(self, items, context):
         ctx = ray.put(context)
@@ -80,9 +81,13 @@ class ActorExecutor:
         progress.update(len(items) - len(todo))
         for item, result, seconds, rss in self.pool.map_unordered(
                 lambda a, it: a.run.remote(it, ctx), todo):
+            t0 = time.perf_counter()
             storage.write_arrays(self.items_dir, f"{item.name}.npz", result)
+            self.stats["cache_write_s"] += time.perf_counter() - t0
             self.stats["done"] += item.kind.value == "tile"
             self.stats["actor_seconds"] += seconds
+            by_kind = self.stats["actor_seconds_by_kind"]
+            by_kind[item.kind.value] = by_kind.get(item.kind.value, 0.0) + seconds
             self.stats["actor_peak_rss_mb"] = max(self.stats["actor_peak_rss_mb"], rss)
             progress.update(1)
             yield item, result

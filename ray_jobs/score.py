@@ -175,7 +175,12 @@ def fusion_topk(job: Job, gallery: Gallery):
     acc = plan.run_retrieval(execute)
     results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
     n = len(gallery.groups)
-    return results, {"score_s": time.perf_counter() - t0, "pairs": n * n, **execute.stats}
+    stats = execute.stats
+    tiles_s = stats["actor_seconds_by_kind"].get("tile", 0.0)
+    # what the tiles cost beyond scoring them: the positives pass and the per-item cache
+    overhead = stats["actor_seconds_by_kind"].get("positives", 0.0) + stats["cache_write_s"]
+    return results, {"score_s": time.perf_counter() - t0, "pairs": n * n, **stats,
+                     "overhead_share_of_tiles": overhead / tiles_s if tiles_s else None}
 
 
 def rerank_topk(job: Job, first: Gallery, gallery: Gallery):

@@ -35,6 +35,9 @@ def demo_block(demo_dir: Path) -> str | None:
         return None
     summary = json.loads(summary_path.read_text())
     metrics = json.loads(Path(summary["evaluation"]).read_text())
+    if "comparison" not in metrics:
+        print(f"{summary_path}: written by an older rocoray (no verdict): run `rocoray demo` again")
+        return None
     tt = summary["training"]["two_tower"]
     fu = summary["training"]["fusion"]
     lines = [

@@ -25,7 +25,6 @@ import numpy as np
 
 from core.retrieval import StreamingRetrieval, correct_pairs, positive_keys, rerank
 
-SIDES = ("text", "image")
 DIRECTIONS = ("t2i", "i2t")
 
 
