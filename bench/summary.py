@@ -55,6 +55,20 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
                  f"{r['pipeline_rows_per_s']:.0f} rows/s vs {r['ray_samples_per_s']:.0f} samples/s: "
                  f"{r['input_vs_consumption']:.2f}x", ">= 1.5x",
                  "met" if r["input_vs_consumption"] >= 1.5 else "missed")]
+    if b == "equal_budget":
+        tt = r["two_tower_equal_budget"]
+        demo = r["demo"]
+
+        def sib(x):
+            return f"{x['overall']['value']:.3f}" if x else "n/a"
+        def pair(m):
+            return f"{demo[m]['metrics']['mean_recall']:.3f} / {sib(demo[m]['sibling'])}"
+        return [(f"equal-budget control: a two-tower trained {tt['epochs']} epochs (the fusion "
+                 "encoders' budget); mean recall / sibling accuracy on the demo's test split",
+                 f"{tt['metrics']['mean_recall']:.3f} / {sib(tt.get('sibling'))}; the demo's "
+                 f"fusion {pair('fusion')}, rerank {pair('rerank')}, two-tower "
+                 f"({demo['two_tower']['epochs']} epochs) {pair('two_tower')}",
+                 "context for the demo's verdict (no target)", "")]
     if b == "input_pipeline":
         v = r["projection_8_cpus_rows_per_s"]
         return [("input pipeline at 224 px (read + decode + tokenize), per CPU",

@@ -128,6 +128,39 @@ def load_checkpoint(path: str | Path, expected_kind: str | None = None,
     return Loaded(model.to(device).eval(), config, tokenizer, path)
 
 
+# A two-tower model's parameters -> the fusion model's shared encoders and ITC heads.
+TWO_TOWER_INTO_FUSION = {"image_encoder.": "image_encoder.", "text_encoder.": "text_encoder.",
+                         "image_proj.": "itc_image_proj.", "text_proj.": "itc_text_proj.",
+                         "logit_scale": "itc_logit_scale"}
+
+
+def init_fusion_from_two_tower(model: torch.nn.Module, path: str | Path) -> int:
+    """Copy a two-tower checkpoint's encoders and projection heads into a fusion model's
+    encoders and ITC heads (as ALBEF trains its match head on contrastively trained
+    encoders). Every copied tensor must fit; returns how many were copied."""
+    from safetensors.torch import load_file
+
+    config = read_checkpoint_config(path)
+    if config.model.kind != "two_tower":
+        raise CheckpointError(f"{path} holds a {config.model.kind!r} model; a fusion model "
+                              "initialises from a two-tower checkpoint")
+    target = unwrap(model).state_dict()
+    copied = {}
+    for key, value in load_file(str(Path(path) / WEIGHTS)).items():
+        prefix = next((p for p in TWO_TOWER_INTO_FUSION if key.startswith(p)), None)
+        if prefix is None:
+            continue
+        name = TWO_TOWER_INTO_FUSION[prefix] + key[len(prefix):]
+        if name not in target or target[name].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: {key} {tuple(value.shape)} does not fit this fusion model's {name} "
+                f"{tuple(target[name].shape) if name in target else '(absent)'}: the encoders, "
+                "vocabulary or projection settings of the two configs differ")
+        copied[name] = value
+    unwrap(model).load_state_dict(copied, strict=False)
+    return len(copied)
+
+
 def load_train_state(path: str | Path, device: str | torch.device = "cpu") -> dict | None:
     state = Path(path) / TRAIN_STATE
     if not state.exists():

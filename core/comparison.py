@@ -11,7 +11,8 @@ import numpy as np
 from core.significance import bootstrap_ci, paired_difference, per_query
 
 DIRECTIONS = {"t2i": "text → image", "i2t": "image → text"}
-LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank"}
+LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank",
+          "fusion_itc": "fusion's ITC heads (ablation)"}
 METRICS = ("R@1", "R@5", "R@10", "MRR")
 
 
@@ -82,9 +83,12 @@ def verdict(result: dict) -> dict[str, str]:
             for other in ranked[1:]:
                 x, flip = find_difference(result, best, other, d, k)
                 sig = x["significant"]
-                leads.append(f"{LABELS[other]} by {_diff(x, flip)}"
+                if x["value"] == 0:
+                    leads.append(f"tied with {LABELS[other]}")
+                    continue
+                leads.append(f"ahead of {LABELS[other]} by {_diff(x, flip)}"
                              f"{'' if sig else ' (within noise)'}")
-            sentences.append(f"at {k} {LABELS[best]} leads with {_fmt(est[best][d][k])}, ahead of "
+            sentences.append(f"at {k} {LABELS[best]} leads with {_fmt(est[best][d][k])}, "
                              + "; ".join(leads) + f"; chance {result['chance'][k]:.3f}")
         chance_methods = [LABELS[m] for m in methods if result["at_chance"][m][d]]
         tail = (f" Indistinguishable from chance: {', '.join(chance_methods)}."

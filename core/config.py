@@ -71,7 +71,20 @@ class FusionConfig:
     # Weight of an auxiliary InfoNCE on the pooled features (ALBEF's ITC); it makes the
     # "hard" negatives meaningful. 0 disables it.
     contrastive_weight: float = 0.1
+    # Temperature of the similarity that hard negatives are sampled by.
     temperature: float = 0.07
+    # Caption negatives with one attribute word swapped (NegCLIP-style), for the match head:
+    # "a:b" word pairs (single tokens of the vocabulary); empty: off.
+    swap_negatives: list[str] = field(default_factory=lambda: [
+        "left:right", "upper:lower", "superior:inferior"])
+    # A two-tower checkpoint or training run whose encoders and projection heads initialise
+    # this model's encoders and ITC heads (ALBEF / BLIP: the match head is trained on
+    # contrastively trained encoders). None: from scratch.
+    init_from: str | None = None
+    # Retrieve-and-rerank inside the fusion model, in validation: the ITC top-k re-scored by
+    # the match logit + rerank_alpha x the ITC cosine (the fused score).
+    rerank_k: int = 16
+    rerank_alpha: float = 0.0
 
 
 @dataclass

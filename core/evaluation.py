@@ -11,8 +11,9 @@ import torch
 
 from core.batch import Batch
 from core.features import Features
-from core.metrics import evaluate_scores
-from core.retrieval import StreamingRetrieval
+from core.metrics import (bidirectional_metrics, evaluate_scores, keys_to_index, order_keys,
+                          ranks_from_scores)
+from core.retrieval import StreamingRetrieval, rerank, topk_keys
 from core.scoring import ScoringPlan, TileWorker, autocast, local_executor, score_block
 
 # Sub-block side of a score tile per model, on CPUs: small working sets run ~3x faster there
@@ -102,10 +103,27 @@ def match_accuracy(model, text: Features, image: Features, groups: np.ndarray) -
     return float(correct.mean())
 
 
+def rerank_matrices(itm: np.ndarray, itc: np.ndarray, groups: np.ndarray, k: int,
+                    alpha: float, ks=(1, 5, 10)) -> dict:
+    """Retrieve-and-rerank from full score matrices (validation): each query's top-k by
+    ``itc`` re-ordered by ``itm`` + ``alpha`` x ``itc``; metrics of both directions."""
+    ranks = {}
+    for d, (a, b) in (("t2i", (itm, itc)), ("i2t", (itm.T, itc.T))):
+        keys = order_keys(b, np.arange(b.shape[1])[None, :])
+        candidates = keys_to_index(topk_keys(keys, k))
+        first = ranks_from_scores(b, groups, groups)
+        fused = np.take_along_axis(a, candidates, 1) + alpha * np.take_along_axis(b, candidates, 1)
+        ranks[d] = rerank(candidates, fused, first, groups, groups, k)[2]
+    n = len(groups)
+    return bidirectional_metrics(ranks["t2i"], ranks["i2t"], n_images=n, n_texts=n, ks=ks)
+
+
 @torch.no_grad()
-def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10)) -> dict:
-    """Retrieval metrics on an encoded gallery (its first ``max_items`` items), plus the
-    match accuracy for the fusion model."""
+def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10),
+             rerank_k: int = 16, rerank_alpha: float = 0.0) -> dict:
+    """Retrieval metrics on an encoded gallery (its first ``max_items`` items). For the fusion
+    model also its match accuracy, its ITC retrieval (``itc``) and retrieve-and-rerank inside
+    the model (``rerank``: ITC top-``rerank_k`` re-ordered by the fused score)."""
     text, image, groups = encoded["text"], encoded["image"], np.asarray(encoded["group"])
     n = len(text)
     if max_items is not None and n > max_items:
@@ -118,4 +136,7 @@ def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10)) 
     out["gallery_size"] = n
     if getattr(model, "kind", None) == "fusion":
         out["match_acc"] = match_accuracy(model, text, image, groups)
+        itc = (text.embed @ image.embed.T).float().cpu().numpy()
+        out["itc"] = evaluate_scores(itc, groups, groups, ks=ks)
+        out["rerank"] = rerank_matrices(scores, itc, groups, min(rerank_k, n), rerank_alpha, ks)
     return out

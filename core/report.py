@@ -209,7 +209,8 @@ def cost_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def training_rows(training: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "epochs", "batch", "lr", "image", "text encoder", "head", "final val mean recall"]
+    header = ["model", "epochs", "initialised from", "batch", "lr", "image", "text encoder", "head",
+              "final val mean recall"]
     rows = []
     for m, t in training.items():
         c = t.get("config") or {}
@@ -222,12 +223,76 @@ def training_rows(training: dict) -> tuple[list[str], list[list[str]]]:
                 if model else "")
         hist = t.get("history") or []
         encoder = text.get("name_or_path") or "BERT from config"
+        init = (model.get("fusion", {}).get("init_from") if m == "fusion" else None)
         rows.append([LABELS[m], f"{len(hist)} of {train.get('epochs', '?')}",
+                     f"two-tower {Path(init).name}" if init else "scratch",
                      str(train.get("batch_size", "")), str(train.get("lr", "")),
                      f"{image.get('arch', '')} {image.get('image_size', '')} px",
                      f"{encoder} ({text.get('num_layers', '')} layers)", head,
                      _f(hist[-1].get("val/mean_recall")) if hist else "n/a"])
     return header, rows
+
+
+def selection_rows(selection: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["k", "alpha", f"{selection['split']} mean recall", "t2i R@1", "i2t R@1", ""]
+    rows = [[str(r["k"]), f"{r['alpha']:g}", _f(r["mean_recall"]), _f(r["t2i_R@1"]),
+             _f(r["i2t_R@1"]), "chosen" if (r["k"], r["alpha"]) == (selection["k"],
+                                                                   selection["alpha"]) else ""]
+            for r in selection["table"]]
+    return header, rows
+
+
+def fine_grained_rows(fg: dict) -> tuple[list[str], list[list[str]]]:
+    attrs = list(next(iter(fg["methods"].values()))["by_attribute"])
+    header = ["method", "overall", "t2i", "i2t", *attrs]
+
+    def cell(e):
+        return f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
+
+    rows = []
+    for m, acc in fg["methods"].items():
+        rows.append([LABELS.get(m, m), cell(acc["overall"]), cell(acc["t2i"]), cell(acc["i2t"]),
+                     *[cell(acc["by_attribute"][a]) if a in acc["by_attribute"] else "n/a"
+                       for a in attrs]])
+    rows.append(["chance", "0.50", "0.50", "0.50", *["0.50"] * len(attrs)])
+    return header, rows
+
+
+def encoder_epochs(training: dict) -> dict[str, int]:
+    """Epochs each model's encoders were trained: the fusion model's include those of the
+    two-tower checkpoint it started from."""
+    epochs = {m: len(t.get("history") or []) for m, t in training.items()}
+    init = (training.get("fusion", {}).get("config") or {}).get("model", {}).get("fusion", {})
+    if init.get("init_from") and "two_tower" in epochs:
+        epochs["fusion"] += epochs["two_tower"]
+    return epochs
+
+
+def fine_grained_verdict(fg: dict | None, training: dict | None = None) -> str:
+    if not fg:
+        return ("Fine-grained (sibling) accuracy: n/a: this data states no one-attribute "
+                "siblings (the synthetic set's family_id and attribute columns).")
+    acc = {m: a["overall"] for m, a in fg["methods"].items()}
+    parts = [f"{LABELS.get(m, m)} {_f(e['value'])} [{_f(e['low'])}, {_f(e['high'])}]"
+             for m, e in acc.items()]
+    text = (f"Fine-grained: over {fg['pairs']} one-attribute sibling pairs (both directions, "
+            f"chance 0.5), the true item is ranked above its sibling by " + "; ".join(parts) + ".")
+    for x in fg["differences"]:
+        if {x["a"], x["b"]} == {"fusion", "two_tower"}:
+            sign = 1 if x["a"] == "fusion" else -1
+            lo, hi = sorted((sign * x["low"], sign * x["high"]))
+            text += (f" Fusion minus two-tower: {sign * x['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                     f"{'' if x['significant'] else ' (within noise)'}.")
+        if {x["a"], x["b"]} == {"fusion", "fusion_itc"} and not x["significant"]:
+            text += (" The fusion model's own ITC heads, on the same encoders without "
+                     "cross-attention, do as well on siblings (within noise): the gain here comes "
+                     "from the encoders, trained jointly with the match head, rather than from "
+                     "the cross-attention readout.")
+    epochs = encoder_epochs(training or {})
+    if epochs.get("fusion") and epochs.get("two_tower") and epochs["fusion"] != epochs["two_tower"]:
+        text += (f" Budgets differ: the fusion model's encoders trained {epochs['fusion']} epochs "
+                 f"(from the two-tower checkpoint), the two-tower's {epochs['two_tower']}.")
+    return text
 
 
 def markdown_table(header, rows) -> str:
@@ -340,13 +405,26 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     warning = (f"Indistinguishable from chance (the Recall@10 interval includes the chance "
                f"level): {', '.join(at_chance)}. These models have not learnt this data; read "
                f"their numbers as chance." if at_chance else "")
+    fg = metrics.get("fine_grained")
     sections = {
-        "Verdict": [cmp_["verdict"]["t2i"], cmp_["verdict"]["i2t"], cmp_["verdict"]["summary"]],
+        "Verdict": [cmp_["verdict"]["t2i"], cmp_["verdict"]["i2t"], cmp_["verdict"]["summary"],
+                    fine_grained_verdict(fg, metrics.get("training"))],
         "scaling": [(f"{LABELS[m]}: {slope_text(metrics['scaling']['sizes'], s)}")
                     for m, s in metrics["scaling"]["seconds"].items()],
     }
     tables = {"metrics": metrics_rows(metrics), "differences": difference_rows(metrics),
               "cost": cost_rows(metrics), "training": training_rows(metrics.get("training", {}))}
+    selection = metrics.get("rerank_selection")
+    rr = metrics["methods"].get("rerank", {})
+    rerank_note = (f"Rerank re-scores the two-tower model's top-{rr.get('rerank_k')} with the fused "
+                   f"score fusion logit + {rr.get('alpha', 0):g} x two-tower cosine; k and alpha "
+                   + (f"were chosen on the {selection['split']} split ({selection['queries']} "
+                      f"queries; {selection['criterion']}), never on the test split."
+                      if selection else "were given (--rerank-k, --alpha)."))
+    fg_note = ("Each one-attribute sibling pair (two rows of one synthetic family that differ in "
+               "exactly one stated attribute) asks, in both directions, whether the true item "
+               "ranks above its sibling. The fusion model's ITC heads (its pooled, projected "
+               "encoder outputs, no cross-attention) are an ablation on the same encoders.")
     cost_note = ("Encoder passes count images + captions through the encoders; rerank runs both "
                  "models' encoders. Head / score evaluations count what the quadratic part "
                  "computes. ms per query = (encode s + score s) / 2N: the cost from scratch of "
@@ -357,9 +435,15 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if warning:
         md.append(f"> **{warning}**\n")
     md += ["## Verdict\n", *[p + "\n" for p in sections["Verdict"]],
-           "## Retrieval quality\n", markdown_table(*tables["metrics"]), "",
+           "## Retrieval quality\n", markdown_table(*tables["metrics"]), "", rerank_note + "\n",
            f"![Recall@K]({rel['recall']})\n", "### Differences between methods\n",
-           markdown_table(*tables["differences"]), "", "## Training\n",
+           markdown_table(*tables["differences"]), ""]
+    if selection:
+        md += ["### Rerank settings tried on the validation split\n",
+               markdown_table(*selection_rows(selection)), ""]
+    md += ["## Fine-grained: the true item vs its one-attribute sibling\n",
+           (markdown_table(*fine_grained_rows(fg)) + "\n\n" + fg_note) if fg
+           else fine_grained_verdict(fg), "", "## Training\n",
            markdown_table(*tables["training"]), ""]
     if "training" in rel:
         md.append(f"![training curves]({rel['training']})\n")
@@ -380,9 +464,16 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
         parts.append(f"<p class='warn'>{html.escape(warning)}</p>")
     parts.append("<h2>Verdict</h2><div class='verdict' id='verdict'>"
                  + "".join(f"<p>{html.escape(p)}</p>" for p in sections["Verdict"]) + "</div>")
-    parts += ["<h2>Retrieval quality</h2>", html_table(*tables["metrics"]), fig("recall"),
-              "<h3>Differences between methods</h3>", html_table(*tables["differences"]),
-              "<h2 id='training'>Training</h2>", html_table(*tables["training"])]
+    parts += ["<h2>Retrieval quality</h2>", html_table(*tables["metrics"]),
+              f"<p>{html.escape(rerank_note)}</p>", fig("recall"),
+              "<h3>Differences between methods</h3>", html_table(*tables["differences"])]
+    if selection:
+        parts += ["<h3>Rerank settings tried on the validation split</h3>",
+                  html_table(*selection_rows(selection))]
+    parts.append("<h2 id='fine-grained'>Fine-grained: the true item vs its one-attribute sibling</h2>")
+    parts += ([html_table(*fine_grained_rows(fg)), f"<p>{html.escape(fg_note)}</p>"] if fg
+              else [f"<p>{html.escape(fine_grained_verdict(fg))}</p>"])
+    parts += ["<h2 id='training'>Training</h2>", html_table(*tables["training"])]
     if "training" in figures:
         parts.append(fig("training"))
     parts += ["<h2>Speed and cost</h2>", html_table(*tables["cost"]), f"<p>{html.escape(cost_note)}</p>",

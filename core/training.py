@@ -21,12 +21,16 @@ from core.config import ModelConfig, TrainConfig
 from core.data.preprocess import merge_counts
 from core.distributed import all_ranks_agree
 from core.losses import InfoNCELoss, MatchLoss
+from core.losses.swap import swap_each_attribute
 from core.models.encoders import trim_padding
 from core.scoring import autocast
 
 
 class LossModule(nn.Module):
-    def __init__(self, model: nn.Module, config: ModelConfig):
+    """``swap``: (P, 2) token ids of attribute word pairs (``core.losses.swap``): the fusion
+    match head also learns from captions with one of them swapped."""
+
+    def __init__(self, model: nn.Module, config: ModelConfig, swap: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.kind = config.kind
@@ -34,6 +38,7 @@ class LossModule(nn.Module):
         self.match = MatchLoss(config.fusion.negatives_per_positive, config.fusion.negative_mode,
                                config.fusion.temperature)
         self.contrastive_weight = config.fusion.contrastive_weight
+        self.register_buffer("swap", swap, persistent=False)
 
     def forward(self, pixel_values, input_ids, attention_mask, group):
         """(loss, {name: float tensor}) for one batch."""
@@ -42,15 +47,23 @@ class LossModule(nn.Module):
             image, text, scale = m(pixel_values, input_ids, attention_mask)
             loss = self.infonce(image, text, scale, group)
             return loss, {"logit_scale": scale.detach()}
-        text = m.encode_text(*trim_padding(input_ids, attention_mask))
+        ids, mask = trim_padding(input_ids, attention_mask)
+        text = m.encode_text(ids, mask)
         image = m.encode_image(pixel_values)
         ti, ii, labels = self.match.pairs(text.embed, image.embed, group)
         logits = m.score_pairs(text, image, ti, ii)
-        loss = self.match(logits, labels)
-        stats = {"match_loss": loss.detach(),
-                 "match_acc": ((logits > 0).float() == labels).float().mean().detach()}
+        stats = {"match_acc": ((logits > 0).float() == labels).float().mean().detach()}
+        swapped_logits = None
+        if self.swap is not None:
+            swapped, rows = swap_each_attribute(ids, self.swap)
+            if len(rows):
+                swapped_logits = m.score_pairs(m.encode_text(swapped, mask[rows]), image,
+                                               image_index=rows)
+                stats["swap_acc"] = (swapped_logits <= 0).float().mean().detach()
+        loss = self.match(logits, labels, swapped_logits)
+        stats["match_loss"] = loss.detach()
         if self.contrastive_weight > 0:
-            itc = self.infonce(image.embed, text.embed, m.logit_scale.exp(), group)
+            itc = self.infonce(image.embed, text.embed, m.itc_scale(), group)
             loss = loss + self.contrastive_weight * itc
             stats["itc_loss"] = itc.detach()
         return loss, stats

@@ -103,9 +103,12 @@ def run(cfg: DemoConfig) -> dict:
 
     runs = {}
     for i, kind in enumerate(("two_tower", "fusion")):
-        log.info("stage %d/%d: train the %s model", 2 + i, stages, kind)
+        log.info("stage %d/%d: train the %s model%s", 2 + i, stages, kind,
+                 " on the two-tower's encoders (ITC + ITM, as ALBEF)" if kind == "fusion" else "")
+        init = [f"model.fusion.init_from={runs['two_tower']['path']}"] if kind == "fusion" else []
         exp = load_config(cfg.config, [*overrides, f"model.kind={kind}", f"data.path={data}",
-                                       f"train.name={kind}", f"train.storage_path={out / 'train'}"])
+                                       f"train.name={kind}", f"train.storage_path={out / 'train'}",
+                                       *init])
         if cfg.epochs is not None:
             exp.train.epochs = cfg.epochs
         runs[kind] = train.run(exp)

@@ -21,7 +21,11 @@ import numpy as np
 
 from core import storage
 from core.checkpoint import load_checkpoint, read_checkpoint_config
+from core import fine_grained
 from core.comparison import LABELS, compare
+from core.metrics import ranks_from_scores
+from core.scoring.rerank_selection import select_rerank
+from core.significance import bootstrap_ci, per_query
 from core.config import to_dict
 from core.data.rocov2 import image_bytes_column, read_split
 from core.evaluation import rerank_retrieval, stream_retrieval
@@ -46,6 +50,13 @@ class EvaluateConfig(score.ScoringOptions):
     out: str = opt("runs/eval", "output directory: metrics.json, report.md/html, figures/")
     examples: int = opt(3, "sample queries shown in the report")
     scaling_points: int = opt(4, "gallery sizes for the time-vs-size chart")
+    select_rerank: bool = opt(True, "choose rerank's k and alpha on --val-split (never on the "
+                              "test split) instead of taking --rerank-k / --alpha")
+    val_split: str = opt("validation", "the split rerank's k and alpha are chosen on")
+    rerank_ks: list = opt([16, 32, 64], "rerank k values tried on --val-split", item_type=int,
+                          metavar="K")
+    alphas: list = opt([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "rerank alpha values tried on --val-split",
+                       item_type=float, metavar="ALPHA")
 
 
 def score_configs(cfg: EvaluateConfig) -> dict[str, score.ScoreConfig]:
@@ -164,12 +175,77 @@ def example_images(data, split: str, examples: dict) -> dict[str, bytes]:
     return {i: b for i, b in zip(ids, blobs) if i in wanted}
 
 
+def select_on_validation(cfg: EvaluateConfig, job) -> dict:
+    """Rerank's k and alpha, chosen on the validation split: the candidates are scored once
+    at the largest k, every (k, alpha) is a re-ordering of them."""
+    summary = score.execute(job)
+    groups = outputs.read_gallery(job.out).column("group").to_numpy()
+    ks = [min(k, job.cfg.rerank_k) for k in cfg.rerank_ks]
+    selection = select_rerank(score.read_rescored(job.out), groups, ks, cfg.alphas)
+    selection.update(split=cfg.val_split, gallery_size=summary["n"])
+    log.info("rerank chosen on %s (%d queries): k=%d, alpha=%g (%s)", cfg.val_split,
+             summary["n"], selection["k"], selection["alpha"], selection["criterion"])
+    return selection
+
+
+def fine_grained_evaluation(cfg: EvaluateConfig, jobs: dict, alpha: float) -> dict | None:
+    """Sibling accuracy of each method (and of the fusion model's own ITC heads, an
+    ablation: the same encoders without cross-attention) on the split's one-attribute
+    siblings, from the generator's stated attributes. None without families in the data."""
+    ids = outputs.read_gallery(jobs["fusion"].out).column("image_id").to_pylist()
+    wanted = ["image_id", *fine_grained.COLUMNS]
+    table = read_split(jobs["fusion"].cfg.data, cfg.split, columns=wanted)
+    if not set(wanted) <= set(table.column_names):
+        return None
+    pairs = fine_grained.sibling_pairs({c: table.column(c).to_pylist() for c in wanted}, ids)
+    if pairs is None or not len(pairs["query"]):
+        return None
+    fusion = load_checkpoint(jobs["fusion"].checkpoints["fusion"]).model
+    two_tower = load_checkpoint(jobs["two_tower"].checkpoints["two_tower"]).model
+    f_text, f_image = load_features(score.load_summary(jobs["fusion"].out), "fusion")
+    t_text, t_image = load_features(score.load_summary(jobs["two_tower"].out), "two_tower")
+
+    def tt(ti, ii):
+        return fine_grained.pair_scores(two_tower, t_text, t_image, ti, ii)
+
+    def itc(ti, ii):
+        return (f_text.embed[ti] * f_image.embed[ii]).sum(-1).numpy()
+
+    wins = {"two_tower": fine_grained.score_wins(tt, pairs),
+            "fusion": fine_grained.score_wins(
+                lambda ti, ii: fine_grained.pair_scores(fusion, f_text, f_image, ti, ii), pairs),
+            "rerank": fine_grained.rerank_wins(score.read_rescored(jobs["rerank"].out), alpha,
+                                               pairs, tt),
+            "fusion_itc": fine_grained.score_wins(itc, pairs)}
+    result = fine_grained.compare_methods(wins, pairs)
+    groups = outputs.read_gallery(jobs["fusion"].out).column("group").to_numpy()
+    scores = (f_text.embed @ f_image.embed.T).numpy()
+    result["fusion_itc_retrieval"] = {
+        d: {k: bootstrap_ci(per_query(ranks_from_scores(s, groups, groups), k)).as_dict()
+            for k in ("R@1", "R@5", "R@10") if int(k[2:]) <= len(groups)}
+        for d, s in (("t2i", scores), ("i2t", scores.T))}
+    return result
+
+
 def run(cfg: EvaluateConfig) -> dict:
     score.check_checkpoint(cfg.two_tower, "two_tower", "--two-tower")  # this job's own flags
     score.check_checkpoint(cfg.fusion, "fusion", "--fusion")
     configs = score_configs(cfg)
     jobs = {m: score.prepare(c) for m, c in configs.items()}  # every user error, before Ray
+    selection_job = None
+    if cfg.select_rerank:  # the k tried are capped at the validation split's rows
+        val = dataclasses.replace(configs["rerank"], split=cfg.val_split, alpha=0.0,
+                                  out=storage.join(storage.absolute(cfg.out), "validation", "rerank"))
+        rows = score.prepare(dataclasses.replace(val, k=1, rerank_k=1)).rows
+        k_max = min(max(cfg.rerank_ks), rows)
+        selection_job = score.prepare(dataclasses.replace(val, k=min(val.k, k_max), rerank_k=k_max))
     init_ray(cfg.address)
+    selection = None
+    if selection_job is not None:
+        selection = select_on_validation(cfg, selection_job)
+        k = min(selection["k"], jobs["rerank"].rows)
+        jobs["rerank"] = score.prepare(dataclasses.replace(
+            configs["rerank"], k=min(cfg.k, k), rerank_k=k, alpha=selection["alpha"]))
     summaries = {m: score.execute(jobs[m]) for m in METHODS}
     n = summaries["fusion"]["n"]
     for m, s in summaries.items():
@@ -194,7 +270,14 @@ def run(cfg: EvaluateConfig) -> dict:
                                                              for d in ("t2i", "i2t"))))
                                for m in METHODS}, n),
     }
+    metrics["rerank_selection"] = selection
+    metrics["fine_grained"] = fine_grained_evaluation(cfg, jobs, jobs["rerank"].cfg.alpha)
     conclude(metrics["comparison"])
+    if metrics["fine_grained"]:
+        acc = metrics["fine_grained"]["methods"]
+        log.info("sibling accuracy (true item above its one-attribute sibling; chance 0.5): %s",
+                 ", ".join(f"{LABELS.get(m, m)} {a['overall']['value']:.3f}"
+                           for m, a in acc.items()))
     storage.write_json(out, "metrics.json", metrics)
     examples = pick_examples(out, n, cfg.examples)
     paths = write_report(metrics, examples, example_images(data, cfg.split, examples), out)

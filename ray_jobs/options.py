@@ -66,7 +66,8 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
         elif hint is list or typing.get_origin(hint) is list:
-            kwargs.update(nargs="*", metavar=meta.get("metavar", "VALUE"))
+            kwargs.update(nargs="*", metavar=meta.get("metavar", "VALUE"),
+                          type=meta.get("item_type", str))
         else:
             kwargs["type"] = hint if hint in (int, float) else str
             if meta.get("metavar"):

@@ -25,6 +25,8 @@ RAY_NOISE = re.compile("|".join([
     r"self\.exclude_resources = exclude_resources",
     r"has constructor arguments in the object store and max_restarts > 0",
     r"Reporting training result \d+: TrainingReport",
+    # the GCS asking an actor that has already exited to stop (Ray Data's pool shutdown)
+    r"Failed to kill actor \w+, return status: Invalid: KillActor RPC failed",
 ]))
 CONSTRUCTOR_NOTE = re.compile(r"constructor arguments in the object store")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -193,6 +195,9 @@ def format_epoch(m: dict, epochs: int | None = None) -> str:
         parts.append(f"mean recall {m['val/mean_recall']:.3f}")
     if "val/match_acc" in m:
         parts.append(f"match acc {m['val/match_acc']:.3f}")
+    for name in ("itc", "rerank"):
+        if f"val/{name}/mean_recall" in m:
+            parts.append(f"{name} mean recall {m[f'val/{name}/mean_recall']:.3f}")
     if m.get("train/skipped_rows"):
         parts.append(f"skipped rows {m['train/skipped_rows']}")
     if "train/epoch_s" in m:

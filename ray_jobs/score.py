@@ -43,6 +43,22 @@ from ray_jobs.runtime import init_ray, setup_logging
 
 log = logging.getLogger("rocoray.score")
 
+# rerank: every candidate's fusion and first-stage score (k and alpha can be re-chosen)
+RERANK_CANDIDATES = "rerank_candidates.npz"
+
+
+def load_summary(out: str) -> dict:
+    return storage.read_json(out, outputs.SUMMARY)
+
+
+def read_rescored(out: str) -> dict:
+    arrays = storage.read_arrays(out, RERANK_CANDIDATES)
+    rescored: dict = {}
+    for key, value in arrays.items():
+        d, name = key.split(".", 1)
+        rescored.setdefault(d, {})[name] = value
+    return rescored
+
 
 @dataclass
 class ScoringOptions:
@@ -196,7 +212,10 @@ def rerank_topk(job: Job, first: Gallery, gallery: Gallery):
     plan = fusion_plan(job, gallery, job.cfg.k)
     execute = ActorExecutor(job, "fusion", plan, gallery, {
         **fusion_items_key(job, "rerank", gallery.key, plan.chunk), "first_stage": first.key})
-    results = plan.run_rerank(execute, first_stage, job.cfg.alpha)
+    rescored = plan.rescore_candidates(execute, first_stage)
+    storage.write_arrays(job.out, RERANK_CANDIDATES, {f"{d}.{name}": value for d, r in rescored.items()
+                                                      for name, value in r.items()})
+    results = plan.fuse(rescored, job.cfg.alpha)
     n = len(gallery.groups)
     return results, {"score_s": time.perf_counter() - t0, "pairs": 2 * n * job.cfg.rerank_k,
                      "first_stage_score_s": first_timings["score_s"], **execute.stats}

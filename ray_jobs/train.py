@@ -26,13 +26,15 @@ import numpy as np
 import torch
 
 from core import faults, storage
-from core.checkpoint import RUN_RESULT, WEIGHTS, load_train_state, save_checkpoint, unwrap
+from core.checkpoint import (RUN_RESULT, WEIGHTS, init_fusion_from_two_tower, load_train_state,
+                             read_checkpoint_config, resolve_checkpoint, save_checkpoint, unwrap)
 from core.config import ExperimentConfig, config_from_dict, load_config, save_config, to_dict
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import resolve_split
 from core.data.tokenizer import resolve_tokenizer
 from core.distributed import gather_objects
 from core.evaluation import encode_batches, validate
+from core.losses.swap import swap_pairs
 from core.metrics import flat_metrics
 from core.models import build_model, count_parameters
 from core.training import LossModule, build_optimizer, build_scheduler, train_one_epoch
@@ -72,7 +74,14 @@ def setup(loop_config: dict) -> WorkerState:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed + rank)
     model = build_model(cfg.model)
-    loss_module = ray.train.torch.prepare_model(LossModule(model, cfg.model))
+    if cfg.model.kind == "fusion" and cfg.model.fusion.init_from and not ray.train.get_checkpoint():
+        copied = init_fusion_from_two_tower(model, cfg.model.fusion.init_from)
+        if rank == 0:
+            log.info("fusion encoders and ITC heads initialised from %s (%d tensors)",
+                     cfg.model.fusion.init_from, copied)
+    swap = (swap_pairs(loop_config["tokenizer"], cfg.model.fusion.swap_negatives)
+            if cfg.model.kind == "fusion" else None)
+    loss_module = ray.train.torch.prepare_model(LossModule(model, cfg.model, swap=swap))
     optimizer = build_optimizer(loss_module, cfg.train)
     scheduler = build_scheduler(optimizer, loop_config["steps_per_epoch"] * cfg.train.epochs,
                                 cfg.train.warmup_fraction)
@@ -163,7 +172,9 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
     encoded = {side: type(parts[0][side]).cat([p[side] for p in parts]).to(state.device)
                for side in ("text", "image")}
     encoded["group"] = np.concatenate([p["group"] for p in parts])
-    out.update(flat_metrics(validate(state.model, encoded, max_items=limit), "val/"))
+    fc = cfg.model.fusion
+    out.update(flat_metrics(validate(state.model, encoded, max_items=limit, rerank_k=fc.rerank_k,
+                                     rerank_alpha=fc.rerank_alpha), "val/"))
     return out
 
 
@@ -232,6 +243,8 @@ class TrainArgs:
     storage_path: str | None = opt(None, "local dir or s3:// for runs (default: train.storage_path)")
     epochs: int | None = opt(None, "override train.epochs")
     num_workers: int | None = opt(None, "override train.num_workers")
+    init_from: str | None = opt(None, "fusion: a two-tower checkpoint or run that initialises "
+                                "the encoders and ITC heads (model.fusion.init_from)")
     set: list = opt([], "config overrides, e.g. train.lr=3e-4 model.two_tower.embed_dim=256",
                     metavar="KEY=VALUE")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -240,7 +253,8 @@ class TrainArgs:
         overrides = list(self.set)
         for value, key in ((self.model, "model.kind"), (self.data, "data.path"),
                            (self.name, "train.name"), (self.storage_path, "train.storage_path"),
-                           (self.epochs, "train.epochs"), (self.num_workers, "train.num_workers")):
+                           (self.epochs, "train.epochs"), (self.num_workers, "train.num_workers"),
+                           (self.init_from, "model.fusion.init_from")):
             if value is not None:
                 overrides.append(f"{key}={value}")
         return load_config(self.config, overrides)
@@ -276,6 +290,12 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str]:
         resolve_split(cfg.data.path, split, cfg.data.storage_options)
     if cfg.train.precision not in ("fp32", "bf16"):
         raise UserError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
+    if cfg.model.kind == "fusion" and cfg.model.fusion.init_from:
+        source = resolve_checkpoint(cfg.model.fusion.init_from)
+        if read_checkpoint_config(source).model.kind != "two_tower":
+            raise UserError(f"model.fusion.init_from {cfg.model.fusion.init_from} is not a "
+                            "two-tower checkpoint or run")
+        cfg.model.fusion.init_from = str(Path(source).resolve())  # workers run elsewhere
     if not cfg.train.name:
         cfg.train.name = f"{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     tokenizer, source = resolve_tokenizer(cfg.model.text, cfg.data.path, cfg.data.train_split,

@@ -181,6 +181,9 @@ def run(args: TuneArgs) -> dict:
         if isinstance(value, str) and not storage.is_url(value) and Path(value).exists():
             overrides.append(f"{key}={Path(value).resolve()}")
     probe = space.trial_config({}, overrides)
+    for param in space.params:  # sampled local paths too (e.g. model.fusion.init_from)
+        param.values = [str(Path(v).resolve()) if isinstance(v, str) and not storage.is_url(v)
+                        and "/" in v and Path(v).exists() else v for v in param.values]
     for split in (probe.data.train_split, probe.data.val_split):
         resolve_split(probe.data.path, split)
     init_ray(args.address)

@@ -73,17 +73,21 @@ def test_attribute_coverage_and_hard_negative_families(synthetic_dir):
         families.setdefault(r["family_id"], []).append(r)
     attrs = ("modality", "body_region", "finding", "laterality", "position", "size_mm",
              "lesion_count")
-    one_apart = 0
+    one_apart, flipped = 0, Counter()
     for members in families.values():
         for a in members:
             diffs = [[k for k in attrs if a[k] != b[k]] for b in members if b is not a]
-            # siblings only ever differ in laterality and/or position ...
-            assert all(set(d) <= {"laterality", "position"} for d in diffs)
+            # siblings never differ in the body region (the case stays the case) ...
+            assert all("body_region" not in d for d in diffs)
             # ... and each has a sibling exactly one attribute away
             if diffs:
                 assert any(len(d) == 1 for d in diffs)
                 one_apart += 1
+                flipped.update(d[0] for d in diffs if len(d) == 1)
     assert one_apart >= len(rows) // 5
+    # every attribute has one-attribute siblings
+    assert set(flipped) == {"laterality", "position", "modality", "finding", "size_mm",
+                            "lesion_count"}
     # families never cross splits
     test_families = {r["family_id"] for r in read_split(synthetic_dir, "test").to_pylist()}
     assert not test_families & set(families)

@@ -65,9 +65,19 @@ class MatchLoss(nn.Module):
                             torch.zeros(2 * b * kk, device=sim.device)])
         return text_index, image_index, labels
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
+                extra_negatives: torch.Tensor | None = None) -> torch.Tensor:
+        """Positives weigh half, negatives the other half (so their number does not tilt the
+        head towards "no match"); ``extra_negatives`` (e.g. swapped captions) share the
+        negatives' half equally with the sampled ones."""
         pos, neg = labels > 0.5, labels < 0.5
         loss = F.binary_cross_entropy_with_logits(logits[pos], labels[pos])
+        negatives = []
         if neg.any():
-            loss = 0.5 * (loss + F.binary_cross_entropy_with_logits(logits[neg], labels[neg]))
+            negatives.append(F.binary_cross_entropy_with_logits(logits[neg], labels[neg]))
+        if extra_negatives is not None and len(extra_negatives):
+            negatives.append(F.binary_cross_entropy_with_logits(
+                extra_negatives, torch.zeros_like(extra_negatives)))
+        if negatives:
+            loss = 0.5 * (loss + sum(negatives) / len(negatives))
         return loss

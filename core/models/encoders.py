@@ -131,6 +131,25 @@ class TextEncoder(nn.Module):
         return tokens, attention_mask, pooled
 
 
+class ProjectionMLP(nn.Module):
+    """``layers`` linear maps with GELU between them (1 = a linear projection)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"projection needs at least 1 layer, got {layers}")
+        dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                mods.append(nn.GELU())
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """Cut the columns that are padding in every row (tokenizers pad on the right): the
     encoder's output for the kept tokens is unchanged, and it costs less."""

@@ -28,14 +28,15 @@ from torch import nn
 
 from core.config import ModelConfig
 from core.features import Features
-from core.models.encoders import ImageEncoder, TextEncoder, l2_normalize, masked_mean
+from core.models.encoders import (ImageEncoder, ProjectionMLP, TextEncoder, l2_normalize,
+                                  masked_mean)
 
 
 @dataclass
 class FusionImage(Features):
     k: torch.Tensor  # (N, L, h, P, dh): every layer's keys
     v: torch.Tensor  # (N, L, h, P, dh): every layer's values
-    embed: torch.Tensor  # (N, d) L2-normalised pooled patches (hard negatives, ITC)
+    embed: torch.Tensor  # (N, e) L2-normalised ITC embedding (hard negatives, ITC, first stage)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class FusionText(Features):
     tokens: torch.Tensor  # (N, T, d) projected token features (the residual stream's start)
     q0: torch.Tensor  # (N, h, T, dh) the first layer's queries
     mask: torch.Tensor  # (N, T)
-    embed: torch.Tensor  # (N, d) L2-normalised pooled tokens
+    embed: torch.Tensor  # (N, e) L2-normalised ITC embedding
 
     def trimmed(self) -> FusionText:
         """Drop the token positions that are padding in every row (right padding)."""
@@ -125,26 +126,44 @@ class FusionModel(nn.Module):
             for _ in range(fc.num_layers))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
-        self.register_buffer("logit_scale", torch.tensor(math.log(1.0 / fc.temperature)))
         self.scale = 1.0 / math.sqrt(d // fc.num_heads)
+        # ITC, as ALBEF: the two-tower model's projection heads on the shared encoders'
+        # pooled outputs. The match head is trained on these encoders, hard negatives are
+        # sampled by this similarity, and a two-tower checkpoint initialises all of it
+        # (``model.fusion.init_from``, ``core.checkpoint.init_fusion_from_two_tower``).
+        tc = config.two_tower
+        self.itc_image_proj = ProjectionMLP(self.image_encoder.out_dim, tc.proj_hidden,
+                                            tc.embed_dim, tc.proj_layers)
+        self.itc_text_proj = ProjectionMLP(self.text_encoder.out_dim, tc.proj_hidden,
+                                           tc.embed_dim, tc.proj_layers)
+        init = torch.tensor(math.log(1.0 / tc.temperature))
+        if tc.learnable_temperature:
+            self.itc_logit_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("itc_logit_scale", init)
+        self.max_logit_scale = tc.max_logit_scale
+
+    def itc_scale(self) -> torch.Tensor:
+        """exp(itc_logit_scale), clamped as CLIP does."""
+        return self.itc_logit_scale.exp().clamp(max=self.max_logit_scale)
 
     # --- split API -------------------------------------------------------------------------
-    def _image_tokens(self, pixels):
-        patches, _ = self.image_encoder(pixels)
-        return self.image_proj(patches) + self.image_pos
+    def _image_tokens(self, pixels) -> tuple[torch.Tensor, torch.Tensor]:
+        patches, pooled = self.image_encoder(pixels)
+        return self.image_proj(patches) + self.image_pos, pooled
 
     def encode_image(self, pixels: torch.Tensor) -> FusionImage:
-        x = self._image_tokens(pixels)
+        x, pooled = self._image_tokens(pixels)
         kv = [layer.image_kv(x) for layer in self.layers]
         return FusionImage(k=torch.stack([k for k, _ in kv], 1),
                            v=torch.stack([v for _, v in kv], 1),
-                           embed=l2_normalize(x.mean(1)))
+                           embed=l2_normalize(self.itc_image_proj(pooled)))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionText:
-        tokens, mask, _ = self.text_encoder(input_ids, attention_mask)
+        tokens, mask, pooled = self.text_encoder(input_ids, attention_mask)
         t = self.text_proj(tokens)
         return FusionText(tokens=t, q0=self.layers[0].query(t), mask=mask,
-                          embed=l2_normalize(masked_mean(t, mask)))
+                          embed=l2_normalize(self.itc_text_proj(pooled)))
 
     def _match_logit(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(masked_mean(t, mask))).squeeze(-1)
@@ -195,7 +214,7 @@ class FusionModel(nn.Module):
         """Match logits for aligned (image, caption) pairs, everything computed per pair.
         With ``return_attention``, also each layer's text-token -> image-patch weights
         (B, h, T, P)."""
-        x = self._image_tokens(pixels)
+        x, _ = self._image_tokens(pixels)
         tokens, mask, _ = self.text_encoder(input_ids, attention_mask)
         t = self.text_proj(tokens)
         maps = []

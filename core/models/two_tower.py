@@ -10,26 +10,8 @@ from torch import nn
 
 from core.config import ModelConfig
 from core.features import Embeddings
-from core.models.encoders import ImageEncoder, TextEncoder, l2_normalize, trim_padding
-
-
-class ProjectionMLP(nn.Module):
-    """``layers`` linear maps with GELU between them (1 = a linear projection)."""
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int):
-        super().__init__()
-        if layers < 1:
-            raise ValueError(f"projection needs at least 1 layer, got {layers}")
-        dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
-        mods: list[nn.Module] = []
-        for i in range(layers):
-            mods.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < layers - 1:
-                mods.append(nn.GELU())
-        self.net = nn.Sequential(*mods)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from core.models.encoders import (ImageEncoder, ProjectionMLP, TextEncoder, l2_normalize,
+                                  trim_padding)
 
 
 class TwoTowerModel(nn.Module):

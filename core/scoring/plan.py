@@ -133,22 +133,36 @@ class ScoringPlan:
                 on_tile(item)
         return acc
 
-    def run_rerank(self, execute: Executor, first_stage: dict, alpha: float = 0.0) -> dict:
-        """Re-score each query's first-stage candidates and re-order them.
+    def rescore_candidates(self, execute: Executor, first_stage: dict) -> dict:
+        """The re-ranker's scores of each query's first-stage candidates.
 
         ``first_stage[d]`` = (candidate rows (Nq, kc), first-stage scores, first-stage ranks)
-        per direction. The new score is the re-ranker's + ``alpha`` x the first stage's (the
-        fused ITM + alpha ITC score). Returns {d: (top-k rows, top-k scores, exact ranks)}."""
+        per direction. Returns {d: {candidates, scores (the re-ranker's), first, first_ranks}}:
+        everything any (k, alpha) choice needs (``fuse``)."""
         candidates = {d: np.asarray(first_stage[d][0]) for d in DIRECTIONS}
-        fused = {d: np.empty(candidates[d].shape, np.float32) for d in DIRECTIONS}
+        scores = {d: np.empty(candidates[d].shape, np.float32) for d in DIRECTIONS}
         for item, part in execute(self.rerank_items(), {"candidates": candidates}):
             side = "text" if item.direction == "t2i" else "image"
-            fused[item.direction][self.rows(side, item.a)] = part["scores"]
+            scores[item.direction][self.rows(side, item.a)] = part["scores"]
+        return {d: {"candidates": candidates[d], "scores": scores[d],
+                    "first": np.asarray(first_stage[d][1], np.float32),
+                    "first_ranks": np.asarray(first_stage[d][2])} for d in DIRECTIONS}
+
+    def fuse(self, rescored: dict, alpha: float = 0.0, k: int | None = None) -> dict:
+        """Re-order each query's first ``k`` candidates (all by default) by the fused score:
+        re-ranker + ``alpha`` x first stage (ITM + alpha ITC). Returns {d: (top-K rows, top-K
+        scores, exact ranks)}."""
         out = {}
         for d in DIRECTIONS:
+            r = rescored[d]
+            kc = r["candidates"].shape[1] if k is None else k
             queries, gallery = ((self.text_groups, self.image_groups) if d == "t2i"
                                 else (self.image_groups, self.text_groups))
-            scores = fused[d] + np.float32(alpha) * np.asarray(first_stage[d][1], np.float32) \
-                if alpha else fused[d]
-            out[d] = rerank(candidates[d], scores, first_stage[d][2], queries, gallery, self.k)
+            fused = r["scores"][:, :kc] + np.float32(alpha) * r["first"][:, :kc]
+            out[d] = rerank(r["candidates"][:, :kc], fused, r["first_ranks"], queries, gallery,
+                            min(self.k, kc))
         return out
+
+    def run_rerank(self, execute: Executor, first_stage: dict, alpha: float = 0.0) -> dict:
+        """Retrieve-and-rerank: ``rescore_candidates`` then ``fuse`` with ``alpha``."""
+        return self.fuse(self.rescore_candidates(execute, first_stage), alpha)

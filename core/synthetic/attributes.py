@@ -103,26 +103,50 @@ def sample_case(rng: np.random.Generator, normal_fraction: float = 0.15) -> Case
                 count=int(COUNTS[rng.choice(3, p=[0.6, 0.25, 0.15])]))
 
 
-def flip(case: Case, attribute: str) -> Case:
-    """The same case with one attribute changed: the hard negative of a family."""
+# The attributes a sibling can differ in, and the generator's column(s) that state each.
+SIBLING_ATTRIBUTES = {"laterality": ("laterality",), "position": ("position",),
+                      "modality": ("modality",), "finding": ("finding",),
+                      "size": ("size_mm",), "count": ("lesion_count",)}
+
+
+def flip(case: Case, attribute: str, rng: np.random.Generator | None = None) -> Case:
+    """The same case with one attribute changed: the hard negative of a family. Two-valued
+    attributes swap; the others take another value drawn with ``rng`` (a size class gets a
+    size in mm from its own range)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+
+    def other(values, current):
+        choices = [v for v in values if v != current]
+        return choices[rng.integers(len(choices))]
+
     if attribute == "laterality":
         return replace(case, laterality="right" if case.laterality == "left" else "left")
     if attribute == "position":
         return replace(case, position="lower" if case.position == "upper" else "upper")
+    if attribute == "modality":
+        return replace(case, modality=other(MODALITIES, case.modality))
+    if attribute == "finding":
+        return replace(case, finding=other(FINDINGS[:-1], case.finding))  # never "normal"
+    if attribute == "size":
+        size = other(SIZES, case.size)
+        lo, hi = SIZE_RANGES_MM[size]
+        return replace(case, size=size, size_mm=round(float(rng.uniform(lo, hi)), 1))
+    if attribute == "count":
+        return replace(case, count=int(other(COUNTS, case.count)))
     raise ValueError(f"cannot flip {attribute!r}")
 
 
 def sample_family(rng: np.random.Generator, sibling_fraction: float = 0.5,
                   normal_fraction: float = 0.15) -> list[Case]:
-    """One case, and with probability ``sibling_fraction`` its one-attribute siblings
-    (laterality flipped, position flipped, or both as separate siblings), so a gallery
+    """One case, and with probability ``sibling_fraction`` one or two siblings, each the case
+    with ONE attribute changed (laterality, position, modality, finding, size or count;
+    the first two twice as often: they are what only a spatial model can see), so a gallery
     holds many pairs that differ in exactly one attribute."""
     base = sample_case(rng, normal_fraction)
     if base.is_normal or rng.random() >= sibling_fraction:
         return [base]
-    r = rng.random()
-    if r < 0.4:
-        return [base, flip(base, "laterality")]
-    if r < 0.8:
-        return [base, flip(base, "position")]
-    return [base, flip(base, "laterality"), flip(base, "position")]
+    names = list(SIBLING_ATTRIBUTES)
+    weights = np.array([2.0, 2.0, 1.0, 1.0, 1.0, 1.0])
+    n = 1 if rng.random() < 0.7 else 2
+    chosen = rng.choice(len(names), size=n, replace=False, p=weights / weights.sum())
+    return [base] + [flip(base, names[i], rng) for i in chosen]

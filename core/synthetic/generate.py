@@ -159,8 +159,12 @@ def _run_task(task: ShardTask) -> str:
 SPEC_FILE = "synthetic_spec.json"
 
 
+# Bumped whenever the same spec would give other bytes (2: siblings in every attribute).
+GENERATOR_VERSION = 2
+
+
 def spec_dict(spec: SyntheticSpec) -> dict:
-    return {"version": 1, **{k: v for k, v in spec.__dict__.items()}}
+    return {"version": GENERATOR_VERSION, **{k: v for k, v in spec.__dict__.items()}}
 
 
 def existing_synthetic(out_dir: str | Path, spec: SyntheticSpec) -> bool:
@@ -176,8 +180,9 @@ def existing_synthetic(out_dir: str | Path, spec: SyntheticSpec) -> bool:
         if all(Path(t.out_dir, shard_name(t.split, t.shard, t.n_shards)).name in names
                for t in shard_tasks(spec, out_dir)):
             return True
-    raise FileExistsError(f"{out_dir} already holds other Parquet shards; generate into an "
-                          "empty directory (--out) instead of overwriting them")
+    raise FileExistsError(f"{out_dir} already holds other Parquet shards (another spec or "
+                          "generator version); generate into an empty directory instead of "
+                          "overwriting them")
 
 
 def write_synthetic(spec: SyntheticSpec, out_dir: str | Path,

@@ -1,0 +1,75 @@
+"""The control the demo's comparison needs: a two-tower model trained for as many epochs as
+the demo's fusion encoders saw (its two-tower start + its own epochs), scored on the same test
+split, side by side with the demo's fusion and rerank (from runs/demo/eval/metrics.json).
+
+If this two-tower matches fusion's recall and sibling accuracy, the demo's gap is training
+budget, not cross-attention.
+
+    python -m bench.equal_budget [--demo runs/demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from bench._common import write_result
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--demo", default="runs/demo")
+    args = p.parse_args(argv)
+    from core import fine_grained
+    from core.checkpoint import load_checkpoint
+    from core.config import load_config
+    from core.data.rocov2 import read_split
+    from core.report import encoder_epochs
+    from core.scoring import outputs
+    from core.significance import bootstrap_ci, per_query
+    from ray_jobs import score, train
+    from ray_jobs.evaluate import load_features
+    from ray_jobs.runtime import init_ray
+
+    demo = Path(args.demo)
+    metrics = json.loads((demo / "eval" / "metrics.json").read_text())
+    summary = json.loads((demo / "summary.json").read_text())
+    epochs = encoder_epochs(metrics["training"])
+    work = Path(tempfile.mkdtemp(prefix="rocoray-equal-budget-"))
+    init_ray()
+    cfg = load_config(summary["config"], [*summary["overrides"], "model.kind=two_tower",
+                                          f"data.path={summary['data']}",
+                                          f"train.epochs={epochs['fusion']}",
+                                          f"train.storage_path={work}", "train.name=two_tower"])
+    run = train.run(cfg)
+    scored = score.run(score.ScoreConfig(model="two_tower", checkpoint=run["path"],
+                                         data=summary["data"], split=metrics["split"],
+                                         out=str(work / "score")))
+    out = {"bench": "equal_budget", "epochs": epochs,
+           "two_tower_equal_budget": {"epochs": epochs["fusion"], "metrics": scored["metrics"]}}
+    ranks = {d: outputs.read_topk(str(work / "score"), d)[2] for d in ("t2i", "i2t")}
+    out["two_tower_equal_budget"]["recall"] = {
+        d: {k: bootstrap_ci(per_query(ranks[d], k)).as_dict() for k in ("R@1", "R@5", "R@10")}
+        for d in ranks}
+    ids = outputs.read_gallery(str(work / "score")).column("image_id").to_pylist()
+    wanted = ["image_id", *fine_grained.COLUMNS]
+    table = read_split(summary["data"], metrics["split"], columns=wanted)
+    pairs = fine_grained.sibling_pairs({c: table.column(c).to_pylist() for c in wanted}, ids)
+    if pairs is not None and len(pairs["query"]):
+        model = load_checkpoint(score.check_checkpoint(run["path"], "two_tower", "run")).model
+        text, image = load_features(score.load_summary(str(work / "score")), "two_tower")
+        wins = fine_grained.score_wins(
+            lambda ti, ii: fine_grained.pair_scores(model, text, image, ti, ii), pairs)
+        out["two_tower_equal_budget"]["sibling"] = fine_grained.accuracy(wins, pairs)
+    out["demo"] = {m: {"epochs": epochs.get(m, epochs.get("fusion")),
+                       "metrics": metrics["methods"][m]["metrics"],
+                       "sibling": (metrics.get("fine_grained") or {}).get("methods", {}).get(m)}
+                   for m in ("two_tower", "fusion", "rerank")}
+    write_result(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
