@@ -55,7 +55,7 @@ def keyed_dir(root: str, kind: str, key: dict) -> tuple[str, bool]:
     earlier = _others(root, kind, name)
     if earlier:
         latest = max(earlier, key=lambda e: e.get("created", 0))
-        log.info("%s: not reusing the cached %s in %s: changed since: %s", kind, kind,
-                 root, describe_change(latest, storage.json_safe(key)))
+        log.info("%s: computing anew (the latest cached %s in %s came from other inputs: %s)",
+                 kind, kind, root, describe_change(latest, storage.json_safe(key)))
     storage.write_json(path, KEY, {"kind": kind, "key": key, "created": time.time()})
     return path, False
