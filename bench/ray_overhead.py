@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     cfg = load_config("tiny", ["model.kind=two_tower", f"data.path={args.data}",
                                f"train.epochs={args.epochs}", f"train.storage_path={storage}",
                                "train.name=overhead", "train.local_shuffle_buffer=0"])
-    cfg, tokenizer, _ = prepare_run(cfg)
+    cfg, tokenizer, *_ = prepare_run(cfg)
     pre = build_preprocessor(cfg.model, tokenizer)
 
     # 2. the input pipeline alone, streaming. Like training epochs after the first, later

@@ -25,6 +25,8 @@ from core.data.preprocess import count_skips
 
 # What the models and losses consume; everything else in a batch is host bookkeeping.
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "group")
+# Model inputs that only some batches carry: multi-hot concept targets (a concept head's).
+OPTIONAL_INPUTS = ("concepts",)
 
 
 @dataclass
@@ -79,7 +81,7 @@ def collate(batch: dict, pin_memory: bool = False) -> Batch:
         return value if full else value[keep]
 
     inputs = {}
-    for name in MODEL_INPUTS:
+    for name in MODEL_INPUTS + tuple(n for n in OPTIONAL_INPUTS if n in batch):
         array = np.ascontiguousarray(rows(name))
         if not array.flags.writeable:  # Ray hands out read-only views of its blocks
             array = array.copy()

@@ -80,7 +80,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ExperimentConfig,
-                    tokenizer=None, train_state: dict | None = None) -> Path:
+                    tokenizer=None, train_state: dict | None = None, concepts=None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_model(unwrap(model), str(path / WEIGHTS))
@@ -89,6 +89,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Experiment
         tokenizer.save_pretrained(str(path / TOKENIZER))
     if train_state is not None:
         torch.save(train_state, path / TRAIN_STATE)
+    if concepts is not None:
+        concepts.save(path)
     return path
 
 
@@ -106,11 +108,13 @@ class Loaded:
     config: ExperimentConfig
     tokenizer: object | None
     path: Path
+    concepts: object | None = None  # core.concepts.ConceptVocabulary of the concept head
 
 
 def load_checkpoint(path: str | Path, expected_kind: str | None = None,
                     device: str | torch.device = "cpu") -> Loaded:
     """Rebuild the model from config.yaml and load its safetensors weights."""
+    from core.concepts import ConceptVocabulary
     from core.data.tokenizer import load_tokenizer
     from core.models import build_model
 
@@ -125,13 +129,16 @@ def load_checkpoint(path: str | Path, expected_kind: str | None = None,
         raise CheckpointError(f"{path}: weights do not match the config "
                               f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
     tokenizer = load_tokenizer(path / TOKENIZER) if (path / TOKENIZER).exists() else None
-    return Loaded(model.to(device).eval(), config, tokenizer, path)
+    return Loaded(model.to(device).eval(), config, tokenizer, path, ConceptVocabulary.find(path))
 
 
 # A two-tower model's parameters -> the fusion model's shared encoders and ITC heads.
 TWO_TOWER_INTO_FUSION = {"image_encoder.": "image_encoder.", "text_encoder.": "text_encoder.",
                          "image_proj.": "itc_image_proj.", "text_proj.": "itc_text_proj.",
-                         "logit_scale": "itc_logit_scale"}
+                         "logit_scale": "itc_logit_scale",
+                         # copied when both models predict the same concepts (same shape)
+                         "concept_head.": "concept_head."}
+OPTIONAL_INTO_FUSION = ("concept_head.",)
 
 
 def init_fusion_from_two_tower(model: torch.nn.Module, path: str | Path) -> int:
@@ -151,6 +158,9 @@ def init_fusion_from_two_tower(model: torch.nn.Module, path: str | Path) -> int:
         if prefix is None:
             continue
         name = TWO_TOWER_INTO_FUSION[prefix] + key[len(prefix):]
+        if prefix in OPTIONAL_INTO_FUSION and (name not in target
+                                              or target[name].shape != value.shape):
+            continue
         if name not in target or target[name].shape != value.shape:
             raise CheckpointError(
                 f"{path}: {key} {tuple(value.shape)} does not fit this fusion model's {name} "

@@ -29,22 +29,32 @@ def default_chunk(model) -> int:
 def encode_batches(model, batches: Iterable[Batch], device="cpu",
                    precision: str = "fp32") -> dict:
     """Encode both sides of every batch once (host bookkeeping stays numpy): text / image
-    features on ``device``, and the rows' groups, image ids and captions."""
+    features on ``device``, and the rows' groups, image ids and captions; with a concept
+    head and concept targets, also ``concept_logits`` and ``concepts`` (host numpy)."""
     texts, images, groups, ids, captions = [], [], [], [], []
+    logits, targets = [], []
     for batch in batches:
         if not len(batch):
             continue
         inputs = batch.to(device).inputs
         with autocast(device, precision):
-            images.append(model.encode_image(inputs["pixel_values"]))
+            image, concepts = model.encode_image_with_concepts(inputs["pixel_values"])
+            images.append(image)
             texts.append(model.encode_text(inputs["input_ids"], inputs["attention_mask"]))
+        if concepts is not None and "concepts" in batch.inputs:
+            logits.append(concepts.float().cpu().numpy())
+            targets.append(batch.inputs["concepts"].numpy())  # the host copy, never the device's
         groups.append(batch.group)
         ids.extend(batch.image_id.tolist())
         captions.extend(batch.caption.tolist())
     if not texts:
         raise ValueError("the gallery is empty: no valid rows to encode")
-    return {"text": type(texts[0]).cat(texts), "image": type(images[0]).cat(images),
-            "group": np.concatenate(groups), "image_id": ids, "caption": captions}
+    out = {"text": type(texts[0]).cat(texts), "image": type(images[0]).cat(images),
+           "group": np.concatenate(groups), "image_id": ids, "caption": captions}
+    if logits:
+        out["concept_logits"] = np.concatenate(logits)
+        out["concepts"] = np.concatenate(targets)
+    return out
 
 
 def in_memory_blocks(text: Features, image: Features, block: int):

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from core import storage  # noqa: E402
+from core import concept_report, storage  # noqa: E402
 from core.comparison import DIRECTIONS, LABELS  # noqa: E402
 
 METHODS = ("two_tower", "fusion", "rerank")
@@ -441,6 +441,9 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if selection:
         md += ["### Rerank settings tried on the validation split\n",
                markdown_table(*selection_rows(selection)), ""]
+    concept_blocks = concept_report.blocks(metrics.get("concepts"))
+    for title, table, note in concept_blocks:
+        md += [f"## {title}\n", *([markdown_table(*table), ""] if table else []), note + "\n"]
     md += ["## Fine-grained: the true item vs its one-attribute sibling\n",
            (markdown_table(*fine_grained_rows(fg)) + "\n\n" + fg_note) if fg
            else fine_grained_verdict(fg), "", "## Training\n",
@@ -470,6 +473,9 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if selection:
         parts += ["<h3>Rerank settings tried on the validation split</h3>",
                   html_table(*selection_rows(selection))]
+    for title, table, note in concept_blocks:
+        parts += [f"<h2>{html.escape(title)}</h2>", *([html_table(*table)] if table else []),
+                  f"<p>{html.escape(note)}</p>"]
     parts.append("<h2 id='fine-grained'>Fine-grained: the true item vs its one-attribute sibling</h2>")
     parts += ([html_table(*fine_grained_rows(fg)), f"<p>{html.escape(fg_note)}</p>"] if fg
               else [f"<p>{html.escape(fine_grained_verdict(fg))}</p>"])

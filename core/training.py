@@ -20,7 +20,7 @@ from core.batch import Batch
 from core.config import ModelConfig, TrainConfig
 from core.data.preprocess import merge_counts
 from core.distributed import all_ranks_agree
-from core.losses import InfoNCELoss, MatchLoss
+from core.losses import ConceptLoss, InfoNCELoss, MatchLoss
 from core.losses.swap import swap_each_attribute
 from core.models.encoders import trim_padding
 from core.scoring import autocast
@@ -28,10 +28,16 @@ from core.scoring import autocast
 
 class LossModule(nn.Module):
     """``swap``: (P, 2) token ids of attribute word pairs (``core.losses.swap``): the fusion
-    match head also learns from captions with one of them swapped."""
+    match head also learns from captions with one of them swapped. ``concept_pos_weight``:
+    the concept loss's positive weights (``core.concepts.ConceptVocabulary.pos_weight``);
+    with a concept head and ``concepts`` targets in the batch, ``model.concepts.weight`` x
+    the concept loss is added to the objective."""
 
-    def __init__(self, model: nn.Module, config: ModelConfig, swap: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, config: ModelConfig, swap: torch.Tensor | None = None,
+                 concept_pos_weight: torch.Tensor | None = None):
         super().__init__()
+        self.concept_weight = config.concepts.weight
+        self.concept_loss = ConceptLoss(concept_pos_weight, config.concepts.focal_gamma)
         self.model = model
         self.kind = config.kind
         self.infonce = InfoNCELoss()
@@ -40,16 +46,28 @@ class LossModule(nn.Module):
         self.contrastive_weight = config.fusion.contrastive_weight
         self.register_buffer("swap", swap, persistent=False)
 
-    def forward(self, pixel_values, input_ids, attention_mask, group):
+    def forward(self, pixel_values, input_ids, attention_mask, group, concepts=None):
         """(loss, {name: float tensor}) for one batch."""
-        m = self.model
+        image, concept_logits = self.model.encode_image_with_concepts(pixel_values)
         if self.kind == "two_tower":
-            image, text, scale = m(pixel_values, input_ids, attention_mask)
-            loss = self.infonce(image, text, scale, group)
-            return loss, {"logit_scale": scale.detach()}
+            loss, stats = self._two_tower(image, input_ids, attention_mask, group)
+        else:
+            loss, stats = self._fusion(image, input_ids, attention_mask, group)
+        if concept_logits is not None and concepts is not None and self.concept_weight > 0:
+            concept = self.concept_loss(concept_logits, concepts)
+            loss = loss + self.concept_weight * concept
+            stats["concept_loss"] = concept.detach()
+        return loss, stats
+
+    def _two_tower(self, image, input_ids, attention_mask, group):
+        m = self.model
+        text, scale = m.embed_text(input_ids, attention_mask), m.scale()
+        return self.infonce(image.embed, text, scale, group), {"logit_scale": scale.detach()}
+
+    def _fusion(self, image, input_ids, attention_mask, group):
+        m = self.model
         ids, mask = trim_padding(input_ids, attention_mask)
         text = m.encode_text(ids, mask)
-        image = m.encode_image(pixel_values)
         ti, ii, labels = self.match.pairs(text.embed, image.embed, group)
         logits = m.score_pairs(text, image, ti, ii)
         stats = {"match_acc": ((logits > 0).float() == labels).float().mean().detach()}

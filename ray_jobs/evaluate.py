@@ -21,7 +21,8 @@ import numpy as np
 
 from core import storage
 from core.checkpoint import load_checkpoint, read_checkpoint_config
-from core import fine_grained
+from core import concept_evaluation, fine_grained
+from core.concepts import ConceptVocabulary
 from core.comparison import LABELS, compare
 from core.metrics import ranks_from_scores
 from core.scoring.rerank_selection import select_rerank
@@ -175,9 +176,10 @@ def example_images(data, split: str, examples: dict) -> dict[str, bytes]:
     return {i: b for i, b in zip(ids, blobs) if i in wanted}
 
 
-def select_on_validation(cfg: EvaluateConfig, job) -> dict:
+def select_on_validation(cfg: EvaluateConfig, job) -> tuple[dict, dict]:
     """Rerank's k and alpha, chosen on the validation split: the candidates are scored once
-    at the largest k, every (k, alpha) is a re-ordering of them."""
+    at the largest k, every (k, alpha) is a re-ordering of them. Also returns where the
+    validation galleries were encoded (their concept logits choose detection thresholds)."""
     summary = score.execute(job)
     groups = outputs.read_gallery(job.out).column("group").to_numpy()
     ks = [min(k, job.cfg.rerank_k) for k in cfg.rerank_ks]
@@ -185,7 +187,7 @@ def select_on_validation(cfg: EvaluateConfig, job) -> dict:
     selection.update(split=cfg.val_split, gallery_size=summary["n"])
     log.info("rerank chosen on %s (%d queries): k=%d, alpha=%g (%s)", cfg.val_split,
              summary["n"], selection["k"], selection["alpha"], selection["criterion"])
-    return selection
+    return selection, summary["features"]
 
 
 def fine_grained_evaluation(cfg: EvaluateConfig, jobs: dict, alpha: float) -> dict | None:
@@ -227,6 +229,51 @@ def fine_grained_evaluation(cfg: EvaluateConfig, jobs: dict, alpha: float) -> di
     return result
 
 
+def _cuis_in_order(data, split: str, ids: list) -> list:
+    table = read_split(data, split, columns=["image_id", "cui"])
+    by_id = dict(zip(table.column("image_id").to_pylist(), table.column("cui").to_pylist()))
+    return [by_id.get(i) or [] for i in ids]
+
+
+def concept_sections(cfg: EvaluateConfig, jobs: dict, val_features: dict | None) -> dict:
+    """Concept detection by each model's concept head (threshold chosen on the validation
+    galleries the rerank selection encoded) and concept-aware retrieval of the three
+    methods' top-K lists; "n/a" when the data has no concept ids."""
+    data = jobs["fusion"].cfg.data
+    gallery = outputs.read_gallery(jobs["fusion"].out)
+    ids = gallery.column("image_id").to_pylist()
+    test_cuis = _cuis_in_order(data, cfg.split, ids)
+    if not concept_evaluation.has_concepts(test_cuis):
+        return {"available": False, "reason": concept_evaluation.NO_CONCEPTS}
+    topk = {m: {d: outputs.read_topk(jobs[m].out, d)[0] for d in ("t2i", "i2t")} for m in METHODS}
+    rng = np.random.default_rng(0)
+    k = topk["fusion"]["t2i"].shape[1]
+    topk["random"] = {d: np.stack([rng.permutation(len(ids))[:k] for _ in ids])
+                      for d in ("t2i", "i2t")}
+    out = {"available": True, "retrieval": {"test": concept_evaluation.retrieval(
+        test_cuis, test_cuis, topk)}, "detection": None}
+    for kind in ("two_tower", "fusion"):
+        vocab = ConceptVocabulary.find(jobs[kind].checkpoints[kind])
+        own = outputs.read_gallery(jobs[kind].out)  # this model's gallery, in its own order
+        logits = outputs.concept_logits(own)
+        if vocab is None or logits is None:
+            continue
+        own_cuis = _cuis_in_order(data, cfg.split, own.column("image_id").to_pylist())
+        val_cuis, val_logits = None, None
+        if val_features and kind in val_features:
+            val_gallery = outputs.read_gallery(val_features[kind])
+            val_cuis = _cuis_in_order(data, cfg.val_split, val_gallery.column("image_id").to_pylist())
+            val_logits = {kind: outputs.concept_logits(val_gallery)}
+        found = concept_evaluation.detection(vocab, own_cuis, {kind: logits}, val_cuis, val_logits)
+        if out["detection"] is None:
+            out["detection"] = found
+        else:
+            out["detection"]["methods"][kind] = found["methods"][kind]
+    if out["detection"] is None:
+        out["detection_reason"] = "no concept head in these checkpoints (model.concepts.weight 0)"
+    return out
+
+
 def run(cfg: EvaluateConfig) -> dict:
     score.check_checkpoint(cfg.two_tower, "two_tower", "--two-tower")  # this job's own flags
     score.check_checkpoint(cfg.fusion, "fusion", "--fusion")
@@ -240,9 +287,9 @@ def run(cfg: EvaluateConfig) -> dict:
         k_max = min(max(cfg.rerank_ks), rows)
         selection_job = score.prepare(dataclasses.replace(val, k=min(val.k, k_max), rerank_k=k_max))
     init_ray(cfg.address)
-    selection = None
+    selection, val_features = None, None
     if selection_job is not None:
-        selection = select_on_validation(cfg, selection_job)
+        selection, val_features = select_on_validation(cfg, selection_job)
         k = min(selection["k"], jobs["rerank"].rows)
         jobs["rerank"] = score.prepare(dataclasses.replace(
             configs["rerank"], k=min(cfg.k, k), rerank_k=k, alpha=selection["alpha"]))
@@ -272,6 +319,7 @@ def run(cfg: EvaluateConfig) -> dict:
     }
     metrics["rerank_selection"] = selection
     metrics["fine_grained"] = fine_grained_evaluation(cfg, jobs, jobs["rerank"].cfg.alpha)
+    metrics["concepts"] = concept_sections(cfg, jobs, val_features)
     conclude(metrics["comparison"])
     if metrics["fine_grained"]:
         acc = metrics["fine_grained"]["methods"]

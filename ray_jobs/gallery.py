@@ -28,6 +28,9 @@ from ray_jobs.runtime import Progress
 
 log = logging.getLogger("rocoray.score")
 
+# What the driver keeps of every encoded row (outputs.write_gallery's columns, in order).
+HOST_COLUMNS = ("image_id", "caption", "group", "concept_logits")
+
 
 def torch_device(job_device: str) -> str:
     return "cuda" if job_device == "cuda" and torch.cuda.is_available() else "cpu"
@@ -79,8 +82,13 @@ class GalleryEncoder:
             return out | {"empty": np.ones(len(keep), bool)}
         inputs = batch.to(self.device).inputs
         with autocast(self.device, self.precision):
+            image, concepts = self.model.encode_image_with_concepts(inputs["pixel_values"])
             feats = {"text": self.model.encode_text(inputs["input_ids"], inputs["attention_mask"]),
-                     "image": self.model.encode_image(inputs["pixel_values"])}
+                     "image": image}
+        if concepts is not None:
+            value = concepts.float().cpu().numpy()
+            out["concept_logits"] = np.zeros((len(keep), value.shape[1]), np.float32)
+            out["concept_logits"][keep] = value
         for side, f in feats.items():
             for name, value in f.numpy().items():
                 full = np.zeros((len(keep), *value.shape[1:]), value.dtype)
@@ -183,7 +191,7 @@ def encode(job, kind: str, block: int) -> Gallery:
         progress.update(len(skip))
         keep = skip == 0
         if keep.any():
-            host.append({k: batch[k][keep] for k in ("image_id", "caption", "group")})
+            host.append({k: batch[k][keep] for k in HOST_COLUMNS if k in batch})
             pending.append({k: v[keep] for k, v in batch.items()
                             if k.startswith(("text.", "image.")) or k == "group"})
             flush()
@@ -192,7 +200,7 @@ def encode(job, kind: str, block: int) -> Gallery:
         raise UserError(f"the gallery is empty: split {cfg.split!r} of {cfg.data} has no usable "
                         f"rows (skipped: {skipped or 'none'})")
     table = outputs.write_gallery(root, *(np.concatenate([h[k] for h in host])
-                                          for k in ("image_id", "caption", "group")))
+                                          if k in host[0] else None for k in HOST_COLUMNS))
     meta = {"n": table.num_rows, "blocks": len(refs["text"]), "block": block, "skipped": skipped,
             "encode_s": time.perf_counter() - t0, "complete": True}
     store.write_meta(meta)

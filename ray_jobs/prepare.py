@@ -1,11 +1,13 @@
 """Prepare a dataset: generate the synthetic ROCOv2 (optional), fit the caption tokenizer,
-and compute per-split statistics (rows kept / skipped by reason, caption length, ...).
+build the concept vocabulary (UMLS ids of the training split's ``cui`` column), and compute
+per-split statistics (rows kept / skipped by reason, caption length, concepts, ...).
 
     rocoray prepare --synthetic --out data/synthetic            # the embedded default
     rocoray prepare --data ../shared/data/chest-xray-sample --out runs/xray/data
     rocoray prepare --data hf://datasets/eltorio/ROCOv2-radiology --out s3-or-local-dir
 
-Writes ``<out>/tokenizer/`` and ``<out>/stats.json`` and prints the statistics table.
+Writes ``<out>/tokenizer/``, ``<out>/concepts.json`` and ``<out>/stats.json`` and prints the
+statistics table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core import storage
+from core.concepts import ConceptVocabulary
 from core.config import load_config
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split, resolve_split
@@ -44,6 +47,14 @@ class PrepareConfig:
                                 "training a WordPiece vocabulary")
     splits: list = opt(list(SPLITS), "splits to describe", metavar="SPLIT")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+
+def concept_statistics(vocab: ConceptVocabulary, table) -> dict:
+    """Per split: rows without any concept id, and listed ids outside the vocabulary."""
+    targets, unknown = vocab.multi_hot(table.column("cui").to_pylist())
+    return {"rows": int(len(targets)), "rows_without_concepts": int((targets.sum(1) == 0).sum()),
+            "unknown_ids": int(unknown.sum()),
+            "mean_concepts_per_row": float(targets.sum(1).mean()) if len(targets) else 0.0}
 
 
 def ray_map(fn, tasks) -> list:
@@ -89,6 +100,15 @@ def run(cfg: PrepareConfig) -> dict:
     tokenizer.save_pretrained(str(tok_dir))
     log.info("tokenizer (%s, %d tokens) saved to %s", source, len(tokenizer), tok_dir)
 
+    vocab = ConceptVocabulary.build(
+        read_split(data, cfg.splits[0], columns=["cui"]).column("cui").to_pylist(),
+        config.model.concepts.min_count)
+    vocab.save(out)
+    log.info("concept vocabulary: %d concepts from %d %s images (%d without any concept id; "
+             "%d concepts under min_count %d left out) saved to %s", len(vocab), vocab.images,
+             cfg.splits[0], vocab.empty_images, len(vocab.dropped),
+             config.model.concepts.min_count, out / "concepts.json")
+
     preprocessor = build_preprocessor(config.model, tokenizer)
     stats = []
     for split in cfg.splits:
@@ -99,10 +119,14 @@ def run(cfg: PrepareConfig) -> dict:
                                                  "laterality", "position", "lesion_count",
                                                  "view", "image_id"])
         s["attributes"] = attribute_distribution(meta)
+        s["concepts"] = concept_statistics(vocab, read_split(data, split, columns=["cui"]))
         stats.append(s)
         if s["skipped"]:
             log.warning("%s: skipped %s", split, s["skipped"])
-    result = {"data": str(data), "tokenizer": str(tok_dir), "splits": stats}
+    result = {"data": str(data), "tokenizer": str(tok_dir), "splits": stats,
+              "concept_vocabulary": {"path": str(out / "concepts.json"), "size": len(vocab),
+                                     "images": vocab.images, "empty_images": vocab.empty_images,
+                                     "dropped_under_min_count": len(vocab.dropped)}}
     storage.write_json(out, "stats.json", result)
     print(format_statistics(stats))
     print(f"\nstatistics: {out / 'stats.json'}")

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from core import faults, storage
+from core.concept_metrics import choose_threshold, sigmoid
+from core.concepts import resolve_vocabulary
 from core.checkpoint import (RUN_RESULT, WEIGHTS, init_fusion_from_two_tower, load_train_state,
                              read_checkpoint_config, resolve_checkpoint, save_checkpoint, unwrap)
 from core.config import ExperimentConfig, config_from_dict, load_config, save_config, to_dict
@@ -81,7 +83,11 @@ def setup(loop_config: dict) -> WorkerState:
                      cfg.model.fusion.init_from, copied)
     swap = (swap_pairs(loop_config["tokenizer"], cfg.model.fusion.swap_negatives)
             if cfg.model.kind == "fusion" else None)
-    loss_module = ray.train.torch.prepare_model(LossModule(model, cfg.model, swap=swap))
+    vocab = loop_config.get("concepts")
+    pos_weight = (torch.from_numpy(vocab.pos_weight(cfg.model.concepts.max_pos_weight))
+                  if vocab is not None and cfg.model.concepts.num_concepts else None)
+    loss_module = ray.train.torch.prepare_model(
+        LossModule(model, cfg.model, swap=swap, concept_pos_weight=pos_weight))
     optimizer = build_optimizer(loss_module, cfg.train)
     scheduler = build_scheduler(optimizer, loop_config["steps_per_epoch"] * cfg.train.epochs,
                                 cfg.train.warmup_fraction)
@@ -164,7 +170,8 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
             enc = {k: (v.index(slice(0, per_rank)) if k in ("text", "image") else v[:per_rank])
                    for k, v in enc.items()}
         local = {"text": enc["text"].to("cpu"), "image": enc["image"].to("cpu"),
-                 "group": np.asarray(enc["group"])}
+                 "group": np.asarray(enc["group"]), "concept_logits": enc.get("concept_logits"),
+                 "concepts": enc.get("concepts")}
     parts = [p for p in gather_objects(local) if p is not None]
     out = {"val/skipped_rows": skipped * state.world}
     if state.rank != 0 or not parts:
@@ -175,10 +182,17 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
     fc = cfg.model.fusion
     out.update(flat_metrics(validate(state.model, encoded, max_items=limit, rerank_k=fc.rerank_k,
                                      rerank_alpha=fc.rerank_alpha), "val/"))
+    if all(p["concept_logits"] is not None for p in parts):
+        # ImageCLEF's per-image F1 on the validation images, at the best threshold there
+        # (the threshold the test report uses is chosen on this split the same way).
+        threshold, f1 = choose_threshold(np.concatenate([p["concepts"] for p in parts]),
+                                         sigmoid(np.concatenate([p["concept_logits"]
+                                                                 for p in parts])))
+        out.update({"val/concept_f1": f1, "val/concept_threshold": threshold})
     return out
 
 
-def save(state: WorkerState, epoch: int, metrics: dict, tokenizer) -> None:
+def save(state: WorkerState, epoch: int, metrics: dict, tokenizer, concepts=None) -> None:
     """Rank 0 writes the checkpoint (weights, config, tokenizer, optimizer state, history);
     every rank reports, as Ray Train requires."""
     import ray.train
@@ -189,7 +203,7 @@ def save(state: WorkerState, epoch: int, metrics: dict, tokenizer) -> None:
             save_checkpoint(tmp, state.model, state.cfg, tokenizer,
                             {"optimizer": state.optimizer.state_dict(),
                              "scheduler": state.scheduler.state_dict(), "epoch": epoch,
-                             "step": state.step})
+                             "step": state.step}, concepts=concepts)
             state.history.append(metrics)
             (Path(tmp) / HISTORY).write_text(storage.dumps_json(state.history))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -219,7 +233,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "train/skipped_rows": sum(stats.skipped.values()) * state.world,
                        **{f"train/{k}": v for k, v in summary.items()}}
             metrics.update(validate_epoch(state, val_shard) or {})
-            save(state, epoch, metrics, loop_config["tokenizer"])
+            save(state, epoch, metrics, loop_config["tokenizer"], loop_config.get("concepts"))
     except Exception as exc:
         if attempt["steps"]:
             raise  # after real progress: Ray Train retries from the last checkpoint
@@ -264,11 +278,12 @@ def run_dir(cfg: ExperimentConfig) -> str:
     return storage.join(storage.absolute(cfg.train.storage_path), cfg.train.name)
 
 
-def build_datasets(cfg: ExperimentConfig, tokenizer) -> tuple[dict, int]:
+def build_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[dict, int]:
     """Preprocessed train/validation Ray Datasets, and the number of training rows."""
     from ray_jobs.data import read_split_dataset, split_rows
 
-    pre = build_preprocessor(cfg.model, tokenizer)
+    pre = build_preprocessor(cfg.model, tokenizer, concepts)
+    keep = TRAIN_COLUMNS + (["concepts"] if pre.concepts is not None else [])
     datasets, rows = {}, 0
     for name, split in (("train", cfg.data.train_split), ("validation", cfg.data.val_split)):
         # Read + preprocess in one stage of fractional-CPU tasks (a 1-CPU default deadlocks
@@ -276,16 +291,17 @@ def build_datasets(cfg: ExperimentConfig, tokenizer) -> tuple[dict, int]:
         datasets[name], files = read_split_dataset(
             cfg.data.path, split, cfg.data.storage_options, cfg.data.max_rows,
             num_cpus=cfg.train.preprocess_num_cpus, preprocessor=pre,
-            batch_size=cfg.train.preprocess_batch_size, keep=TRAIN_COLUMNS,
+            batch_size=cfg.train.preprocess_batch_size, keep=keep,
             shuffle_seed=cfg.train.seed if name == "train" else None)
         if name == "train":
             rows = split_rows(files, cfg.data.max_rows)  # from the Parquet footers
     return datasets, rows
 
 
-def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str]:
+def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, object]:
     """Check the data and fill in what the run needs before it starts: a name, the tokenizer
-    and its vocabulary size. Raises user errors (a wrong path, a missing split) before Ray."""
+    and its vocabulary size, the concept vocabulary and the concept head's size. Raises user
+    errors (a wrong path, a missing split) before Ray."""
     for split in (cfg.data.train_split, cfg.data.val_split):
         resolve_split(cfg.data.path, split, cfg.data.storage_options)
     if cfg.train.precision not in ("fp32", "bf16"):
@@ -304,17 +320,35 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str]:
         cfg.model.text.vocab_size = len(tokenizer)
     if cfg.train.precision == "bf16" and not cfg.train.use_gpu:
         log.info("train.precision bf16 applies on GPUs; this CPU run trains in fp32")
-    return cfg, tokenizer, source
+    return cfg, tokenizer, source, concept_vocabulary(cfg)
 
 
-def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None):
+def concept_vocabulary(cfg: ExperimentConfig):
+    """The concept vocabulary when the run trains a concept head (``model.concepts.weight``
+    > 0 and concept ids in the data), with ``model.concepts.num_concepts`` set; else None."""
+    cc = cfg.model.concepts
+    cc.num_concepts = 0
+    if cc.weight <= 0:
+        return None
+    vocab, where = resolve_vocabulary(cfg.data.path, cfg.data.train_split, cc.min_count,
+                                      cfg.data.storage_options)
+    if not len(vocab):
+        log.info("no concept ids in this data (%s): no concept head", where)
+        return None
+    cc.num_concepts = len(vocab)
+    log.info("concept head: %d concepts (%s; %d of %d training images without any)",
+             len(vocab), where, vocab.empty_images, vocab.images)
+    return vocab
+
+
+def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concepts=None):
     """Build and fit the TorchTrainer; returns the ray.train.Result. ``datasets`` (train,
     validation, and the number of training rows) replaces the config's data, for benchmarks."""
     from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
                            ScalingConfig)
     from ray.train.torch import TorchTrainer
 
-    datasets, rows = datasets or build_datasets(cfg, tokenizer)
+    datasets, rows = datasets or build_datasets(cfg, tokenizer, concepts)
     t = cfg.train
     steps_per_epoch = max(1, math.ceil(rows / (t.batch_size * t.num_workers)))
     resources = {"CPU": t.cpus_per_worker}
@@ -322,7 +356,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None):
         resources["GPU"] = t.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer,
+        train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "concepts": concepts,
                            "steps_per_epoch": steps_per_epoch, "run_dir": run_dir(cfg)},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=resources),
@@ -369,10 +403,10 @@ def summarize(result, cfg: ExperimentConfig) -> dict:
 
 def run(cfg: ExperimentConfig, address: str | None = None) -> dict:
     """Validate, start (or join) Ray, train; returns the run summary (with its ``path``)."""
-    cfg, tokenizer, source = prepare_run(cfg)
+    cfg, tokenizer, source, concepts = prepare_run(cfg)
     init_ray(address)
     log.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
-    result = fit(cfg, tokenizer)
+    result = fit(cfg, tokenizer, concepts=concepts)
     if result.error:
         raise result.error
     summary = summarize(result, cfg)

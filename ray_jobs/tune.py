@@ -81,8 +81,8 @@ def trial_driver(config: dict) -> None:
     cfg.train.name = f"train_{ctx.get_trial_id()}"
     cfg.train.storage_path = config["__train_storage__"]
     faults.maybe_fail("tune.trial", 1)  # tests: the first trial to get here fails, once
-    cfg, tokenizer, _ = prepare_run(cfg)
-    result = fit(cfg, tokenizer, callbacks=[TuneReportCallback()])
+    cfg, tokenizer, _, concepts = prepare_run(cfg)
+    result = fit(cfg, tokenizer, callbacks=[TuneReportCallback()], concepts=concepts)
     if result.error:
         raise result.error
 

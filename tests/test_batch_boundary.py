@@ -24,17 +24,20 @@ from core.scoring import ScoringPlan, TileWorker, local_executor
 from core.training import LossModule, build_optimizer, build_scheduler, train_one_epoch
 
 
-def numpy_batch(n=6, seed=0, skip_row=2, vocab=300):
+def numpy_batch(n=6, seed=0, skip_row=2, vocab=300, concepts=0):
     rng = np.random.default_rng(seed)
     skip = np.zeros(n, np.int8)
     skip[skip_row] = 2  # one undecodable image
     mask = np.ones((n, 12), np.int64)
     mask[:, 8 + seed % 3:] = 0
-    return {"pixel_values": rng.integers(0, 255, (n, 3, 64, 64), dtype=np.uint8),
-            "input_ids": rng.integers(5, vocab, (n, 12)) * mask, "attention_mask": mask,
-            "group": np.arange(n) + 100 * seed, "skip": skip,
-            "image_id": np.array([f"img-{seed}-{i}" for i in range(n)], dtype=object),
-            "caption": np.array([f"caption {i}" for i in range(n)], dtype=object)}
+    batch = {"pixel_values": rng.integers(0, 255, (n, 3, 64, 64), dtype=np.uint8),
+             "input_ids": rng.integers(5, vocab, (n, 12)) * mask, "attention_mask": mask,
+             "group": np.arange(n) + 100 * seed, "skip": skip,
+             "image_id": np.array([f"img-{seed}-{i}" for i in range(n)], dtype=object),
+             "caption": np.array([f"caption {i}" for i in range(n)], dtype=object)}
+    if concepts:  # multi-hot concept targets: a model input (a loss target), not bookkeeping
+        batch["concepts"] = (rng.random((n, concepts)) < 0.3).astype(np.uint8)
+    return batch
 
 
 def test_meta_device_batch_keeps_bookkeeping_on_the_host():
@@ -109,18 +112,20 @@ def cuda_like(monkeypatch):
 @pytest.mark.parametrize("kind", ["two_tower", "fusion"])
 def test_real_models_train_validate_and_score_without_host_conversion(kind, cuda_like):
     torch.manual_seed(0)
-    cfg = load_config("tiny", [f"model.kind={kind}"])
+    cfg = load_config("tiny", [f"model.kind={kind}", "model.concepts.num_concepts=5"])
     cfg.model.text.vocab_size = 300
     model = build_model(cfg.model)
-    module = LossModule(model, cfg.model)
+    module = LossModule(model, cfg.model, concept_pos_weight=torch.full((5,), 2.0))
     opt = build_optimizer(module, cfg.train)
     sched = build_scheduler(opt, 10, 0.1)
-    batches = [collate(numpy_batch(seed=s)) for s in range(3)]
+    batches = [collate(numpy_batch(seed=s, concepts=5)) for s in range(3)]
     stats = train_one_epoch(module, opt, sched, batches, "cuda")
     assert stats.steps == 3 and np.isfinite(stats.summary()["loss"])
+    assert stats.summary()["concept_loss"] > 0  # the concept head trained on device targets
     model.eval()
     enc = encode_batches(model, batches, "cuda")  # validation / the scoring job's encoders
     assert isinstance(enc["group"], np.ndarray) and len(enc["text"]) == 15
+    assert enc["concept_logits"].shape == (15, 5) and enc["concepts"].shape == (15, 5)
     plan = ScoringPlan(enc["group"], enc["group"], block=8, chunk=4, k=3)
     worker = TileWorker(model, in_memory_blocks(enc["text"], enc["image"], 8), plan)
     acc = plan.run_retrieval(local_executor(worker))

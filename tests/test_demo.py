@@ -99,6 +99,21 @@ def test_demo_on_small_synthetic_data_log_and_report(tmp_path):
     assert any(c.startswith("#1") for c in page.captions)  # ranked thumbnails
     assert "its own caption:" in text and "`" not in text  # no literal markdown in HTML
     assert "°" not in html or "charset='utf-8'" in html
+    # concepts: both image-only heads and the chance detector, thresholds from validation;
+    # concept-aware retrieval for the three methods and a random ranking, both directions
+    concepts = metrics["concepts"]
+    detection = concepts["detection"]["methods"]
+    assert set(detection) == {"two_tower", "fusion", "chance"}
+    for m, d in detection.items():
+        assert 0.0 <= d["per_image_f1"] <= 1.0 and "chosen on validation" in d["threshold_source"]
+    assert abs(detection["chance"]["macro_auroc"] - 0.5) < 1e-9
+    retrieval = concepts["retrieval"]["test"]
+    assert set(retrieval) == {"two_tower", "fusion", "rerank", "random"}
+    assert set(retrieval["rerank"]) == {"t2i", "i2t"}
+    assert set(retrieval["fusion"]["t2i"]) == {"nDCG@5", "P@5", "mAP@10", "MRR@10", "queries"}
+    assert "Concept detection" in text and "Concept-aware retrieval" in text
+    history = metrics["training"]["two_tower"]["history"][-1]
+    assert 0.0 <= history["val/concept_f1"] <= 1.0 and history["train/concept_loss"] > 0
     strict_json(out / "summary.json")
 
 
@@ -122,6 +137,10 @@ def test_demo_pipeline_on_the_real_sample(ray_session, real_sample, tmp_path, ca
     html = (out / "eval" / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 4  # charts and thumbnails are embedded
     assert summary["training"]["fusion"]["final"]["epoch"] == 1
+    # the sample has no concept ids: the concept sections say so, nothing crashes
+    assert metrics["concepts"] == {"available": False,
+                                   "reason": "n/a: no concept ids in this data"}
+    assert "n/a: no concept ids in this data" in html
     # one epoch on 244 pairs learns nothing: the report and the log must say so
     at_chance = metrics["comparison"]["at_chance"]
     if any(v for m in at_chance.values() for v in m.values()):

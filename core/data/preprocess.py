@@ -100,11 +100,15 @@ class Preprocessor:
     Output columns (numpy, one row per input row, order kept):
       image_id (str), caption (str), pixel_values uint8 (N,3,S,S) (the image encoder
       normalises on the device: 4x fewer bytes cross the host-device link),
-      input_ids / attention_mask int64 (N,L), group int64, skip int8 (SkipReason).
+      input_ids / attention_mask int64 (N,L), group int64, skip int8 (SkipReason);
+      with a concept vocabulary, concepts uint8 (N,C) multi-hot targets from the ``cui``
+      column and concepts_unknown int32 (N,) ids outside the vocabulary (counted).
     """
 
-    def __init__(self, tokenizer, image_size: int, max_length: int, max_logged: int = 20):
+    def __init__(self, tokenizer, image_size: int, max_length: int, max_logged: int = 20,
+                 concepts=None):
         self.tokenizer = tokenizer
+        self.concepts = concepts  # core.concepts.ConceptVocabulary or None
         self.image_size = int(image_size)
         self.max_length = int(max_length)
         self.max_logged = max_logged
@@ -159,7 +163,7 @@ class Preprocessor:
         bad = skip != 0
         tokens["input_ids"][bad] = 0
         tokens["attention_mask"][bad] = 0
-        return {
+        out = {
             "image_id": np.asarray(ids, dtype=object),
             "caption": np.asarray(texts, dtype=object),
             "pixel_values": pixels,
@@ -168,6 +172,10 @@ class Preprocessor:
             "group": group,
             "skip": skip,
         }
+        if self.concepts is not None:
+            out["concepts"], out["concepts_unknown"] = self.concepts.multi_hot(
+                _column(batch, "cui"))
+        return out
 
     def inspect(self, batch: pa.Table | dict) -> dict[str, np.ndarray]:
         """Per-row facts for dataset statistics, without resizing or tokenizing."""
@@ -182,6 +190,9 @@ class Preprocessor:
         }
 
 
-def build_preprocessor(model_config, tokenizer) -> Preprocessor:
+def build_preprocessor(model_config, tokenizer, concepts=None) -> Preprocessor:
+    """The preprocessor of a model config; ``concepts`` (a ``ConceptVocabulary``) adds the
+    multi-hot concept targets when the model has a concept head."""
+    use = concepts if concepts is not None and model_config.concepts.num_concepts > 0 else None
     return Preprocessor(tokenizer, image_size=model_config.image.image_size,
-                        max_length=model_config.text.max_length)
+                        max_length=model_config.text.max_length, concepts=use)

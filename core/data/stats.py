@@ -54,12 +54,15 @@ def attribute_distribution(table: pa.Table, columns=ATTRIBUTE_COLUMNS) -> dict[s
 def format_statistics(stats: list[dict]) -> str:
     """A plain-text table of per-split statistics, for logs and the README."""
     header = (f"{'split':<12}{'rows':>7}{'kept':>7}{'skipped':>9}{'words':>8}{'uniq.cap':>10}"
-              "  skipped by reason")
+              f"{'cui/row':>9}{'no cui':>8}{'unk.cui':>9}  skipped by reason")
     lines = [header, "-" * len(header)]
     for s in stats:
         skipped = sum(s["skipped"].values())
         words = s["caption_words"]["mean"] if s["caption_words"] else 0
         reasons = ", ".join(f"{k}={v}" for k, v in s["skipped"].items()) or "-"
+        c = s.get("concepts") or {}
         lines.append(f"{s['split']:<12}{s['rows']:>7}{s['kept']:>7}{skipped:>9}{words:>8.1f}"
-                     f"{s['unique_captions']:>10}  {reasons}")
+                     f"{s['unique_captions']:>10}{c.get('mean_concepts_per_row', 0):>9.1f}"
+                     f"{c.get('rows_without_concepts', 0):>8}{c.get('unknown_ids', 0):>9}"
+                     f"  {reasons}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from torch import nn
 
 from core.config import ModelConfig
 from core.features import Features
+from core.models.concept_head import build_concept_head
 from core.models.encoders import (ImageEncoder, ProjectionMLP, TextEncoder, l2_normalize,
                                   masked_mean)
 
@@ -142,6 +143,7 @@ class FusionModel(nn.Module):
         else:
             self.register_buffer("itc_logit_scale", init)
         self.max_logit_scale = tc.max_logit_scale
+        self.concept_head = build_concept_head(self.image_encoder.out_dim, config.concepts)
 
     def itc_scale(self) -> torch.Tensor:
         """exp(itc_logit_scale), clamped as CLIP does."""
@@ -153,11 +155,16 @@ class FusionModel(nn.Module):
         return self.image_proj(patches) + self.image_pos, pooled
 
     def encode_image(self, pixels: torch.Tensor) -> FusionImage:
+        return self.encode_image_with_concepts(pixels)[0]
+
+    def encode_image_with_concepts(self, pixels: torch.Tensor):
+        """(FusionImage, concept logits (N, C) or None): one pass of the image encoder."""
         x, pooled = self._image_tokens(pixels)
         kv = [layer.image_kv(x) for layer in self.layers]
+        concepts = self.concept_head(pooled) if self.concept_head is not None else None
         return FusionImage(k=torch.stack([k for k, _ in kv], 1),
                            v=torch.stack([v for _, v in kv], 1),
-                           embed=l2_normalize(self.itc_image_proj(pooled)))
+                           embed=l2_normalize(self.itc_image_proj(pooled))), concepts
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionText:
         tokens, mask, pooled = self.text_encoder(input_ids, attention_mask)

@@ -10,6 +10,7 @@ from torch import nn
 
 from core.config import ModelConfig
 from core.features import Embeddings
+from core.models.concept_head import build_concept_head
 from core.models.encoders import (ImageEncoder, ProjectionMLP, TextEncoder, l2_normalize,
                                   trim_padding)
 
@@ -34,10 +35,16 @@ class TwoTowerModel(nn.Module):
         else:
             self.register_buffer("logit_scale", init)
         self.max_logit_scale = tc.max_logit_scale
+        self.concept_head = build_concept_head(self.image_encoder.out_dim, config.concepts)
 
     def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encode_image_with_concepts(pixels)[0].embed
+
+    def encode_image_with_concepts(self, pixels: torch.Tensor):
+        """(Embeddings, concept logits (N, C) or None): one pass of the image encoder."""
         _, pooled = self.image_encoder(pixels)
-        return l2_normalize(self.image_proj(pooled))
+        concepts = self.concept_head(pooled) if self.concept_head is not None else None
+        return Embeddings(l2_normalize(self.image_proj(pooled))), concepts
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         _, _, pooled = self.text_encoder(*trim_padding(input_ids, attention_mask))

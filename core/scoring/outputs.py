@@ -1,6 +1,7 @@
 """What a scoring run leaves behind, and how it is read back (report, rerank, benchmarks):
 
-    gallery.parquet     one row per scored item: image_id, caption, group (its gallery order)
+    gallery.parquet     one row per scored item: image_id, caption, group (its gallery order),
+                        and concept_logits (C floats) when the model has a concept head
     t2i.parquet         per caption query: top-K image rows, ids, scores, exact rank
     i2t.parquet         per image query: top-K caption rows, ids, scores, exact rank
     scoring.json        metrics, timings, sizes, skipped rows (strict JSON)
@@ -21,15 +22,29 @@ def topk_name(direction: str) -> str:
     return f"{direction}.parquet"
 
 
-def write_gallery(root: str, image_ids, captions, groups) -> pa.Table:
-    table = pa.table({"image_id": list(image_ids), "caption": list(captions),
-                      "group": np.asarray(groups, np.int64)})
+def write_gallery(root: str, image_ids, captions, groups,
+                  concept_logits: np.ndarray | None = None) -> pa.Table:
+    columns = {"image_id": list(image_ids), "caption": list(captions),
+               "group": np.asarray(groups, np.int64)}
+    if concept_logits is not None:
+        logits = np.ascontiguousarray(concept_logits, np.float32)
+        columns["concept_logits"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(logits.ravel()), logits.shape[1])
+    table = pa.table(columns)
     storage.write_parquet(root, GALLERY, table)
     return table
 
 
 def read_gallery(root: str) -> pa.Table:
     return storage.read_parquet(root, GALLERY)
+
+
+def concept_logits(gallery: pa.Table) -> np.ndarray | None:
+    """(N, C) concept logits of a gallery's images, or None (no concept head)."""
+    if "concept_logits" not in gallery.column_names:
+        return None
+    column = gallery.column("concept_logits").combine_chunks()
+    return column.values.to_numpy().reshape(len(column), -1)
 
 
 def write_topk(root: str, direction: str, gallery: pa.Table, index: np.ndarray,

@@ -1,0 +1,29 @@
+"""The image-only concept head: multi-label UMLS concept detection from the image encoder's
+pooled features (ImageCLEFmedical's concept-detection task on ROCOv2's ``cui`` column).
+
+Image-only on purpose: ROCOv2's concepts are extracted from the captions, so a head that
+also saw the caption would read the answer off it. Both models carry the same head on
+their image encoder, trained as an auxiliary loss (``core.losses.ConceptLoss``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.config import ConceptConfig
+
+
+class ConceptHead(nn.Module):
+    def __init__(self, in_dim: int, config: ConceptConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(config.dropout)
+        self.linear = nn.Linear(in_dim, config.num_concepts)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, C) logits from (N, in_dim) pooled image features."""
+        return self.linear(self.dropout(pooled))
+
+
+def build_concept_head(in_dim: int, config: ConceptConfig) -> ConceptHead | None:
+    """The head when the run predicts concepts (a vocabulary and a loss weight), else None."""
+    return ConceptHead(in_dim, config) if config.num_concepts > 0 else None
