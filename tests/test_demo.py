@@ -104,7 +104,7 @@ def test_demo_on_small_synthetic_data_log_and_report(tmp_path):
     concepts = metrics["concepts"]
     detection = concepts["detection"]["methods"]
     assert set(detection) == {"two_tower", "fusion", "chance"}
-    for m, d in detection.items():
+    for d in detection.values():
         assert 0.0 <= d["per_image_f1"] <= 1.0 and "chosen on validation" in d["threshold_source"]
     assert abs(detection["chance"]["macro_auroc"] - 0.5) < 1e-9
     retrieval = concepts["retrieval"]["test"]
