@@ -390,6 +390,9 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     cmp_ = metrics["comparison"]
     figures = {"recall": recall_chart(metrics, figs / "recall_at_k.png"),
                "timing": timing_chart(metrics["scaling"], figs / "time_vs_gallery.png")}
+    explained = concept_report.explanation_block(metrics.get("explanations"))
+    if (metrics.get("explanations") or {}).get("figure"):
+        figures["explanations"] = Path(metrics["explanations"]["figure"])
     curves = training_curves(metrics.get("training", {}), figs / "training_curves.png")
     if curves:
         figures["training"] = curves
@@ -444,6 +447,10 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     concept_blocks = concept_report.blocks(metrics.get("concepts"))
     for title, table, note in concept_blocks:
         md += [f"## {title}\n", *([markdown_table(*table), ""] if table else []), note + "\n"]
+    md += [f"## {explained[0]}\n", *([markdown_table(*explained[1]), ""] if explained[1] else []),
+           explained[2] + "\n"]
+    if "explanations" in rel:
+        md.append(f"![explanations]({rel['explanations']})\n")
     md += ["## Fine-grained: the true item vs its one-attribute sibling\n",
            (markdown_table(*fine_grained_rows(fg)) + "\n\n" + fg_note) if fg
            else fine_grained_verdict(fg), "", "## Training\n",
@@ -476,6 +483,12 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     for title, table, note in concept_blocks:
         parts += [f"<h2>{html.escape(title)}</h2>", *([html_table(*table)] if table else []),
                   f"<p>{html.escape(note)}</p>"]
+    parts += [f"<h2 id='explanations'>{explained[0]}</h2>",
+              *([html_table(*explained[1])] if explained[1] else []),
+              f"<p>{html.escape(explained[2])}</p>"]
+    if "explanations" in figures:
+        parts.append(fig("explanations"))
+    parts += [f"<p class='caption'>{c}</p>" for c in explained[3]]
     parts.append("<h2 id='fine-grained'>Fine-grained: the true item vs its one-attribute sibling</h2>")
     parts += ([html_table(*fine_grained_rows(fg)), f"<p>{html.escape(fg_note)}</p>"] if fg
               else [f"<p>{html.escape(fine_grained_verdict(fg))}</p>"])

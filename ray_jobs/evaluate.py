@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +57,8 @@ class EvaluateConfig(score.ScoringOptions):
     val_split: str = opt("validation", "the split rerank's k and alpha are chosen on")
     rerank_ks: list = opt([16, 32, 64], "rerank k values tried on --val-split", item_type=int,
                           metavar="K")
+    explain_cases: int = opt(24, "test pairs with a lesion box explained and scored for "
+                             "localisation (0: none)")
     alphas: list = opt([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "rerank alpha values tried on --val-split",
                        item_type=float, metavar="ALPHA")
 
@@ -142,7 +145,6 @@ def training_record(checkpoint: str) -> dict:
     """How a checkpoint was trained: its resolved config and its per-epoch history (saved with
     every checkpoint), for the report's training section and curves."""
     import json
-    from pathlib import Path
 
     history = Path(checkpoint) / "history.json"
     return {"config": to_dict(read_checkpoint_config(checkpoint)),
@@ -274,6 +276,66 @@ def concept_sections(cfg: EvaluateConfig, jobs: dict, val_features: dict | None)
     return out
 
 
+def figures_dir(out: str) -> Path:
+    path = Path(out) / "figures"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+NO_BOXES = "n/a: no lesion boxes in this data (the synthetic set states them)"
+
+
+def explanation_study(cfg: EvaluateConfig, jobs: dict, out: str) -> dict:
+    """Explain the true pairs of the first ``--explain-cases`` test images that have a lesion
+    box, with every method of both models; localisation scores with bootstrap intervals, and
+    an overlay figure plus token-shaded captions for the first three."""
+    import torch
+
+    from core import explain
+    from core.data.preprocess import build_preprocessor
+    from core.explain_figure import overlay_figure, shaded_caption
+    from core.significance import bootstrap_ci
+
+    table = read_split(jobs["fusion"].cfg.data, cfg.split,
+                       columns=["image_id", "image", "caption", "cui", "lesion_box"])
+    if "lesion_box" not in table.column_names or cfg.explain_cases <= 0:
+        return {"available": False, "reason": NO_BOXES}
+    boxes = table.column("lesion_box").to_pylist()
+    rows = [i for i, b in enumerate(boxes) if b][:cfg.explain_cases]
+    if not rows:
+        return {"available": False, "reason": NO_BOXES}
+    sub = table.take(rows)
+    loaded = {kind: load_checkpoint(jobs[kind].checkpoints[kind]) for kind in ("two_tower", "fusion")}
+    batches = {kind: build_preprocessor(lo.config.model, lo.tokenizer)(sub) for kind, lo in loaded.items()}
+    keep = [i for i in range(len(rows)) if all(b["skip"][i] == 0 for b in batches.values())]
+    cases = [{"box": boxes[rows[i]], "inputs": {
+        kind: (loaded[kind].model, torch.from_numpy(b["pixel_values"][i:i + 1]),
+               torch.from_numpy(b["input_ids"][i:i + 1]),
+               torch.from_numpy(b["attention_mask"][i:i + 1]))
+        for kind, b in batches.items()}} for i in keep]
+    log.info("explaining %d test pairs with lesion boxes (attention, Grad-CAM, Integrated "
+             "Gradients)", len(cases))
+    study = explain.localisation_study(cases)
+    scores = {label: {name: bootstrap_ci(values).as_dict() for name, values in s.items()}
+              for label, s in study["scores"].items()}
+    shown = keep[:3]
+    fusion_batch = batches["fusion"]
+    figure = overlay_figure(
+        [fusion_batch["pixel_values"][i][0] for i in shown], [boxes[rows[i]] for i in shown],
+        [{k: v for k, v in study["cases"][j]["maps"].items() if k != "random map"}
+         for j in range(len(shown))], figures_dir(out) / "explanations.png")
+    captions = []
+    tokenizer = loaded["fusion"].tokenizer
+    for j, i in enumerate(shown):
+        ids = fusion_batch["input_ids"][i][fusion_batch["attention_mask"][i] == 1]
+        captions.append({"image_id": sub.column("image_id")[i].as_py(),
+                         "html": shaded_caption(tokenizer.convert_ids_to_tokens(ids.tolist()),
+                                                study["cases"][j]["token_ig"]["fusion"])})
+    area = float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in (boxes[rows[i]] for i in keep)]))
+    return {"available": True, "cases": len(cases), "mean_box_area": area,
+            "localisation": scores, "figure": str(figure), "captions": captions}
+
+
 def run(cfg: EvaluateConfig) -> dict:
     score.check_checkpoint(cfg.two_tower, "two_tower", "--two-tower")  # this job's own flags
     score.check_checkpoint(cfg.fusion, "fusion", "--fusion")
@@ -320,6 +382,7 @@ def run(cfg: EvaluateConfig) -> dict:
     metrics["rerank_selection"] = selection
     metrics["fine_grained"] = fine_grained_evaluation(cfg, jobs, jobs["rerank"].cfg.alpha)
     metrics["concepts"] = concept_sections(cfg, jobs, val_features)
+    metrics["explanations"] = explanation_study(cfg, jobs, out)
     conclude(metrics["comparison"])
     if metrics["fine_grained"]:
         acc = metrics["fine_grained"]["methods"]

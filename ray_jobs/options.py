@@ -29,7 +29,7 @@ class UserError(ValueError):
 
 # What a user can get wrong, reported as one line; anything else is a bug and keeps its
 # traceback.
-USER_ERRORS = (UserError, FileNotFoundError, ConfigError, CheckpointError, DataLayoutError,
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, ConfigError, CheckpointError, DataLayoutError,
                SearchSpaceError)
 
 

@@ -112,6 +112,14 @@ def test_demo_on_small_synthetic_data_log_and_report(tmp_path):
     assert set(retrieval["rerank"]) == {"t2i", "i2t"}
     assert set(retrieval["fusion"]["t2i"]) == {"nDCG@5", "P@5", "mAP@10", "MRR@10", "queries"}
     assert "Concept detection" in text and "Concept-aware retrieval" in text
+    # explanations of test pairs with lesion boxes, scored for localisation, drawn
+    explained = metrics["explanations"]
+    assert explained["available"] and explained["cases"] >= 3
+    assert "random map" in explained["localisation"] and "fusion Grad-CAM (ITM)" in explained["localisation"]
+    for s in explained["localisation"].values():
+        assert 0.0 <= s["pointing"]["value"] <= 1.0 and 0.0 <= s["energy"]["value"] <= 1.0
+    assert "explanations" in page.ids and "fig-explanations" in page.img_classes
+    assert html.count("class='tokens'") == 3  # token-shaded captions
     history = metrics["training"]["two_tower"]["history"][-1]
     assert 0.0 <= history["val/concept_f1"] <= 1.0 and history["train/concept_loss"] > 0
     strict_json(out / "summary.json")
@@ -141,6 +149,7 @@ def test_demo_pipeline_on_the_real_sample(ray_session, real_sample, tmp_path, ca
     assert metrics["concepts"] == {"available": False,
                                    "reason": "n/a: no concept ids in this data"}
     assert "n/a: no concept ids in this data" in html
+    assert metrics["explanations"]["available"] is False and "no lesion boxes" in html
     # one epoch on 244 pairs learns nothing: the report and the log must say so
     at_chance = metrics["comparison"]["at_chance"]
     if any(v for m in at_chance.values() for v in m.values()):

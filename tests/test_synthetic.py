@@ -6,6 +6,7 @@ import hashlib
 from collections import Counter
 
 import numpy as np
+import pytest
 import pyarrow.parquet as pq
 
 from core.data.images import decode_image
@@ -110,3 +111,18 @@ def test_captions_vary_for_one_case():
     texts = {make_caption(np.random.default_rng(i), case) for i in range(30)}
     assert len(texts) > 20
     assert any("cm" in t for t in texts) and any("mm" in t for t in texts)
+
+
+def test_data_of_an_older_generator_is_refused_never_overwritten(tmp_path):
+    import json
+
+    from core.synthetic.generate import (GENERATOR_VERSION, SPEC_FILE, SyntheticSpec,
+                                         existing_synthetic, spec_dict)
+
+    spec = SyntheticSpec(sizes={"test": 4}, image_size=32)
+    (tmp_path / "test-00000-of-00001.parquet").write_bytes(b"old shard")
+    (tmp_path / SPEC_FILE).write_text(json.dumps({**spec_dict(spec), "version": 2}))
+    with pytest.raises(FileExistsError, match=f"generator version 2 \\(this is version "
+                                              f"{GENERATOR_VERSION}\\)"):
+        existing_synthetic(tmp_path, spec)
+    assert (tmp_path / "test-00000-of-00001.parquet").read_bytes() == b"old shard"

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from core.data.rocov2 import IMAGE_TYPE
 from core.synthetic.attributes import Case, sample_family
 from core.synthetic.captions import make_caption
-from core.synthetic.render import encode_image, render_image
+from core.synthetic.render import encode_image, render_case
 
 SPLITS = ("train", "validation", "test")
 SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}
@@ -40,6 +40,9 @@ SCHEMA = pa.schema([
     ("size_mm", pa.float32()),
     ("lesion_count", pa.int32()),
     ("family_id", pa.string()),
+    # [x0, y0, x1, y1] around the lesions (fractions of the side; null when normal): where
+    # an explanation should point (pointing game, energy inside the box)
+    ("lesion_box", pa.list_(pa.float32())),
 ])
 
 # What `datasets` stores in the schema metadata, so `load_dataset("parquet", ...)` decodes
@@ -53,6 +56,7 @@ _HF_FEATURES = {
         ("modality", "string"), ("body_region", "string"), ("finding", "string"),
         ("laterality", "string"), ("position", "string"), ("size_mm", "float32"),
         ("lesion_count", "int32"), ("family_id", "string")]},
+    "lesion_box": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "List"},
 }
 HF_METADATA = {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}).encode()}
 
@@ -99,7 +103,7 @@ def render_rows(spec: SyntheticSpec, split: str, rows: Iterable[PlannedRow]) -> 
     for row in rows:
         rng = np.random.default_rng([spec.seed, SPLIT_INDEX[split], row.index, 1])
         case = row.case
-        pixels = render_image(case, rng, spec.image_size)
+        pixels, box = render_case(case, rng, spec.image_size)
         data, ext = encode_image(pixels, rng)
         image_id = image_id_for(split, row.index)
         cols["image"].append({"bytes": data, "path": f"{image_id}.{ext}"})
@@ -114,6 +118,7 @@ def render_rows(spec: SyntheticSpec, split: str, rows: Iterable[PlannedRow]) -> 
         cols["size_mm"].append(case.size_mm)
         cols["lesion_count"].append(case.count)
         cols["family_id"].append(row.family_id)
+        cols["lesion_box"].append(box)
     return pa.table(cols, schema=SCHEMA)
 
 
@@ -159,8 +164,9 @@ def _run_task(task: ShardTask) -> str:
 SPEC_FILE = "synthetic_spec.json"
 
 
-# Bumped whenever the same spec would give other bytes (2: siblings in every attribute).
-GENERATOR_VERSION = 2
+# Bumped whenever the same spec would give other bytes (2: siblings in every attribute;
+# 3: the lesion_box column, image bytes unchanged).
+GENERATOR_VERSION = 3
 
 
 def spec_dict(spec: SyntheticSpec) -> dict:
@@ -175,7 +181,15 @@ def existing_synthetic(out_dir: str | Path, spec: SyntheticSpec) -> bool:
     if not shards:
         return False
     spec_file = out_dir / SPEC_FILE
-    if spec_file.exists() and json.loads(spec_file.read_text()) == spec_dict(spec):
+    written = json.loads(spec_file.read_text()) if spec_file.exists() else {}
+    if written.get("version", GENERATOR_VERSION) != GENERATOR_VERSION:
+        raise FileExistsError(
+            f"{out_dir} holds synthetic data of generator version {written.get('version')} "
+            f"(this is version {GENERATOR_VERSION}); it is never overwritten: generate into "
+            f"another directory (rocoray demo --synthetic-dir DIR, rocoray prepare --out DIR) "
+            "or move "
+            "it away")
+    if written == spec_dict(spec):
         names = {p.name for p in shards}
         if all(Path(t.out_dir, shard_name(t.split, t.shard, t.n_shards)).name in names
                for t in shard_tasks(spec, out_dir)):

@@ -191,6 +191,31 @@ def _fan_mask(S: int, rng) -> Image.Image:
 
 def render_image(case: Case, rng: np.random.Generator, size: int = 224) -> np.ndarray:
     """Draw ``case`` as a uint8 greyscale (size, size) array."""
+    return render_case(case, rng, size)[0]
+
+
+def lesion_box(lesions: list[tuple[float, float, float]], angle: float, S: int) -> list[float] | None:
+    """The box [x0, y0, x1, y1] (fractions of the image side) around every lesion disc, after
+    the image's rotation by ``angle`` degrees (counter-clockwise on screen, about the centre,
+    as PIL rotates). None for a normal case."""
+    if not lesions:
+        return None
+    t = np.deg2rad(angle)
+    c = S / 2
+    pts = []
+    for x, y, r in lesions:
+        dx, dy = x - c, y - c
+        xr, yr = c + dx * np.cos(t) + dy * np.sin(t), c - dx * np.sin(t) + dy * np.cos(t)
+        pts += [(xr - r, yr - r), (xr + r, yr + r)]
+    pts = np.clip(np.asarray(pts), 0, S) / S
+    return [float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()),
+            float(pts[:, 1].max())]
+
+
+def render_case(case: Case, rng: np.random.Generator,
+                size: int = 224) -> tuple[np.ndarray, list[float] | None]:
+    """Draw ``case``: (uint8 greyscale (size, size) array, its lesion box or None). The box
+    comes from the same draws as the pixels (it adds none: the bytes do not change)."""
     S = size
     t = TISSUE[case.modality]
     img = Image.new("L", (S, S), t["bg"])
@@ -199,12 +224,15 @@ def render_image(case: Case, rng: np.random.Generator, size: int = 224) -> np.nd
     cy = S / 2 + rng.normal(0, 0.025 * S)
     scale = rng.uniform(0.92, 1.06)
     _draw_body(draw, case, S, cx, cy, scale, rng)
+    lesions = []
     if not case.is_normal:
         r = lesion_radius(case.size_mm, S) * scale
         for x, y, rr in _lesion_centers(case, S, cx, cy, scale, r, rng):
             _draw_lesion(draw, case, x, y, rr, rng)
+            lesions.append((x, y, rr))
     # Geometry jitter: nearest-neighbour rotation is 10x cheaper and the blur smooths it.
-    img = img.rotate(rng.normal(0, 2.5), resample=Image.Resampling.NEAREST, fillcolor=t["bg"])
+    angle = rng.normal(0, 2.5)
+    img = img.rotate(angle, resample=Image.Resampling.NEAREST, fillcolor=t["bg"])
     img = img.filter(ImageFilter.BoxBlur(rng.uniform(0.5, 1.3) * S / 224))
     # Contrast / brightness / gamma jitter through one lookup table.
     gain, bias, gamma = rng.uniform(0.8, 1.2), rng.normal(0, 10), rng.uniform(0.85, 1.15)
@@ -221,7 +249,7 @@ def render_image(case: Case, rng: np.random.Generator, size: int = 224) -> np.nd
         k = int(rng.integers(3, 9))
         arr = np.asarray(img, dtype=np.int16) + rng.integers(-k, k + 1, (S, S), dtype=np.int16)
         arr += rng.integers(-k, k + 1, (S, S), dtype=np.int16)
-    return np.clip(arr, 0, 255).astype(np.uint8)
+    return np.clip(arr, 0, 255).astype(np.uint8), lesion_box(lesions, angle, S)
 
 
 def encode_image(arr: np.ndarray, rng: np.random.Generator, png_fraction: float = 0.15) -> tuple[bytes, str]:

@@ -1,0 +1,57 @@
+"""Drawing explanations: heat maps over the image with the lesion box, and a caption with
+its tokens shaded by their attribution (HTML)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+
+def overlay_figure(images: list[np.ndarray], boxes: list, maps: list[dict], path: Path) -> Path:
+    """One row per case: the image with its lesion box, then each method's map over it."""
+    methods = list(maps[0])
+    rows, cols = len(images), len(methods) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.2 * rows), squeeze=False)
+    for r, (image, box, by_method) in enumerate(zip(images, boxes, maps)):
+        size = image.shape[0]
+        for c, title in enumerate(["image + lesion box", *methods]):
+            ax = axes[r][c]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            if c:
+                heat = by_method[title]
+                ax.imshow(heat / max(heat.max(), 1e-12), cmap="jet", alpha=0.45,
+                          extent=(0, size, size, 0), interpolation="bilinear")
+            x0, y0, x1, y1 = (v * size for v in box)
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime",
+                                   linewidth=1.5))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def shaded_caption(tokens: list[str], scores: np.ndarray) -> str:
+    """HTML: each WordPiece token on a background whose strength is its attribution (red
+    raises the score, blue lowers it); [CLS]/[SEP] left out."""
+    scores = np.asarray(scores, np.float64)
+    top = max(float(np.abs(scores).max()), 1e-12) if len(scores) else 1.0
+    spans = []
+    for token, s in zip(tokens, scores):
+        if token in ("[CLS]", "[SEP]"):
+            continue
+        colour = "220,40,40" if s >= 0 else "40,90,220"
+        text = html.escape(token[2:] if token.startswith("##") else " " + token)
+        spans.append(f"<span style='background:rgba({colour},{abs(s) / top:.2f})' "
+                     f"title='{s:+.3f}'>{text}</span>")
+    return "<span class='tokens'>" + "".join(spans) + "</span>"
