@@ -52,6 +52,9 @@ class DemoConfig:
     block: int | None = opt(None, "scoring tile side (default: sized for the device)")
     use_gpu: bool = opt(False, "train and score on GPUs (train.use_gpu, scoring actors)")
     tune: bool = opt(False, "also run a small Ray Tune search (2 trials, 1 epoch)")
+    gallery_split: str | None = opt("train", "concept-aware retrieval also against this split's "
+                                    "items (rocoray evaluate --gallery-split)")
+    gallery_max_items: int | None = opt(500, "rows of --gallery-split used")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def out_dir(self) -> Path:
@@ -128,7 +131,8 @@ def run(cfg: DemoConfig) -> dict:
                                   use_gpu=cfg.use_gpu)
     metrics = evaluate.run(evaluate.EvaluateConfig(
         **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
-        fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval")))
+        fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval"),
+        gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items))
     log.info("stage %d/%d: report written", stages, stages)
     val_size = {k: r["final"].get("val/gallery_size") for k, r in runs.items()}
     summary = {

@@ -57,6 +57,9 @@ class EvaluateConfig(score.ScoringOptions):
     val_split: str = opt("validation", "the split rerank's k and alpha are chosen on")
     rerank_ks: list = opt([16, 32, 64], "rerank k values tried on --val-split", item_type=int,
                           metavar="K")
+    gallery_split: str | None = opt(None, "also judge concept-aware retrieval with test queries "
+                                    "against this split's items (e.g. train)")
+    gallery_max_items: int | None = opt(None, "rows of --gallery-split used (default: all)")
     explain_cases: int = opt(24, "test pairs with a lesion box explained and scored for "
                              "localisation (0: none)")
     alphas: list = opt([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "rerank alpha values tried on --val-split",
@@ -237,7 +240,32 @@ def _cuis_in_order(data, split: str, ids: list) -> list:
     return [by_id.get(i) or [] for i in ids]
 
 
-def concept_sections(cfg: EvaluateConfig, jobs: dict, val_features: dict | None) -> dict:
+def cross_split_topk(cfg: EvaluateConfig, jobs: dict, gallery_jobs: dict) -> tuple[dict, list]:
+    """Each method's top-K for the test queries against the --gallery-split items (encoded
+    by the Ray Data stage, like any gallery), and those items' image ids."""
+    from core.cross_split import across
+    from ray_jobs.gallery import encode
+
+    queries, gallery, ids = {}, {}, {}
+    for kind in ("two_tower", "fusion"):
+        queries[kind] = load_features(score.load_summary(jobs[kind].out), kind)
+        g = encode(gallery_jobs[kind], kind, score.tile_side(gallery_jobs[kind], kind)[0])
+        gallery[kind] = (g.features("text"), g.features("image"))
+        ids[kind] = g.table.column("image_id").to_pylist()
+    query_ids = [outputs.read_gallery(jobs[k].out).column("image_id").to_pylist()
+                 for k in ("two_tower", "fusion")]
+    if ids["two_tower"] != ids["fusion"] or query_ids[0] != query_ids[1]:
+        raise UserError("the two models' galleries hold other rows; their top-K cannot be "
+                        "compared")
+    models = {"fusion": load_checkpoint(jobs["fusion"].checkpoints["fusion"]).model}
+    rr = jobs["rerank"].cfg
+    log.info("concept-aware retrieval against the %s split (%d items)", cfg.gallery_split,
+             len(ids["fusion"]))
+    return across(models, queries, gallery, cfg.k, rr.rerank_k, rr.alpha), ids["fusion"]
+
+
+def concept_sections(cfg: EvaluateConfig, jobs: dict, val_features: dict | None,
+                     gallery_jobs: dict | None = None) -> dict:
     """Concept detection by each model's concept head (threshold chosen on the validation
     galleries the rerank selection encoded) and concept-aware retrieval of the three
     methods' top-K lists; "n/a" when the data has no concept ids."""
@@ -254,6 +282,12 @@ def concept_sections(cfg: EvaluateConfig, jobs: dict, val_features: dict | None)
                       for d in ("t2i", "i2t")}
     out = {"available": True, "retrieval": {"test": concept_evaluation.retrieval(
         test_cuis, test_cuis, topk)}, "detection": None}
+    if gallery_jobs:
+        across, gallery_ids = cross_split_topk(cfg, jobs, gallery_jobs)
+        across["random"] = {d: np.stack([rng.permutation(len(gallery_ids))[:k] for _ in ids])
+                            for d in ("t2i", "i2t")}
+        out["retrieval"][cfg.gallery_split] = concept_evaluation.retrieval(
+            test_cuis, _cuis_in_order(data, cfg.gallery_split, gallery_ids), across)
     for kind in ("two_tower", "fusion"):
         vocab = ConceptVocabulary.find(jobs[kind].checkpoints[kind])
         own = outputs.read_gallery(jobs[kind].out)  # this model's gallery, in its own order
@@ -348,6 +382,11 @@ def run(cfg: EvaluateConfig) -> dict:
         rows = score.prepare(dataclasses.replace(val, k=1, rerank_k=1)).rows
         k_max = min(max(cfg.rerank_ks), rows)
         selection_job = score.prepare(dataclasses.replace(val, k=min(val.k, k_max), rerank_k=k_max))
+    gallery_jobs = None
+    if cfg.gallery_split:  # its rows are only encoded: k=1 passes prepare's size check
+        gallery_jobs = {kind: score.prepare(dataclasses.replace(
+            configs[kind], split=cfg.gallery_split, max_items=cfg.gallery_max_items, k=1,
+            rerank_k=1)) for kind in ("two_tower", "fusion")}
     init_ray(cfg.address)
     selection, val_features = None, None
     if selection_job is not None:
@@ -381,7 +420,7 @@ def run(cfg: EvaluateConfig) -> dict:
     }
     metrics["rerank_selection"] = selection
     metrics["fine_grained"] = fine_grained_evaluation(cfg, jobs, jobs["rerank"].cfg.alpha)
-    metrics["concepts"] = concept_sections(cfg, jobs, val_features)
+    metrics["concepts"] = concept_sections(cfg, jobs, val_features, gallery_jobs)
     metrics["explanations"] = explanation_study(cfg, jobs, out)
     conclude(metrics["comparison"])
     if metrics["fine_grained"]:

@@ -145,7 +145,8 @@ def prepare(cfg: ScoreConfig) -> Job:
                out, storage.absolute(cfg.cache or storage.join(out, "cache")))
 
 
-def _shape(job: Job, kind: str) -> tuple[int, int]:
+def tile_side(job: Job, kind: str) -> tuple[int, int]:
+    """(block, chunk) of ``kind``'s tiles on the job's device (flags win)."""
     memory = (torch.cuda.get_device_properties(0).total_memory
               if job.device == "cuda" and torch.cuda.is_available() else None)
     block, chunk = tile_shape(kind, job.device, memory)
@@ -179,7 +180,7 @@ def fusion_items_key(job: Job, method: str, features: dict, chunk: int) -> dict:
 
 
 def fusion_plan(job: Job, gallery: Gallery, k: int) -> ScoringPlan:
-    block, chunk = _shape(job, "fusion")
+    block, chunk = tile_side(job, "fusion")
     return ScoringPlan(gallery.groups, gallery.groups, block=block, chunk=chunk, k=k)
 
 
@@ -226,7 +227,7 @@ def rerank_topk(job: Job, first: Gallery, gallery: Gallery):
 def execute(job: Job) -> dict:
     cfg, t_start = job.cfg, time.perf_counter()
     main_kind = "two_tower" if cfg.model == "two_tower" else "fusion"
-    gallery = encode(job, main_kind, _shape(job, main_kind)[0])
+    gallery = encode(job, main_kind, tile_side(job, main_kind)[0])
     n = len(gallery.groups)
     wanted = max(cfg.k, cfg.rerank_k) if cfg.model == "rerank" else cfg.k
     if wanted > n:
@@ -238,7 +239,7 @@ def execute(job: Job) -> dict:
     elif cfg.model == "fusion":
         results, timings = fusion_topk(job, gallery)
     else:
-        first = encode(job, "two_tower", _shape(job, "two_tower")[0])
+        first = encode(job, "two_tower", tile_side(job, "two_tower")[0])
         encode_s["two_tower"] = first.meta["encode_s"]
         results, timings = rerank_topk(job, first, gallery)
     storage.write_parquet(job.out, outputs.GALLERY, gallery.table)

@@ -109,9 +109,12 @@ def test_demo_on_small_synthetic_data_log_and_report(tmp_path):
     assert abs(detection["chance"]["macro_auroc"] - 0.5) < 1e-9
     retrieval = concepts["retrieval"]["test"]
     assert set(retrieval) == {"two_tower", "fusion", "rerank", "random"}
+    against_train = concepts["retrieval"]["train"]  # test queries, training-split gallery
+    assert set(against_train) == {"two_tower", "fusion", "rerank", "random"}
+    assert against_train["fusion"]["i2t"]["queries"] == 64
     assert set(retrieval["rerank"]) == {"t2i", "i2t"}
     assert set(retrieval["fusion"]["t2i"]) == {"nDCG@5", "P@5", "mAP@10", "MRR@10", "queries"}
-    assert "Concept detection" in text and "Concept-aware retrieval" in text
+    assert "Concept detection" in text and "gallery: the train split" in text
     # explanations of test pairs with lesion boxes, scored for localisation, drawn
     explained = metrics["explanations"]
     assert explained["available"] and explained["cases"] >= 3

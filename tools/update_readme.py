@@ -28,7 +28,8 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def demo_block(demo_dir: Path) -> str | None:
-    from core.report import cost_rows, markdown_table, metrics_rows
+    from core import concept_report
+    from core.report import cost_rows, fine_grained_rows, markdown_table, metrics_rows
 
     summary_path = demo_dir / "summary.json"
     if not summary_path.exists():
@@ -66,6 +67,17 @@ def demo_block(demo_dir: Path) -> str | None:
         "",
         markdown_table(*cost_rows(metrics)),
     ]
+    if metrics.get("fine_grained"):
+        lines += ["", "Fine-grained (the true item ranked above its one-attribute sibling; "
+                  "chance 0.5):", "", markdown_table(*fine_grained_rows(metrics["fine_grained"]))]
+    for title, table, _ in concept_report.blocks(metrics.get("concepts")):
+        if table:
+            lines += ["", f"{title}:", "", markdown_table(*table)]
+    title, table, note, _ = concept_report.explanation_block(metrics.get("explanations"))
+    if table:
+        lines += ["", f"{title} ({metrics['explanations']['cases']} test pairs with a lesion "
+                  f"box; a random map's energy is about the mean box area, "
+                  f"{metrics['explanations']['mean_box_area']:.3f}):", "", markdown_table(*table)]
     return "\n".join(lines)
 
 

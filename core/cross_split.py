@@ -1,0 +1,79 @@
+"""Retrieval across splits: queries from one split (the test split), the gallery from another
+(the training split), as disease-aware retrieval work searches a case database. No query's
+own pair is in the gallery, so only concept-aware relevance can judge the lists
+(``core.concept_retrieval``). Each method's top-K, for both directions, in this process:
+
+    t2i: query captions  x gallery images        i2t: query images x gallery captions
+
+The same methods as on one split: the two-tower cosine, the fusion logit over all pairs, and
+rerank (two-tower top-``first_k`` re-scored by fusion logit + alpha x cosine). Ties go to the
+lower gallery index, as everywhere in rocoray (``core.metrics.order_keys``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.evaluation import score_matrix
+from core.features import Features
+from core.metrics import keys_to_index, order_keys
+from core.retrieval import topk_keys
+
+
+def topk_rows(scores: np.ndarray, k: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """Each row's top-k column indices (or ``columns``' entries), best first."""
+    cols = np.arange(scores.shape[1]) if columns is None else columns
+    keys = order_keys(scores, np.broadcast_to(cols, scores.shape) if cols.ndim == 1 else cols)
+    return keys_to_index(topk_keys(keys, k))
+
+
+@torch.no_grad()
+def fusion_topk(model, text: Features, image: Features, k: int, by_text: bool,
+                block: int = 64) -> np.ndarray:
+    """Fusion top-k over all pairs: per caption among the images (``by_text``), or per image
+    among the captions; blocks of ``block`` queries keep memory at block x gallery."""
+    queries = text if by_text else image
+    out = []
+    for start in range(0, len(queries), block):
+        part = queries.index(slice(start, start + block))
+        scores = (score_matrix(model, part, image) if by_text
+                  else score_matrix(model, text, part).T)
+        out.append(topk_rows(scores, k))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def rerank_topk(model, text: Features, image: Features, first_scores: np.ndarray,
+                first_k: int, k: int, alpha: float, by_text: bool,
+                pairs: int = 4096) -> np.ndarray:
+    """Rerank: each query's ``first_k`` best by ``first_scores`` (queries x gallery),
+    re-ordered by the fusion logit + ``alpha`` x the first-stage score; top k of them."""
+    candidates = topk_rows(first_scores, first_k)
+    q = np.repeat(np.arange(len(candidates)), first_k)
+    g = candidates.ravel()
+    ti, ii = (q, g) if by_text else (g, q)
+    logits = np.concatenate([  # in slices: a pair's working set is its tokens x patches
+        model.score_pairs(text, image, torch.as_tensor(ti[s:s + pairs]),
+                          torch.as_tensor(ii[s:s + pairs])).float().cpu().numpy()
+        for s in range(0, len(ti), pairs)])
+    fused = logits.reshape(candidates.shape) + alpha * np.take_along_axis(
+        first_scores, candidates, 1)
+    return topk_rows(fused, k, candidates)
+
+
+def across(models: dict, queries: dict, gallery: dict, k: int, first_k: int,
+           alpha: float) -> dict:
+    """{method: {"t2i": (Nq, k), "i2t": (Nq, k)}} gallery rows for the three methods.
+    ``queries[kind]`` / ``gallery[kind]``: (text features, image features) of each model."""
+    tt_q, tt_g = queries["two_tower"], gallery["two_tower"]
+    cos = {"t2i": (tt_q[0].embed @ tt_g[1].embed.T).float().numpy(),
+           "i2t": (tt_q[1].embed @ tt_g[0].embed.T).float().numpy()}
+    f_q, f_g = queries["fusion"], gallery["fusion"]
+    pairs = {"t2i": (f_q[0], f_g[1], True), "i2t": (f_g[0], f_q[1], False)}
+    out = {"two_tower": {d: topk_rows(s, k) for d, s in cos.items()},
+           "fusion": {}, "rerank": {}}
+    for d, (text, image, by_text) in pairs.items():
+        out["fusion"][d] = fusion_topk(models["fusion"], text, image, k, by_text)
+        out["rerank"][d] = rerank_topk(models["fusion"], text, image, cos[d],
+                                       min(first_k, cos[d].shape[1]), k, alpha, by_text)
+    return out
