@@ -86,6 +86,44 @@ def recall_chart(metrics: dict, path: Path) -> Path:
     return path
 
 
+def nlg_chart(cq: dict, path: Path) -> Path:
+    """NLG@K of the retrieved captions: one panel per metric; text -> image solid, image ->
+    text dashed; the oracle (the correct caption) and a random ranking as grey lines."""
+    metrics, ks = cq["metrics"], cq["ks"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for m, by_d in cq["curves"].items():
+            for d, curve in by_d.items():
+                if m in ("oracle", "random"):
+                    ax.plot(ks, curve[metric], color="grey", linestyle=":" if m == "random" else "-.",
+                            label=m if metric == metrics[0] else None)
+                    continue
+                ax.plot(ks, curve[metric], color=COLORS.get(m), linestyle="-" if d == "t2i" else "--",
+                        label=f"{LABELS.get(m, m)} {d}" if metric == metrics[0] else None)
+        ax.set_title(f"{metric}@K", fontsize=9)
+        ax.set_xlabel("K (top-K retrieved captions)", fontsize=8)
+        ax.set_xticks(ks[::max(1, len(ks) // 5)])
+    fig.legend(loc="lower center", ncol=4, fontsize=7)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def nlg_rows(cq: dict) -> tuple[list[str], list[list[str]]]:
+    """The NLG@1 / NLG@K table (K = the largest)."""
+    k = cq["ks"][-1]
+    header = ["method", "direction", *[f"{m}@1" for m in cq["metrics"]],
+              *[f"{m}@{k}" for m in cq["metrics"]]]
+    rows = []
+    for m, by_d in cq["curves"].items():
+        for d, curve in by_d.items():
+            rows.append([LABELS.get(m, m), "both" if m in ("oracle", "random") else d,
+                         *[_f(curve[x][0]) for x in cq["metrics"]],
+                         *[_f(curve[x][-1]) for x in cq["metrics"]]])
+    return header, rows
+
+
 def training_curves(training: dict, path: Path) -> Path | None:
     """Loss and validation mean recall per epoch, for each trained model."""
     runs = {m: t for m, t in training.items() if t.get("history")}
@@ -393,6 +431,9 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     explained = concept_report.explanation_block(metrics.get("explanations"))
     if (metrics.get("explanations") or {}).get("figure"):
         figures["explanations"] = Path(metrics["explanations"]["figure"])
+    cq = metrics.get("caption_quality")
+    if cq:
+        figures["nlg"] = nlg_chart(cq, figs / "nlg_at_k.png")
     curves = training_curves(metrics.get("training", {}), figs / "training_curves.png")
     if curves:
         figures["training"] = curves
@@ -444,6 +485,17 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if selection:
         md += ["### Rerank settings tried on the validation split\n",
                markdown_table(*selection_rows(selection)), ""]
+    nlg_note = ("Report quality of the retrieved captions (pycocoevalcap): each of a query's "
+                "top-K retrieved captions (image -> text), or the captions of its top-K "
+                "retrieved images (text -> image), scored against the query's own caption; "
+                "NLG@K averages ranks 1..K. The oracle is the correct caption, the random row "
+                "a random ranking.")
+    missing = (cq or {}).get("missing") or {}
+    if missing:
+        nlg_note += " Missing: " + "; ".join(f"{k}: {v}" for k, v in missing.items()) + "."
+    if cq:
+        md += ["## Report quality of the retrieved captions\n", markdown_table(*nlg_rows(cq)), "",
+               nlg_note + "\n", f"![NLG@K]({rel['nlg']})\n"]
     concept_blocks = concept_report.blocks(metrics.get("concepts"))
     for title, table, note in concept_blocks:
         md += [f"## {title}\n", *([markdown_table(*table), ""] if table else []), note + "\n"]
@@ -480,6 +532,9 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if selection:
         parts += ["<h3>Rerank settings tried on the validation split</h3>",
                   html_table(*selection_rows(selection))]
+    if cq:
+        parts += ["<h2 id='nlg'>Report quality of the retrieved captions</h2>",
+                  html_table(*nlg_rows(cq)), f"<p>{html.escape(nlg_note)}</p>", fig("nlg")]
     for title, table, note in concept_blocks:
         parts += [f"<h2>{html.escape(title)}</h2>", *([html_table(*table)] if table else []),
                   f"<p>{html.escape(note)}</p>"]

@@ -23,6 +23,7 @@ import numpy as np
 from core import storage
 from core.checkpoint import load_checkpoint, read_checkpoint_config
 from core import concept_evaluation, fine_grained
+from core.caption_quality import caption_quality
 from core.concepts import ConceptVocabulary
 from core.comparison import LABELS, compare
 from core.metrics import ranks_from_scores
@@ -420,6 +421,11 @@ def run(cfg: EvaluateConfig) -> dict:
     }
     metrics["rerank_selection"] = selection
     metrics["fine_grained"] = fine_grained_evaluation(cfg, jobs, jobs["rerank"].cfg.alpha)
+    captions = outputs.read_gallery(jobs["fusion"].out).column("caption").to_pylist()
+    log.info("report quality of the retrieved captions (BLEU-4, METEOR, ROUGE-L, CIDEr @K)")
+    metrics["caption_quality"] = caption_quality(
+        captions, {m: {d: outputs.read_topk(jobs[m].out, d)[0] for d in ("t2i", "i2t")}
+                   for m in METHODS})
     metrics["concepts"] = concept_sections(cfg, jobs, val_features, gallery_jobs)
     metrics["explanations"] = explanation_study(cfg, jobs, out)
     conclude(metrics["comparison"])

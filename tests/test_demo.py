@@ -123,6 +123,13 @@ def test_demo_on_small_synthetic_data_log_and_report(tmp_path):
         assert 0.0 <= s["pointing"]["value"] <= 1.0 and 0.0 <= s["energy"]["value"] <= 1.0
     assert "explanations" in page.ids and "fig-explanations" in page.img_classes
     assert html.count("class='tokens'") == 3  # token-shaded captions
+    # report quality of the retrieved captions, NLG@1..10, with oracle and random rows
+    cq = metrics["caption_quality"]
+    assert cq["ks"] == list(range(1, 11))
+    assert set(cq["curves"]) == {"two_tower", "fusion", "rerank", "random", "oracle"}
+    assert "METEOR" in cq["metrics"] or "Java" in cq["missing"]["METEOR"]
+    assert cq["curves"]["oracle"]["t2i"]["ROUGE-L"][0] > 0.99
+    assert "nlg" in page.ids and "fig-nlg" in page.img_classes
     history = metrics["training"]["two_tower"]["history"][-1]
     assert 0.0 <= history["val/concept_f1"] <= 1.0 and history["train/concept_loss"] > 0
     strict_json(out / "summary.json")

@@ -1,0 +1,89 @@
+"""Report quality of retrieved captions: BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap, the
+COCO caption evaluation code) of each query's top-K retrieved captions against the query's own
+caption, as report-retrieval work judges a retrieved report by how well it reads as the
+query's report.
+
+- image -> text: the retrieved captions vs the query image's caption;
+- text -> image: the retrieved images' captions vs the query caption.
+
+NLG@K = the metric's sentence-level score averaged over the queries and ranks 1..K (the
+average quality of the first K results). Reference rows: the oracle (the correct caption
+itself, the ceiling) and a random ranking (the floor). METEOR runs Java; without it the
+METEOR column is missing and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+
+import numpy as np
+
+METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+_PUNCT = re.compile(r"[^a-z0-9 ]+")
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation as spaces, single spaces (the scorers split on spaces)."""
+    return " ".join(_PUNCT.sub(" ", str(text).lower()).split()) or "empty"
+
+
+def meteor_unavailable() -> str | None:
+    """Why METEOR cannot run here, or None."""
+    if shutil.which("java") is None:
+        return "METEOR needs Java (apt install default-jre-headless); not found on PATH"
+    return None
+
+
+def sentence_scores(references: list[str], candidates: list[str]) -> dict[str, np.ndarray]:
+    """Per-pair scores of every metric (the candidate i against reference i)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts = {i: [normalise(r)] for i, r in enumerate(references)}
+    res = {i: [normalise(c)] for i, c in enumerate(candidates)}
+    out = {}
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length ratios
+        out["BLEU-4"] = np.asarray(Bleu(4).compute_score(gts, res)[1][3], np.float64)
+        out["ROUGE-L"] = np.asarray(Rouge().compute_score(gts, res)[1], np.float64)
+        out["CIDEr"] = np.asarray(Cider().compute_score(gts, res)[1], np.float64)
+        if meteor_unavailable() is None:
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            out["METEOR"] = np.asarray(Meteor().compute_score(gts, res)[1], np.float64)
+    return out
+
+
+def nlg_at_k(captions: list[str], topk: np.ndarray, max_k: int = 10) -> dict[str, list[float]]:
+    """{metric: [NLG@1 .. NLG@max_k]} of the top-K lists (rows into ``captions``), each query
+    being row q of ``captions`` (the gallery is the queries' own split)."""
+    topk = np.asarray(topk)[:, :max_k]
+    n, k = topk.shape
+    references = [captions[q] for q in range(n) for _ in range(k)]
+    candidates = [captions[j] for row in topk for j in row]
+    scores = sentence_scores(references, candidates)
+    out = {}
+    for metric, values in scores.items():
+        per_rank = values.reshape(n, k).mean(0)
+        out[metric] = (np.cumsum(per_rank) / np.arange(1, k + 1)).tolist()
+    return out
+
+
+def caption_quality(captions: list[str], topk: dict, max_k: int = 10, seed: int = 0) -> dict:
+    """NLG@K of every method and direction (``topk[method][direction]``), plus the oracle and
+    a random ranking."""
+    n = len(captions)
+    k = min(max_k, n)
+    rng = np.random.default_rng(seed)
+    curves = {m: {d: nlg_at_k(captions, rows, k) for d, rows in by_d.items()}
+              for m, by_d in topk.items()}
+    random_rows = np.stack([rng.permutation(n)[:k] for _ in range(n)])
+    curves["random"] = {"t2i": nlg_at_k(captions, random_rows, k)}
+    oracle = nlg_at_k(captions, np.repeat(np.arange(n)[:, None], k, 1), k)
+    curves["oracle"] = {"t2i": oracle}
+    return {"ks": list(range(1, k + 1)), "metrics": [m for m in METRICS if m in oracle],
+            "missing": {"METEOR": meteor_unavailable()} if meteor_unavailable() else {},
+            "curves": curves}
