@@ -95,6 +95,27 @@ class TwoTowerConfig:
     temperature: float = 0.07
     learnable_temperature: bool = True
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
+    # "abm": Aggregation-before-Mapping (pool the encoder's patches / tokens, then project:
+    # CLIP's way); "mba": Mapping-before-Aggregation (project every patch and token into the
+    # shared space, then pool them with learned attention).
+    alignment: str = "abm"
+
+
+@dataclass
+class McrConfig:
+    """Masked contrastive reconstruction (two-tower): masked inputs for the contrastive loss
+    and for reconstructing what was masked (image cells, caption tokens)."""
+
+    # "off"; "masked_single": the masked inputs are the only inputs of both the contrastive
+    # and the reconstruction losses (one forward per modality); "dual_stream": masked inputs
+    # for reconstruction, unmasked ones for the contrastive loss (two forwards).
+    mode: str = "off"
+    # Share of the image encoder's output grid cells zeroed (in pixel space, standardised).
+    image_mask_ratio: float = 0.5
+    # Share of caption tokens replaced by [MASK] (never [CLS], [SEP] or padding).
+    text_mask_ratio: float = 0.25
+    lambda_img: float = 1.0  # weight of the masked-cell pixel MSE
+    lambda_txt: float = 1.0  # weight of the masked-token cross-entropy
 
 
 @dataclass
@@ -121,6 +142,7 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     concepts: ConceptConfig = field(default_factory=ConceptConfig)
+    mcr: McrConfig = field(default_factory=McrConfig)
 
 
 @dataclass
@@ -218,6 +240,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 raise ValueError
             return float(value)
         if hint is str:
+            if isinstance(value, bool):  # YAML 1.1 reads a bare off / on as a boolean
+                return "on" if value else "off"
             return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}") from None
@@ -261,6 +285,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else None
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()  # YAML 1.1 reads on / off / yes / no as booleans: keep the word
         node = tree
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.batch import Batch
@@ -22,6 +23,7 @@ from core.data.preprocess import merge_counts
 from core.distributed import all_ranks_agree
 from core.losses import ConceptLoss, InfoNCELoss, MatchLoss
 from core.losses.swap import swap_each_attribute
+from core.models import masking
 from core.models.encoders import trim_padding
 from core.scoring import autocast
 
@@ -34,8 +36,14 @@ class LossModule(nn.Module):
     the concept loss is added to the objective."""
 
     def __init__(self, model: nn.Module, config: ModelConfig, swap: torch.Tensor | None = None,
-                 concept_pos_weight: torch.Tensor | None = None):
+                 concept_pos_weight: torch.Tensor | None = None, mask_token_id: int | None = None,
+                 mask_seed: int = 0):
         super().__init__()
+        self.mcr = config.mcr
+        if self.mcr.mode != "off" and config.kind == "two_tower" and mask_token_id is None:
+            raise ValueError("model.mcr.mode needs the tokenizer's [MASK] token id")
+        self.mask_token_id, self.mask_seed = mask_token_id, mask_seed
+        self.mask_step = 0  # masks are drawn from (mask_seed, step): reproducible per step
         self.concept_weight = config.concepts.weight
         self.concept_loss = ConceptLoss(concept_pos_weight, config.concepts.focal_gamma)
         self.model = model
@@ -48,10 +56,11 @@ class LossModule(nn.Module):
 
     def forward(self, pixel_values, input_ids, attention_mask, group, concepts=None):
         """(loss, {name: float tensor}) for one batch."""
-        image, concept_logits = self.model.encode_image_with_concepts(pixel_values)
         if self.kind == "two_tower":
-            loss, stats = self._two_tower(image, input_ids, attention_mask, group)
+            loss, stats, concept_logits = self._two_tower(pixel_values, input_ids,
+                                                          attention_mask, group)
         else:
+            image, concept_logits = self.model.encode_image_with_concepts(pixel_values)
             loss, stats = self._fusion(image, input_ids, attention_mask, group)
         if concept_logits is not None and concepts is not None and self.concept_weight > 0:
             concept = self.concept_loss(concept_logits, concepts)
@@ -59,10 +68,41 @@ class LossModule(nn.Module):
             stats["concept_loss"] = concept.detach()
         return loss, stats
 
-    def _two_tower(self, image, input_ids, attention_mask, group):
+    def _two_tower(self, pixel_values, input_ids, attention_mask, group):
+        """InfoNCE, and with MCR the masked reconstruction losses; returns (loss, stats,
+        concept logits)."""
         m = self.model
-        text, scale = m.embed_text(input_ids, attention_mask), m.scale()
-        return self.infonce(image.embed, text, scale, group), {"logit_scale": scale.detach()}
+        x = m.image_encoder.normalize(pixel_values)
+        ids, mask = trim_padding(input_ids, attention_mask)
+        scale = m.scale()
+        stats = {"logit_scale": scale.detach()}
+        head = m.concept_head
+        if self.mcr.mode == "off":
+            image, _, pooled = m.image_features(x)
+            loss = self.infonce(image, m.text_features(ids, mask)[0], scale, group)
+            return loss, stats, head(pooled) if head is not None else None
+        gen = masking.generator(self.mask_seed, self.mask_step, x.device)
+        self.mask_step += 1
+        grid = m.image_encoder.grid
+        cells = masking.mask_cells(len(x), grid, self.mcr.image_mask_ratio, gen, x.device)
+        masked_ids, chosen = masking.mask_tokens(ids, mask, self.mcr.text_mask_ratio,
+                                                 self.mask_token_id, gen)
+        image_m, patches_m, pooled = m.image_features(masking.apply_cells(x, cells, grid))
+        text_m, tokens_m, _ = m.text_features(masked_ids, mask)
+        if self.mcr.mode == "masked_single":  # the masked inputs are the only inputs
+            image, text = image_m, text_m
+        else:  # dual_stream: unmasked inputs for the contrastive loss
+            image, _, pooled = m.image_features(x)
+            text = m.text_features(ids, mask)[0]
+        contrastive = self.infonce(image, text, scale, group)
+        pred = m.pixel_decoder(patches_m)
+        target = masking.cell_targets(x, grid)
+        l_img = ((pred.float() - target.float()) ** 2).mean(-1)[cells].mean()
+        l_txt = F.cross_entropy(m.mlm_logits(tokens_m[chosen]).float(), ids[chosen])
+        loss = contrastive + self.mcr.lambda_img * l_img + self.mcr.lambda_txt * l_txt
+        stats.update(contrastive_loss=contrastive.detach(), image_recon_loss=l_img.detach(),
+                     text_recon_loss=l_txt.detach())
+        return loss, stats, head(pooled) if head is not None else None
 
     def _fusion(self, image, input_ids, attention_mask, group):
         m = self.model

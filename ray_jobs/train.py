@@ -86,8 +86,10 @@ def setup(loop_config: dict) -> WorkerState:
     vocab = loop_config.get("concepts")
     pos_weight = (torch.from_numpy(vocab.pos_weight(cfg.model.concepts.max_pos_weight))
                   if vocab is not None and cfg.model.concepts.num_concepts else None)
-    loss_module = ray.train.torch.prepare_model(
-        LossModule(model, cfg.model, swap=swap, concept_pos_weight=pos_weight))
+    loss_module = ray.train.torch.prepare_model(LossModule(
+        model, cfg.model, swap=swap, concept_pos_weight=pos_weight,
+        mask_token_id=getattr(loop_config["tokenizer"], "mask_token_id", None),
+        mask_seed=cfg.train.seed * 1000 + rank))
     optimizer = build_optimizer(loss_module, cfg.train)
     scheduler = build_scheduler(optimizer, loop_config["steps_per_epoch"] * cfg.train.epochs,
                                 cfg.train.warmup_fraction)
@@ -114,6 +116,7 @@ def restore(state: WorkerState) -> None:
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
     state.start_epoch, state.step = saved["epoch"] + 1, saved["step"]
+    unwrap(state.loss_module).mask_step = state.step  # MCR masks continue where they were
     if state.rank == 0:
         log.info("resumed from the checkpoint of epoch %d (step %d)", state.start_epoch - 1,
                  state.step)

@@ -1,16 +1,23 @@
 """Contrastive two-tower model (CLIP-style): image and text towers, projection MLPs,
-L2-normalised embeddings, a fixed or learnable temperature. Retrieval is a matrix product."""
+L2-normalised embeddings, a fixed or learnable temperature. Retrieval is a matrix product.
+
+Alignment (``model.two_tower.alignment``): ``abm`` pools each encoder's outputs, then
+projects (CLIP); ``mba`` projects every patch and token into the shared space, then pools
+them with learned attention (Mapping-before-Aggregation). With ``model.mcr.mode`` on, the
+model also carries the masked-reconstruction heads (``core.training`` uses them)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.config import ModelConfig
 from core.features import Embeddings
 from core.models.concept_head import build_concept_head
+from core.models.pooling import AttentionPool
 from core.models.encoders import (ImageEncoder, ProjectionMLP, TextEncoder, l2_normalize,
                                   trim_padding)
 
@@ -36,19 +43,61 @@ class TwoTowerModel(nn.Module):
             self.register_buffer("logit_scale", init)
         self.max_logit_scale = tc.max_logit_scale
         self.concept_head = build_concept_head(self.image_encoder.out_dim, config.concepts)
+        if tc.alignment not in ("abm", "mba"):
+            raise ValueError(f"model.two_tower.alignment must be abm or mba, got {tc.alignment!r}")
+        self.alignment = tc.alignment
+        if self.alignment == "mba":  # project every patch / token, then pool in the shared space
+            self.image_pool = AttentionPool(tc.embed_dim)
+            self.text_pool = AttentionPool(tc.embed_dim)
+        if config.mcr.mode not in ("off", "masked_single", "dual_stream"):
+            raise ValueError("model.mcr.mode must be off, masked_single or dual_stream, got "
+                             f"{config.mcr.mode!r}")
+        if config.mcr.mode != "off":
+            gh, gw = self.image_encoder.grid
+            size = config.image.image_size
+            if size % gh or size % gw:
+                raise ValueError(f"image size {size} is not a multiple of the encoder grid "
+                                 f"{gh}x{gw}: masked cells would not tile the image")
+            # MCR reconstruction heads: a masked cell's normalised pixels from its feature;
+            # masked tokens from the token states through a head tied to the word embeddings.
+            self.pixel_decoder = nn.Linear(self.image_encoder.out_dim,
+                                           3 * (size // gh) * (size // gw))
+            width = self.text_encoder.out_dim
+            self.mlm_transform = nn.Sequential(nn.Linear(width, width), nn.GELU(),
+                                               nn.LayerNorm(width))
+            self.mlm_bias = nn.Parameter(torch.zeros(
+                self.text_encoder.model.get_input_embeddings().num_embeddings))
+
+    def image_features(self, pixels: torch.Tensor):
+        """(L2-normalised embedding, patch features (B, P, C), pooled features (B, C))."""
+        patches, pooled = self.image_encoder(pixels)
+        z = (self.image_pool(self.image_proj(patches)) if self.alignment == "mba"
+             else self.image_proj(pooled))
+        return l2_normalize(z), patches, pooled
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(L2-normalised embedding, token states (B, T', H), mask (B, T')), padding trimmed."""
+        tokens, mask, pooled = self.text_encoder(*trim_padding(input_ids, attention_mask))
+        z = (self.text_pool(self.text_proj(tokens), mask) if self.alignment == "mba"
+             else self.text_proj(pooled))
+        return l2_normalize(z), tokens, mask
+
+    def mlm_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of token states, decoder tied to the word embeddings."""
+        weight = self.text_encoder.model.get_input_embeddings().weight
+        return F.linear(self.mlm_transform(tokens), weight, self.mlm_bias)
 
     def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.encode_image_with_concepts(pixels)[0].embed
+        return self.image_features(pixels)[0]
 
     def encode_image_with_concepts(self, pixels: torch.Tensor):
         """(Embeddings, concept logits (N, C) or None): one pass of the image encoder."""
-        _, pooled = self.image_encoder(pixels)
+        embed, _, pooled = self.image_features(pixels)
         concepts = self.concept_head(pooled) if self.concept_head is not None else None
-        return Embeddings(l2_normalize(self.image_proj(pooled))), concepts
+        return Embeddings(embed), concepts
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        _, _, pooled = self.text_encoder(*trim_padding(input_ids, attention_mask))
-        return l2_normalize(self.text_proj(pooled))
+        return self.text_features(input_ids, attention_mask)[0]
 
     def encode_image(self, pixels: torch.Tensor) -> Embeddings:
         return Embeddings(self.embed_image(pixels))
