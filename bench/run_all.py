@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 BENCHES = ["synthetic_generation", "pairwise_scoring", "roofline", "input_pipeline",
-           "ray_overhead", "scaling", "rerank", "equal_budget"]
+           "ray_overhead", "scaling", "rerank", "equal_budget", "mcr_efficiency"]
 
 
 def main(argv=None) -> None:

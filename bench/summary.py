@@ -69,6 +69,16 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
                  f"fusion {pair('fusion')}, rerank {pair('rerank')}, two-tower "
                  f"({demo['two_tower']['epochs']} epochs) {pair('two_tower')}",
                  "context for the demo's verdict (no target)", "")]
+    if b == "mcr_efficiency":
+        m = {row["mode"]: row for row in r["modes"]}
+        ratio = r["masked_single_vs_dual_stream"]
+        return [(f"MCR training step, {r['config']} {r['alignment']}, batch {r['batch']} "
+                 f"({m['off']['device']}; {m['off']['memory_kind']})",
+                 "; ".join(f"{k} {v['s_per_step'] * 1000:.0f} ms, {v['peak_memory_mb']:.0f} MB"
+                           for k, v in m.items())
+                 + f"; masked_single / dual_stream: time x{ratio['time']}, memory x{ratio['memory']}",
+                 "masked_single cheaper than dual_stream",
+                 "met" if ratio["time"] < 1 and ratio["memory"] <= 1 else "missed")]
     if b == "input_pipeline":
         v = r["projection_8_cpus_rows_per_s"]
         return [("input pipeline at 224 px (read + decode + tokenize), per CPU",
