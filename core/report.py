@@ -124,6 +124,27 @@ def nlg_rows(cq: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def gap_rows(gap: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["embeddings", "centroid distance", "linear-probe accuracy", "mean pair cosine", "pairs"]
+    return header, [[k, _f(g["centroid_distance"]), _f(g["linear_probe_accuracy"]),
+                     _f(g["mean_pair_cosine"]), str(g["n"])] for k, g in gap["models"].items()]
+
+
+def ablation_rows(ablation: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per trained two-tower variant (``ray_jobs.ablation``)."""
+    rows = []
+    for v in ablation["variants"]:
+        r, cq, g = v["metrics"], v["caption_quality"], v["modality_gap"]
+        rows.append([v["name"], v["alignment"], v["mcr"], _f(r["t2i"]["R@1"]), _f(r["t2i"]["R@10"]),
+                     _f(r["i2t"]["R@1"]), _f(r["i2t"]["R@10"]), _f(cq["i2t"]["BLEU-4"][-1]),
+                     _f(cq["i2t"]["CIDEr"][-1]), _f(g["centroid_distance"]),
+                     _f(g["linear_probe_accuracy"]), f"{v['s_per_step'] * 1000:.0f}"])
+    header = ["variant", "alignment", "MCR", "t2i R@1", "t2i R@10", "i2t R@1", "i2t R@10",
+              f"i2t BLEU-4@{ablation['k']}", f"i2t CIDEr@{ablation['k']}", "centroid dist.",
+              "probe acc.", "ms/step"]
+    return header, rows
+
+
 def training_curves(training: dict, path: Path) -> Path | None:
     """Loss and validation mean recall per epoch, for each trained model."""
     runs = {m: t for m, t in training.items() if t.get("history")}
@@ -431,6 +452,9 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     explained = concept_report.explanation_block(metrics.get("explanations"))
     if (metrics.get("explanations") or {}).get("figure"):
         figures["explanations"] = Path(metrics["explanations"]["figure"])
+    gap = metrics.get("modality_gap")
+    if gap:
+        figures["gap"] = Path(gap["figure"])
     cq = metrics.get("caption_quality")
     if cq:
         figures["nlg"] = nlg_chart(cq, figs / "nlg_at_k.png")
@@ -496,6 +520,17 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if cq:
         md += ["## Report quality of the retrieved captions\n", markdown_table(*nlg_rows(cq)), "",
                nlg_note + "\n", f"![NLG@K]({rel['nlg']})\n"]
+    gap_note = ("The modality gap on the test embeddings: the distance between the image and "
+                "caption centroids, and how well a logistic regression tells the two apart "
+                "(5-fold; 0.5 = mixed). AbM pools then projects (CLIP); MbA projects every "
+                "patch and token, then pools.")
+    if gap:
+        md += ["## Modality gap\n", markdown_table(*gap_rows(gap)), "", gap_note + "\n",
+               f"![modality gap]({rel['gap']})\n"]
+    ablation = metrics.get("ablation")
+    if ablation:
+        md += ["## Ablation: alignment and masked contrastive reconstruction\n",
+               markdown_table(*ablation_rows(ablation)), "", ablation["note"] + "\n"]
     concept_blocks = concept_report.blocks(metrics.get("concepts"))
     for title, table, note in concept_blocks:
         md += [f"## {title}\n", *([markdown_table(*table), ""] if table else []), note + "\n"]
@@ -532,6 +567,12 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if selection:
         parts += ["<h3>Rerank settings tried on the validation split</h3>",
                   html_table(*selection_rows(selection))]
+    if gap:
+        parts += ["<h2 id='modality-gap'>Modality gap</h2>", html_table(*gap_rows(gap)),
+                  f"<p>{html.escape(gap_note)}</p>", fig("gap")]
+    if ablation:
+        parts += ["<h2 id='ablation'>Ablation: alignment and masked contrastive reconstruction</h2>",
+                  html_table(*ablation_rows(ablation)), f"<p>{html.escape(ablation['note'])}</p>"]
     if cq:
         parts += ["<h2 id='nlg'>Report quality of the retrieved captions</h2>",
                   html_table(*nlg_rows(cq)), f"<p>{html.escape(nlg_note)}</p>", fig("nlg")]

@@ -55,6 +55,8 @@ class DemoConfig:
     gallery_split: str | None = opt("train", "concept-aware retrieval also against this split's "
                                     "items (rocoray evaluate --gallery-split)")
     gallery_max_items: int | None = opt(500, "rows of --gallery-split used")
+    ablation: bool = opt(False, "also run the two-tower ablation (AbM / MbA x MCR modes, 4 more "
+                         "trainings; rocoray ablation) and put its table in the report")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def out_dir(self) -> Path:
@@ -91,7 +93,7 @@ def run(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     init_ray(cfg.address)
     t0 = time.perf_counter()
-    stages = 5 + int(cfg.tune)
+    stages = 5 + int(cfg.tune) + int(cfg.ablation)
 
     data = cfg.data
     if data is None:
@@ -125,6 +127,16 @@ def run(cfg: DemoConfig) -> dict:
             space=str(TUNE_SPACE), data=str(data), name="demo", storage_path=str(out / "tune"),
             num_samples=2, epochs=1, set=overrides))
 
+    ablation_out = None
+    if cfg.ablation:
+        from ray_jobs import ablation
+
+        log.info("stage %d/%d: two-tower ablation (AbM / MbA x MCR modes)", stages - 2, stages)
+        ablation_out = str(out / "ablation")
+        ablation.run(ablation.AblationConfig(data=str(data), config=cfg.config,
+                                             epochs=cfg.epochs, set=overrides, out=ablation_out,
+                                             overwrite=True))
+
     log.info("stage %d/%d: score the test split (fusion, two-tower, rerank) and evaluate",
              stages - 1, stages)
     options = dataclasses.replace(score.ScoringOptions(), rerank_k=cfg.rerank_k, block=cfg.block,
@@ -132,7 +144,8 @@ def run(cfg: DemoConfig) -> dict:
     metrics = evaluate.run(evaluate.EvaluateConfig(
         **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
         fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval"),
-        gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items))
+        gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items,
+        ablation=ablation_out))
     log.info("stage %d/%d: report written", stages, stages)
     val_size = {k: r["final"].get("val/gallery_size") for k, r in runs.items()}
     summary = {

@@ -61,6 +61,8 @@ class EvaluateConfig(score.ScoringOptions):
     gallery_split: str | None = opt(None, "also judge concept-aware retrieval with test queries "
                                     "against this split's items (e.g. train)")
     gallery_max_items: int | None = opt(None, "rows of --gallery-split used (default: all)")
+    ablation: str | None = opt(None, "a `rocoray ablation` output directory whose table the "
+                               "report includes")
     explain_cases: int = opt(24, "test pairs with a lesion box explained and scored for "
                              "localisation (0: none)")
     alphas: list = opt([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "rerank alpha values tried on --val-split",
@@ -317,6 +319,7 @@ def figures_dir(out: str) -> Path:
     return path
 
 
+ALIGNMENT_LABELS = {"abm": "AbM", "mba": "MbA"}
 NO_BOXES = "n/a: no lesion boxes in this data (the synthetic set states them)"
 
 
@@ -371,7 +374,29 @@ def explanation_study(cfg: EvaluateConfig, jobs: dict, out: str) -> dict:
             "localisation": scores, "figure": str(figure), "captions": captions}
 
 
+def modality_gaps(jobs: dict, out: str) -> dict:
+    """The modality gap of the two-tower model and of the fusion model's ITC heads on the test
+    embeddings the scoring jobs encoded, with their PCA / t-SNE figure."""
+    from core.modality_gap import gap_figure, modality_gap
+
+    alignment = read_checkpoint_config(jobs["two_tower"].checkpoints["two_tower"]).model.two_tower.alignment
+    t_text, t_image = load_features(score.load_summary(jobs["two_tower"].out), "two_tower")
+    f_text, f_image = load_features(score.load_summary(jobs["fusion"].out), "fusion")
+    gaps = {f"two-tower ({ALIGNMENT_LABELS[alignment]})":
+            modality_gap(t_image.embed.numpy(), t_text.embed.numpy()),
+            "fusion ITC heads (AbM)": modality_gap(f_image.embed.numpy(), f_text.embed.numpy())}
+    figure = gap_figure(gaps, figures_dir(out) / "modality_gap.png")
+    return {"models": {k: {m: v for m, v in g.items() if m not in ("pca", "tsne")}
+                       for k, g in gaps.items()}, "figure": str(figure)}
+
+
 def run(cfg: EvaluateConfig) -> dict:
+    ablation = None
+    if cfg.ablation:
+        if not storage.exists(storage.absolute(cfg.ablation), "ablation.json"):
+            raise UserError(f"--ablation {cfg.ablation}: no ablation.json there (run "
+                            "`rocoray ablation --out DIR` first)")
+        ablation = storage.read_json(storage.absolute(cfg.ablation), "ablation.json")
     score.check_checkpoint(cfg.two_tower, "two_tower", "--two-tower")  # this job's own flags
     score.check_checkpoint(cfg.fusion, "fusion", "--fusion")
     configs = score_configs(cfg)
@@ -428,6 +453,8 @@ def run(cfg: EvaluateConfig) -> dict:
                    for m in METHODS})
     metrics["concepts"] = concept_sections(cfg, jobs, val_features, gallery_jobs)
     metrics["explanations"] = explanation_study(cfg, jobs, out)
+    metrics["modality_gap"] = modality_gaps(jobs, out)
+    metrics["ablation"] = ablation
     conclude(metrics["comparison"])
     if metrics["fine_grained"]:
         acc = metrics["fine_grained"]["methods"]

@@ -24,12 +24,13 @@ def test_unknown_job_and_version():
     bad = rocoray("nonsense")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip() == ("rocoray: error: unknown job 'nonsense'; choose one of: demo, "
-                                  "train, tune, score, evaluate, prepare")
+                                  "train, tune, score, evaluate, prepare, ablation")
     version = rocoray("--version")
     assert version.returncode == 0 and version.stdout.startswith("rocoray 0.")
 
 
-@pytest.mark.parametrize("job", ["score", "evaluate", "train", "demo", "tune", "prepare"])
+@pytest.mark.parametrize("job", ["score", "evaluate", "train", "demo", "tune", "prepare",
+                                 "ablation"])
 def test_every_option_has_help_and_a_shown_default(job):
     out = rocoray(job, "--help")
     assert out.returncode == 0
@@ -37,7 +38,8 @@ def test_every_option_has_help_and_a_shown_default(job):
 
     module = __import__(f"ray_jobs.{job}", fromlist=["x"])
     cls = {"score": "ScoreConfig", "evaluate": "EvaluateConfig", "train": "TrainArgs",
-           "demo": "DemoConfig", "tune": "TuneArgs", "prepare": "PrepareConfig"}[job]
+           "demo": "DemoConfig", "tune": "TuneArgs", "prepare": "PrepareConfig",
+           "ablation": "AblationConfig"}[job]
     import dataclasses
 
     for f in dataclasses.fields(getattr(module, cls)):
@@ -62,6 +64,10 @@ def test_score_help_examples_use_the_demos_paths():
      "rocoray train: error: ROCOv2 data path does not exist: {tmp}/typo"),
     (("train", "--set", "train.lrr=1"), "rocoray train: error: unknown config key(s) train.lrr"),
     (("prepare",), "rocoray prepare: error: give exactly one of --synthetic"),
+    (("ablation", "--data", "{tmp}/typo", "--out", "{tmp}/runs"),
+     "rocoray ablation: error: ROCOv2 data path does not exist: {tmp}/typo"),
+    (("evaluate", "--two-tower", "x", "--fusion", "y", "--ablation", "{tmp}/none", "--out",
+      "{tmp}/runs"), "rocoray evaluate: error: --ablation {tmp}/none: no ablation.json there"),
 ])
 def test_user_errors_are_one_line_exit_2_before_ray(tmp_path, args, expect):
     out = rocoray(*(a.format(tmp=tmp_path) for a in args))

@@ -130,6 +130,12 @@ def test_demo_on_small_synthetic_data_log_and_report(tmp_path):
     assert "METEOR" in cq["metrics"] or "Java" in cq["missing"]["METEOR"]
     assert cq["curves"]["oracle"]["t2i"]["ROUGE-L"][0] > 0.99
     assert "nlg" in page.ids and "fig-nlg" in page.img_classes
+    # the modality gap of the two-tower embeddings and of the fusion ITC heads, drawn
+    gap = metrics["modality_gap"]["models"]
+    assert set(gap) == {"two-tower (AbM)", "fusion ITC heads (AbM)"}
+    assert all(0.0 <= g["linear_probe_accuracy"] <= 1.0 and g["n"] == 64 for g in gap.values())
+    assert "modality-gap" in page.ids and "fig-gap" in page.img_classes
+    assert metrics["ablation"] is None  # `rocoray demo --ablation` adds the table
     history = metrics["training"]["two_tower"]["history"][-1]
     assert 0.0 <= history["val/concept_f1"] <= 1.0 and history["train/concept_loss"] > 0
     strict_json(out / "summary.json")
