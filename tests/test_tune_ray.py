@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_search_spaces_load_and_name_real_config_keys(tmp_path):
     for name, metric in (("two_tower.yaml", "val/mean_recall"),
-                         ("fusion.yaml", "val/rerank/mean_recall")):  # what each trial reports
+                         ("fusion.yaml", "val/rerank/mean_recall"),
+                         ("concepts.yaml", "val/concept_f1"),
+                         ("mcr.yaml", "val/mean_recall")):  # what each trial reports
         space = load_search_space(REPO / "tune_spaces" / name)
         assert space.params and space.metric == metric
     bad = tmp_path / "bad.yaml"

@@ -4,6 +4,7 @@
 
 Blocks are delimited by <!-- BEGIN name --> / <!-- END name --> markers:
   demo-results   from runs/demo/summary.json and runs/demo/eval/metrics.json
+  ablation-results  from runs/ablation/ablation.json (`rocoray ablation`)
   performance    from bench/results/*.json
 """
 
@@ -81,6 +82,20 @@ def demo_block(demo_dir: Path) -> str | None:
     return "\n".join(lines)
 
 
+def ablation_block(path: Path) -> str | None:
+    from core.report import ablation_rows, markdown_table
+
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    epochs = {v["epochs"] for v in result["variants"]}
+    return "\n".join([
+        f"Measured by `rocoray ablation` (preset {result['config']}, {', '.join(map(str, epochs))} "
+        f"epochs, {result['data']}, {result['split']} split, on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs), written here by `python tools/update_readme.py`:", "",
+        markdown_table(*ablation_rows(result)), "", result["note"]])
+
+
 def performance_block(results_dir: Path) -> str | None:
     from bench.summary import performance_markdown
 
@@ -91,6 +106,7 @@ def main() -> None:
     readme = REPO / "README.md"
     text = readme.read_text()
     for name, body in (("demo-results", demo_block(REPO / "runs" / "demo")),
+                       ("ablation-results", ablation_block(REPO / "runs" / "ablation" / "ablation.json")),
                        ("performance", performance_block(REPO / "bench" / "results"))):
         if body is None:
             print(f"{name}: no results found, block left as it is")
