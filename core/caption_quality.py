@@ -57,33 +57,47 @@ def sentence_scores(references: list[str], candidates: list[str]) -> dict[str, n
     return out
 
 
-def nlg_at_k(captions: list[str], topk: np.ndarray, max_k: int = 10) -> dict[str, list[float]]:
-    """{metric: [NLG@1 .. NLG@max_k]} of the top-K lists (rows into ``captions``), each query
-    being row q of ``captions`` (the gallery is the queries' own split)."""
-    topk = np.asarray(topk)[:, :max_k]
-    n, k = topk.shape
-    references = [captions[q] for q in range(n) for _ in range(k)]
-    candidates = [captions[j] for row in topk for j in row]
-    scores = sentence_scores(references, candidates)
-    out = {}
-    for metric, values in scores.items():
-        per_rank = values.reshape(n, k).mean(0)
-        out[metric] = (np.cumsum(per_rank) / np.arange(1, k + 1)).tolist()
+def nlg_curves(captions: list[str], lists: dict, max_k: int = 10) -> dict:
+    """{name: {metric: [NLG@1 .. NLG@K]}} for several top-K lists (rows into ``captions``;
+    query q's reference is ``captions[q]``). Every distinct (query, item) pair is scored once,
+    in one corpus, so all lists share CIDEr's document frequencies (and METEOR's one Java
+    process)."""
+    n = len(captions)
+    lists = {name: np.asarray(rows)[:, :max_k] for name, rows in lists.items()}
+    keys = np.concatenate([(np.arange(len(r))[:, None] * n + r).ravel() for r in lists.values()])
+    unique, inverse = np.unique(keys, return_inverse=True)
+    scores = sentence_scores([captions[q] for q in unique // n], [captions[j] for j in unique % n])
+    out, offset = {}, 0
+    for name, rows in lists.items():
+        size = rows.size
+        where = inverse[offset:offset + size].reshape(rows.shape)
+        offset += size
+        out[name] = {}
+        for metric, values in scores.items():
+            per_rank = values[where].mean(0)
+            out[name][metric] = (np.cumsum(per_rank) / np.arange(1, rows.shape[1] + 1)).tolist()
     return out
+
+
+def nlg_at_k(captions: list[str], topk: np.ndarray, max_k: int = 10) -> dict[str, list[float]]:
+    """{metric: [NLG@1 .. NLG@max_k]} of one set of top-K lists (see ``nlg_curves``)."""
+    return nlg_curves(captions, {"list": topk}, max_k)["list"]
 
 
 def caption_quality(captions: list[str], topk: dict, max_k: int = 10, seed: int = 0) -> dict:
     """NLG@K of every method and direction (``topk[method][direction]``), plus the oracle and
-    a random ranking."""
+    a random ranking, scored in one corpus."""
     n = len(captions)
     k = min(max_k, n)
     rng = np.random.default_rng(seed)
-    curves = {m: {d: nlg_at_k(captions, rows, k) for d, rows in by_d.items()}
-              for m, by_d in topk.items()}
-    random_rows = np.stack([rng.permutation(n)[:k] for _ in range(n)])
-    curves["random"] = {"t2i": nlg_at_k(captions, random_rows, k)}
-    oracle = nlg_at_k(captions, np.repeat(np.arange(n)[:, None], k, 1), k)
-    curves["oracle"] = {"t2i": oracle}
-    return {"ks": list(range(1, k + 1)), "metrics": [m for m in METRICS if m in oracle],
+    lists = {(m, d): rows for m, by_d in topk.items() for d, rows in by_d.items()}
+    lists[("random", "t2i")] = np.stack([rng.permutation(n)[:k] for _ in range(n)])
+    lists[("oracle", "t2i")] = np.repeat(np.arange(n)[:, None], k, 1)
+    found = nlg_curves(captions, lists, k)
+    curves: dict = {}
+    for (m, d), curve in found.items():
+        curves.setdefault(m, {})[d] = curve
+    return {"ks": list(range(1, k + 1)),
+            "metrics": [m for m in METRICS if m in curves["oracle"]["t2i"]],
             "missing": {"METEOR": meteor_unavailable()} if meteor_unavailable() else {},
             "curves": curves}
