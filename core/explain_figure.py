@@ -55,3 +55,34 @@ def shaded_caption(tokens: list[str], scores: np.ndarray) -> str:
         spans.append(f"<span style='background:rgba({colour},{abs(s) / top:.2f})' "
                      f"title='{s:+.3f}'>{text}</span>")
     return "<span class='tokens'>" + "".join(spans) + "</span>"
+
+
+def retrieved_figure(grid: list[list[tuple]], path: Path) -> Path:
+    """One row per query: its top-3 retrieved images, each with the map of the query caption
+    over it and the image's lesion box (when it has one). ``grid[r][c]`` = (image, box or
+    None, heat map, title)."""
+    rows, cols = len(grid), max(len(r) for r in grid)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
+    for r, cells in enumerate(grid):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(cells):
+                ax.axis("off")
+                continue
+            image, box, heat, title = cells[c]
+            size = image.shape[0]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            ax.imshow(heat / max(heat.max(), 1e-12), cmap="jet", alpha=0.45,
+                      extent=(0, size, size, 0), interpolation="bilinear")
+            if box:
+                x0, y0, x1, y1 = (v * size for v in box)
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
+                                       edgecolor="lime", linewidth=1.5))
+            ax.set_title(title, fontsize=8)
+        axes[r][0].set_ylabel(f"query {r + 1}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -438,7 +438,8 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;l
        ".rank{color:#666}figure{margin:0;text-align:center;font-size:12px}figure img{border:4px solid #ccc}"
        "figure.hit img{border-color:#2a2}figure.miss img{border-color:#c33}figure.truth img"
        "{border-color:#36c;border-style:dashed}li.hit{color:#161}li.miss{color:#a22}li.truth{color:#235}"
-       ".caps li{margin:3px 0;font-size:14px}code{background:#f2f2f2;padding:0 3px}")
+       ".caps li{margin:3px 0;font-size:14px}code{background:#f2f2f2;padding:0 3px}"
+       "img[class^='fig-']{max-width:100%;height:auto}p.caption{font-size:14px}")
 
 
 def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Path) -> dict:
@@ -452,6 +453,11 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     explained = concept_report.explanation_block(metrics.get("explanations"))
     if (metrics.get("explanations") or {}).get("figure"):
         figures["explanations"] = Path(metrics["explanations"]["figure"])
+    top3 = (metrics.get("explanations") or {}).get("top3")
+    if top3:
+        figures["top3"] = Path(top3["figure"])
+    top3_title = ("Rerank's top-3 for the example queries: the fusion model's Grad-CAM of the "
+                  "query caption on each retrieved image")
     gap = metrics.get("modality_gap")
     if gap:
         figures["gap"] = Path(gap["figure"])
@@ -538,6 +544,8 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
            explained[2] + "\n"]
     if "explanations" in rel:
         md.append(f"![explanations]({rel['explanations']})\n")
+    if top3:
+        md += [f"### {top3_title}\n", f"![top-3 Grad-CAM]({rel['top3']})\n"]
     md += ["## Fine-grained: the true item vs its one-attribute sibling\n",
            (markdown_table(*fine_grained_rows(fg)) + "\n\n" + fg_note) if fg
            else fine_grained_verdict(fg), "", "## Training\n",
@@ -585,6 +593,10 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if "explanations" in figures:
         parts.append(fig("explanations"))
     parts += [f"<p class='caption'>{c}</p>" for c in explained[3]]
+    if top3:
+        parts += [f"<h3>{html.escape(top3_title)}</h3>", fig("top3")]
+        parts += [f"<p class='caption'>query {i}: {c['html']}</p>"
+                  for i, c in enumerate(top3["captions"], start=1)]
     parts.append("<h2 id='fine-grained'>Fine-grained: the true item vs its one-attribute sibling</h2>")
     parts += ([html_table(*fine_grained_rows(fg)), f"<p>{html.escape(fg_note)}</p>"] if fg
               else [f"<p>{html.escape(fine_grained_verdict(fg))}</p>"])

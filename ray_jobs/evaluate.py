@@ -23,6 +23,7 @@ import numpy as np
 from core import storage
 from core.checkpoint import load_checkpoint, read_checkpoint_config
 from core import concept_evaluation, fine_grained
+from core.explain_study import explanation_study
 from core.caption_quality import caption_quality
 from core.concepts import ConceptVocabulary
 from core.comparison import LABELS, compare
@@ -320,60 +321,6 @@ def figures_dir(out: str) -> Path:
 
 
 ALIGNMENT_LABELS = {"abm": "AbM", "mba": "MbA"}
-NO_BOXES = "n/a: no lesion boxes in this data (the synthetic set states them)"
-
-
-def explanation_study(cfg: EvaluateConfig, jobs: dict, out: str) -> dict:
-    """Explain the true pairs of the first ``--explain-cases`` test images that have a lesion
-    box, with every method of both models; localisation scores with bootstrap intervals, and
-    an overlay figure plus token-shaded captions for the first three."""
-    import torch
-
-    from core import explain
-    from core.data.preprocess import build_preprocessor
-    from core.explain_figure import overlay_figure, shaded_caption
-    from core.significance import bootstrap_ci
-
-    table = read_split(jobs["fusion"].cfg.data, cfg.split,
-                       columns=["image_id", "image", "caption", "cui", "lesion_box"])
-    if "lesion_box" not in table.column_names or cfg.explain_cases <= 0:
-        return {"available": False, "reason": NO_BOXES}
-    boxes = table.column("lesion_box").to_pylist()
-    rows = [i for i, b in enumerate(boxes) if b][:cfg.explain_cases]
-    if not rows:
-        return {"available": False, "reason": NO_BOXES}
-    sub = table.take(rows)
-    loaded = {kind: load_checkpoint(jobs[kind].checkpoints[kind]) for kind in ("two_tower", "fusion")}
-    batches = {kind: build_preprocessor(lo.config.model, lo.tokenizer)(sub) for kind, lo in loaded.items()}
-    keep = [i for i in range(len(rows)) if all(b["skip"][i] == 0 for b in batches.values())]
-    cases = [{"box": boxes[rows[i]], "inputs": {
-        kind: (loaded[kind].model, torch.from_numpy(b["pixel_values"][i:i + 1]),
-               torch.from_numpy(b["input_ids"][i:i + 1]),
-               torch.from_numpy(b["attention_mask"][i:i + 1]))
-        for kind, b in batches.items()}} for i in keep]
-    log.info("explaining %d test pairs with lesion boxes (attention, Grad-CAM, Integrated "
-             "Gradients)", len(cases))
-    study = explain.localisation_study(cases)
-    scores = {label: {name: bootstrap_ci(values).as_dict() for name, values in s.items()}
-              for label, s in study["scores"].items()}
-    shown = keep[:3]
-    fusion_batch = batches["fusion"]
-    figure = overlay_figure(
-        [fusion_batch["pixel_values"][i][0] for i in shown], [boxes[rows[i]] for i in shown],
-        [{k: v for k, v in study["cases"][j]["maps"].items() if k != "random map"}
-         for j in range(len(shown))], figures_dir(out) / "explanations.png")
-    captions = []
-    tokenizer = loaded["fusion"].tokenizer
-    for j, i in enumerate(shown):
-        ids = fusion_batch["input_ids"][i][fusion_batch["attention_mask"][i] == 1]
-        captions.append({"image_id": sub.column("image_id")[i].as_py(),
-                         "html": shaded_caption(tokenizer.convert_ids_to_tokens(ids.tolist()),
-                                                study["cases"][j]["token_ig"]["fusion"])})
-    area = float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in (boxes[rows[i]] for i in keep)]))
-    return {"available": True, "cases": len(cases), "mean_box_area": area,
-            "localisation": scores, "figure": str(figure), "captions": captions}
-
-
 def modality_gaps(jobs: dict, out: str) -> dict:
     """The modality gap of the two-tower model and of the fusion model's ITC heads on the test
     embeddings the scoring jobs encoded, with their PCA / t-SNE figure."""
@@ -452,7 +399,11 @@ def run(cfg: EvaluateConfig) -> dict:
         captions, {m: {d: outputs.read_topk(jobs[m].out, d)[0] for d in ("t2i", "i2t")}
                    for m in METHODS})
     metrics["concepts"] = concept_sections(cfg, jobs, val_features, gallery_jobs)
-    metrics["explanations"] = explanation_study(cfg, jobs, out)
+    examples = pick_examples(out, n, cfg.examples)
+    log.info("explaining test pairs with lesion boxes (attention, Grad-CAM, Integrated Gradients)")
+    metrics["explanations"] = explanation_study(
+        data, cfg.split, {k: jobs[k].checkpoints[k] for k in ("two_tower", "fusion")},
+        cfg.explain_cases, figures_dir(out), examples["rerank"]["t2i"])
     metrics["modality_gap"] = modality_gaps(jobs, out)
     metrics["ablation"] = ablation
     conclude(metrics["comparison"])
@@ -462,7 +413,6 @@ def run(cfg: EvaluateConfig) -> dict:
                  ", ".join(f"{LABELS.get(m, m)} {a['overall']['value']:.3f}"
                            for m, a in acc.items()))
     storage.write_json(out, "metrics.json", metrics)
-    examples = pick_examples(out, n, cfg.examples)
     paths = write_report(metrics, examples, example_images(data, cfg.split, examples), out)
     metrics["report"] = paths
     return metrics

@@ -122,7 +122,8 @@ def test_demo_on_small_synthetic_data_log_and_report(tmp_path):
     for s in explained["localisation"].values():
         assert 0.0 <= s["pointing"]["value"] <= 1.0 and 0.0 <= s["energy"]["value"] <= 1.0
     assert "explanations" in page.ids and "fig-explanations" in page.img_classes
-    assert html.count("class='tokens'") == 3  # token-shaded captions
+    assert html.count("class='tokens'") == 6  # token-shaded captions: 3 pairs + 3 queries
+    assert "fig-top3" in page.img_classes  # Grad-CAM on the example queries' top-3
     # report quality of the retrieved captions, NLG@1..10, with oracle and random rows
     cq = metrics["caption_quality"]
     assert cq["ks"] == list(range(1, 11))
