@@ -13,6 +13,7 @@ from core.significance import bootstrap_ci, paired_difference, per_query
 DIRECTIONS = {"t2i": "text → image", "i2t": "image → text"}
 LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank",
           "fusion_itc": "fusion's ITC heads (ablation)"}
+COLORS = {"two_tower": "#1f77b4", "fusion": "#d62728", "rerank": "#2ca02c"}
 METRICS = ("R@1", "R@5", "R@10", "MRR")
 
 

@@ -83,7 +83,8 @@ def demo_block(demo_dir: Path) -> str | None:
 
 
 def ablation_block(path: Path) -> str | None:
-    from core.report import ablation_rows, markdown_table
+    from core.mcr_report import ablation_rows
+    from core.report import markdown_table
 
     if not path.exists():
         return None
