@@ -33,7 +33,8 @@ RESULT = "ablation.json"
 NOTE = ("Each variant: the two-tower model trained with the same preset, data and epochs, "
         "scored on the test split. BLEU-4 / CIDEr @K: the top-K retrieved captions against the "
         "query image's caption (image -> text). Centroid distance / probe accuracy: the "
-        "modality gap of the test embeddings. ms/step: mean training step time on this machine. "
+        "modality gap of the test embeddings. ms/step: training epoch seconds / optimizer steps on "
+        "this machine (data loading included; bench/mcr_efficiency.py times the step alone). "
         "Single training runs: differences within a few points of recall are noise.")
 
 
