@@ -403,6 +403,8 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     gap = metrics.get("modality_gap")
     if gap:
         figures["gap"] = Path(gap["figure"])
+    if (metrics.get("ablation") or {}).get("figure") and Path(metrics["ablation"]["figure"]).exists():
+        figures["ablation_gap"] = Path(metrics["ablation"]["figure"])  # AbM vs MbA, MCR modes
     cq = metrics.get("caption_quality")
     if cq:
         figures["nlg"] = nlg_chart(cq, figs / "nlg_at_k.png")
@@ -479,6 +481,8 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if ablation:
         md += ["## Ablation: alignment and masked contrastive reconstruction\n",
                markdown_table(*ablation_rows(ablation)), "", ablation["note"] + "\n"]
+        if "ablation_gap" in rel:
+            md.append(f"![modality gap of the ablation variants]({rel['ablation_gap']})\n")
     concept_blocks = concept_report.blocks(metrics.get("concepts"))
     for title, table, note in concept_blocks:
         md += [f"## {title}\n", *([markdown_table(*table), ""] if table else []), note + "\n"]
@@ -523,6 +527,8 @@ def write_report(metrics: dict, examples: dict, images: dict, out_dir: str | Pat
     if ablation:
         parts += ["<h2 id='ablation'>Ablation: alignment and masked contrastive reconstruction</h2>",
                   html_table(*ablation_rows(ablation)), f"<p>{html.escape(ablation['note'])}</p>"]
+        if "ablation_gap" in figures:
+            parts.append(fig("ablation_gap"))
     if cq:
         parts += ["<h2 id='nlg'>Report quality of the retrieved captions</h2>",
                   html_table(*nlg_rows(cq)), f"<p>{html.escape(nlg_note)}</p>", fig("nlg")]

@@ -344,6 +344,8 @@ def run(cfg: EvaluateConfig) -> dict:
             raise UserError(f"--ablation {cfg.ablation}: no ablation.json there (run "
                             "`rocoray ablation --out DIR` first)")
         ablation = storage.read_json(storage.absolute(cfg.ablation), "ablation.json")
+        # relocatable: the figure is looked up next to ablation.json, wherever it now is
+        ablation["figure"] = storage.join(storage.absolute(cfg.ablation), "figures", "modality_gap.png")
     score.check_checkpoint(cfg.two_tower, "two_tower", "--two-tower")  # this job's own flags
     score.check_checkpoint(cfg.fusion, "fusion", "--fusion")
     configs = score_configs(cfg)
