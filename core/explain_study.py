@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from core import explain
-from core.checkpoint import load_checkpoint
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
 from core.explain_figure import overlay_figure, retrieved_figure, shaded_caption
@@ -68,10 +67,10 @@ def top3_overlays(examples: list[dict], table, loaded, figures: Path) -> dict | 
             "captions": captions}
 
 
-def explanation_study(data, split: str, checkpoints: dict, cases_wanted: int, figures: Path,
+def explanation_study(data, split: str, loaded: dict, cases_wanted: int, figures: Path,
                       examples: list[dict] | None = None) -> dict:
     """Localisation scores of every map (bootstrap CIs), the side-by-side figure, and the
-    top-3 overlays of the example queries. ``checkpoints``: kind -> checkpoint dir."""
+    top-3 overlays of the example queries. ``loaded``: kind -> ``core.checkpoint.Loaded``."""
     table = read_split(data, split, columns=COLUMNS)
     if "lesion_box" not in table.column_names or cases_wanted <= 0:
         return {"available": False, "reason": NO_BOXES}
@@ -80,7 +79,6 @@ def explanation_study(data, split: str, checkpoints: dict, cases_wanted: int, fi
     if not rows:
         return {"available": False, "reason": NO_BOXES}
     sub = table.take(rows)
-    loaded = {kind: load_checkpoint(path) for kind, path in checkpoints.items()}
     batches = {kind: build_preprocessor(lo.config.model, lo.tokenizer)(sub) for kind, lo in loaded.items()}
     keep = [i for i in range(len(rows)) if all(b["skip"][i] == 0 for b in batches.values())]
     cases = [{"box": boxes[rows[i]],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,6 @@ from core.checkpoint import load_checkpoint, read_checkpoint_config
 from core import concept_evaluation, fine_grained
 from core.explain_study import explanation_study
 from core.caption_quality import caption_quality
-from core.concepts import ConceptVocabulary
 from core.comparison import LABELS, compare
 from core.metrics import ranks_from_scores
 from core.scoring.rerank_selection import select_rerank
@@ -90,14 +89,38 @@ def load_features(summary: dict, kind: str):
     return store.read_all("text", blocks), store.read_all("image", blocks)
 
 
-def scaling_curve(summaries: dict, jobs: dict, points: int, rerank_k: int) -> dict:
+@dataclass
+class Scored:
+    """The finished scoring jobs, with each checkpoint and each encoded test gallery loaded
+    at most once for the in-process analyses (scaling, fine-grained, concepts, explanations,
+    modality gap)."""
+
+    jobs: dict
+    _loaded: dict = field(default_factory=dict)
+    _features: dict = field(default_factory=dict)
+
+    def loaded(self, kind: str):
+        if kind not in self._loaded:
+            self._loaded[kind] = load_checkpoint(self.jobs[kind].checkpoints[kind])
+        return self._loaded[kind]
+
+    def model(self, kind: str):
+        return self.loaded(kind).model
+
+    def features(self, kind: str):
+        """(text features, image features) of the test gallery ``kind`` encoded."""
+        if kind not in self._features:
+            self._features[kind] = load_features(score.load_summary(self.jobs[kind].out), kind)
+        return self._features[kind]
+
+
+def scaling_curve(scored: Scored, points: int, rerank_k: int) -> dict:
     """Scoring time of each method at growing gallery sizes, one process, on the features the
     scoring jobs encoded (encoders excluded: they are linear in N)."""
-    fusion = load_checkpoint(jobs["fusion"].checkpoints["fusion"]).model
-    two_tower = load_checkpoint(jobs["two_tower"].checkpoints["two_tower"]).model
-    f_text, f_image = load_features(summaries["fusion"], "fusion")
-    t_text, t_image = load_features(summaries["two_tower"], "two_tower")
-    groups = outputs.read_gallery(jobs["fusion"].out).column("group").to_numpy()
+    fusion, two_tower = scored.model("fusion"), scored.model("two_tower")
+    f_text, f_image = scored.features("fusion")
+    t_text, t_image = scored.features("two_tower")
+    groups = outputs.read_gallery(scored.jobs["fusion"].out).column("group").to_numpy()
     n = len(groups)
     low = max(rerank_k, min(64, n))
     sizes = sorted({int(s) for s in np.geomspace(low, n, points)}) if n > low else [n]
@@ -199,10 +222,11 @@ def select_on_validation(cfg: EvaluateConfig, job) -> tuple[dict, dict]:
     return selection, summary["features"]
 
 
-def fine_grained_evaluation(cfg: EvaluateConfig, jobs: dict, alpha: float) -> dict | None:
+def fine_grained_evaluation(cfg: EvaluateConfig, scored: Scored, alpha: float) -> dict | None:
     """Sibling accuracy of each method (and of the fusion model's own ITC heads, an
     ablation: the same encoders without cross-attention) on the split's one-attribute
     siblings, from the generator's stated attributes. None without families in the data."""
+    jobs = scored.jobs
     ids = outputs.read_gallery(jobs["fusion"].out).column("image_id").to_pylist()
     wanted = ["image_id", *fine_grained.COLUMNS]
     table = read_split(jobs["fusion"].cfg.data, cfg.split, columns=wanted)
@@ -211,10 +235,9 @@ def fine_grained_evaluation(cfg: EvaluateConfig, jobs: dict, alpha: float) -> di
     pairs = fine_grained.sibling_pairs({c: table.column(c).to_pylist() for c in wanted}, ids)
     if pairs is None or not len(pairs["query"]):
         return None
-    fusion = load_checkpoint(jobs["fusion"].checkpoints["fusion"]).model
-    two_tower = load_checkpoint(jobs["two_tower"].checkpoints["two_tower"]).model
-    f_text, f_image = load_features(score.load_summary(jobs["fusion"].out), "fusion")
-    t_text, t_image = load_features(score.load_summary(jobs["two_tower"].out), "two_tower")
+    fusion, two_tower = scored.model("fusion"), scored.model("two_tower")
+    f_text, f_image = scored.features("fusion")
+    t_text, t_image = scored.features("two_tower")
 
     def tt(ti, ii):
         return fine_grained.pair_scores(two_tower, t_text, t_image, ti, ii)
@@ -238,21 +261,30 @@ def fine_grained_evaluation(cfg: EvaluateConfig, jobs: dict, alpha: float) -> di
     return result
 
 
-def _cuis_in_order(data, split: str, ids: list) -> list:
-    table = read_split(data, split, columns=["image_id", "cui"])
-    by_id = dict(zip(table.column("image_id").to_pylist(), table.column("cui").to_pylist()))
-    return [by_id.get(i) or [] for i in ids]
+class CuiLookup:
+    """Each split's ``cui`` lists by image id, read once per split."""
+
+    def __init__(self, data):
+        self.data, self.splits = data, {}
+
+    def __call__(self, split: str, ids: list) -> list:
+        if split not in self.splits:
+            table = read_split(self.data, split, columns=["image_id", "cui"])
+            self.splits[split] = dict(zip(table.column("image_id").to_pylist(),
+                                          table.column("cui").to_pylist()))
+        return [self.splits[split].get(i) or [] for i in ids]
 
 
-def cross_split_topk(cfg: EvaluateConfig, jobs: dict, gallery_jobs: dict) -> tuple[dict, list]:
+def cross_split_topk(cfg: EvaluateConfig, scored: Scored, gallery_jobs: dict) -> tuple[dict, list]:
     """Each method's top-K for the test queries against the --gallery-split items (encoded
     by the Ray Data stage, like any gallery), and those items' image ids."""
     from core.cross_split import across
     from ray_jobs.gallery import encode
 
+    jobs = scored.jobs
     queries, gallery, ids = {}, {}, {}
     for kind in ("two_tower", "fusion"):
-        queries[kind] = load_features(score.load_summary(jobs[kind].out), kind)
+        queries[kind] = scored.features(kind)
         g = encode(gallery_jobs[kind], kind, score.tile_side(gallery_jobs[kind], kind)[0])
         gallery[kind] = (g.features("text"), g.features("image"))
         ids[kind] = g.table.column("image_id").to_pylist()
@@ -261,22 +293,23 @@ def cross_split_topk(cfg: EvaluateConfig, jobs: dict, gallery_jobs: dict) -> tup
     if ids["two_tower"] != ids["fusion"] or query_ids[0] != query_ids[1]:
         raise UserError("the two models' galleries hold other rows; their top-K cannot be "
                         "compared")
-    models = {"fusion": load_checkpoint(jobs["fusion"].checkpoints["fusion"]).model}
+    models = {"fusion": scored.model("fusion")}
     rr = jobs["rerank"].cfg
     log.info("concept-aware retrieval against the %s split (%d items)", cfg.gallery_split,
              len(ids["fusion"]))
     return across(models, queries, gallery, cfg.k, rr.rerank_k, rr.alpha), ids["fusion"]
 
 
-def concept_sections(cfg: EvaluateConfig, jobs: dict, val_features: dict | None,
+def concept_sections(cfg: EvaluateConfig, scored: Scored, val_features: dict | None,
                      gallery_jobs: dict | None = None) -> dict:
     """Concept detection by each model's concept head (threshold chosen on the validation
     galleries the rerank selection encoded) and concept-aware retrieval of the three
     methods' top-K lists; "n/a" when the data has no concept ids."""
-    data = jobs["fusion"].cfg.data
+    jobs = scored.jobs
+    cuis = CuiLookup(jobs["fusion"].cfg.data)
     gallery = outputs.read_gallery(jobs["fusion"].out)
     ids = gallery.column("image_id").to_pylist()
-    test_cuis = _cuis_in_order(data, cfg.split, ids)
+    test_cuis = cuis(cfg.split, ids)
     if not concept_evaluation.has_concepts(test_cuis):
         return {"available": False, "reason": concept_evaluation.NO_CONCEPTS}
     topk = {m: {d: outputs.read_topk(jobs[m].out, d)[0] for d in ("t2i", "i2t")} for m in METHODS}
@@ -287,22 +320,22 @@ def concept_sections(cfg: EvaluateConfig, jobs: dict, val_features: dict | None,
     out = {"available": True, "retrieval": {"test": concept_evaluation.retrieval(
         test_cuis, test_cuis, topk)}, "detection": None}
     if gallery_jobs:
-        across, gallery_ids = cross_split_topk(cfg, jobs, gallery_jobs)
+        across, gallery_ids = cross_split_topk(cfg, scored, gallery_jobs)
         across["random"] = {d: np.stack([rng.permutation(len(gallery_ids))[:k] for _ in ids])
                             for d in ("t2i", "i2t")}
         out["retrieval"][cfg.gallery_split] = concept_evaluation.retrieval(
-            test_cuis, _cuis_in_order(data, cfg.gallery_split, gallery_ids), across)
+            test_cuis, cuis(cfg.gallery_split, gallery_ids), across)
     for kind in ("two_tower", "fusion"):
-        vocab = ConceptVocabulary.find(jobs[kind].checkpoints[kind])
+        vocab = scored.loaded(kind).concepts
         own = outputs.read_gallery(jobs[kind].out)  # this model's gallery, in its own order
         logits = outputs.concept_logits(own)
         if vocab is None or logits is None:
             continue
-        own_cuis = _cuis_in_order(data, cfg.split, own.column("image_id").to_pylist())
+        own_cuis = cuis(cfg.split, own.column("image_id").to_pylist())
         val_cuis, val_logits = None, None
         if val_features and kind in val_features:
             val_gallery = outputs.read_gallery(val_features[kind])
-            val_cuis = _cuis_in_order(data, cfg.val_split, val_gallery.column("image_id").to_pylist())
+            val_cuis = cuis(cfg.val_split, val_gallery.column("image_id").to_pylist())
             val_logits = {kind: outputs.concept_logits(val_gallery)}
         found = concept_evaluation.detection(vocab, own_cuis, {kind: logits}, val_cuis, val_logits)
         if out["detection"] is None:
@@ -321,14 +354,16 @@ def figures_dir(out: str) -> Path:
 
 
 ALIGNMENT_LABELS = {"abm": "AbM", "mba": "MbA"}
-def modality_gaps(jobs: dict, out: str) -> dict:
+
+
+def modality_gaps(scored: Scored, out: str) -> dict:
     """The modality gap of the two-tower model and of the fusion model's ITC heads on the test
     embeddings the scoring jobs encoded, with their PCA / t-SNE figure."""
     from core.modality_gap import gap_figure, modality_gap
 
-    alignment = read_checkpoint_config(jobs["two_tower"].checkpoints["two_tower"]).model.two_tower.alignment
-    t_text, t_image = load_features(score.load_summary(jobs["two_tower"].out), "two_tower")
-    f_text, f_image = load_features(score.load_summary(jobs["fusion"].out), "fusion")
+    alignment = scored.loaded("two_tower").config.model.two_tower.alignment
+    t_text, t_image = scored.features("two_tower")
+    f_text, f_image = scored.features("fusion")
     gaps = {f"two-tower ({ALIGNMENT_LABELS[alignment]})":
             modality_gap(t_image.embed.numpy(), t_text.embed.numpy()),
             "fusion ITC heads (AbM)": modality_gap(f_image.embed.numpy(), f_text.embed.numpy())}
@@ -376,8 +411,8 @@ def run(cfg: EvaluateConfig) -> dict:
             raise UserError(f"{m} scored {s['n']} items, fusion {n}: the galleries differ")
     out = storage.absolute(cfg.out)
     data = summaries["fusion"]["data"]
-    params = {kind: count_parameters(load_checkpoint(jobs[kind].checkpoints[kind]).model)
-              for kind in ("two_tower", "fusion")}
+    scored = Scored(jobs)
+    params = {kind: count_parameters(scored.model(kind)) for kind in ("two_tower", "fusion")}
     params["rerank"] = params["two_tower"] + params["fusion"]
     metrics = {
         "data": data, "split": cfg.split, "gallery_size": n,
@@ -386,7 +421,7 @@ def run(cfg: EvaluateConfig) -> dict:
                         "parameters": params[m], "checkpoints": s["checkpoints"],
                         **({"rerank_k": s["rerank_k"], "alpha": s["alpha"]} if m == "rerank" else {})}
                     for m, s in summaries.items()},
-        "scaling": scaling_curve(summaries, jobs, cfg.scaling_points, cfg.rerank_k),
+        "scaling": scaling_curve(scored, cfg.scaling_points, cfg.rerank_k),
         "training": {kind: training_record(jobs[kind].checkpoints[kind])
                      for kind in ("two_tower", "fusion")},
         "comparison": compare({m: dict(zip(("t2i", "i2t"), (outputs.read_topk(jobs[m].out, d)[2]
@@ -394,19 +429,19 @@ def run(cfg: EvaluateConfig) -> dict:
                                for m in METHODS}, n),
     }
     metrics["rerank_selection"] = selection
-    metrics["fine_grained"] = fine_grained_evaluation(cfg, jobs, jobs["rerank"].cfg.alpha)
+    metrics["fine_grained"] = fine_grained_evaluation(cfg, scored, jobs["rerank"].cfg.alpha)
     captions = outputs.read_gallery(jobs["fusion"].out).column("caption").to_pylist()
     log.info("report quality of the retrieved captions (BLEU-4, METEOR, ROUGE-L, CIDEr @K)")
     metrics["caption_quality"] = caption_quality(
         captions, {m: {d: outputs.read_topk(jobs[m].out, d)[0] for d in ("t2i", "i2t")}
                    for m in METHODS})
-    metrics["concepts"] = concept_sections(cfg, jobs, val_features, gallery_jobs)
+    metrics["concepts"] = concept_sections(cfg, scored, val_features, gallery_jobs)
     examples = pick_examples(out, n, cfg.examples)
     log.info("explaining test pairs with lesion boxes (attention, Grad-CAM, Integrated Gradients)")
     metrics["explanations"] = explanation_study(
-        data, cfg.split, {k: jobs[k].checkpoints[k] for k in ("two_tower", "fusion")},
+        data, cfg.split, {k: scored.loaded(k) for k in ("two_tower", "fusion")},
         cfg.explain_cases, figures_dir(out), examples["rerank"]["t2i"])
-    metrics["modality_gap"] = modality_gaps(jobs, out)
+    metrics["modality_gap"] = modality_gaps(scored, out)
     metrics["ablation"] = ablation
     conclude(metrics["comparison"])
     if metrics["fine_grained"]:
