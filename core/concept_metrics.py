@@ -61,6 +61,3 @@ def prior_scores(priors: np.ndarray, n: int) -> np.ndarray:
     """The chance detector: every image scored with the training priors."""
     return np.broadcast_to(np.asarray(priors, np.float64), (n, len(priors)))
 
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))

@@ -44,16 +44,15 @@ def _standardised(model, pixels: torch.Tensor) -> torch.Tensor:
     return model.image_encoder.normalize(pixels)
 
 
-def _score_fn(model, input_ids, attention_mask):
-    """score(standardised pixels (B,3,S,S)) for the given caption (broadcast over B)."""
-
-    def score(x):
-        ids, mask = input_ids.expand(len(x), -1), attention_mask.expand(len(x), -1)
-        if model.kind == "fusion":
-            return model(x, ids, mask)
-        return (model.embed_image(x) * model.embed_text(ids, mask)).sum(-1)
-
-    return score
+def pair_score(model, x: torch.Tensor, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor) -> torch.Tensor:
+    """The score explained: fusion's match logit or the two-tower cosine, for standardised
+    pixels ``x`` and captions, either side of batch 1 broadcast over the other."""
+    mask = attention_mask.expand(len(input_ids), -1)
+    if model.kind == "fusion":
+        n = max(len(x), len(input_ids))
+        return model(x.expand(n, -1, -1, -1), input_ids.expand(n, -1), mask.expand(n, -1))
+    return (model.embed_image(x) * model.embed_text(input_ids, mask)).sum(-1)
 
 
 def fusion_attention(model, pixels, input_ids, attention_mask) -> dict:
@@ -88,7 +87,7 @@ def grid_gradcam(model, pixels, input_ids, attention_mask) -> np.ndarray:
     handle = model.image_encoder.backbone.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            score = _score_fn(model, input_ids, attention_mask)(x).sum()
+            score = pair_score(model, x, input_ids, attention_mask).sum()
             (grad,) = torch.autograd.grad(score, store["fmap"])
     finally:
         handle.remove()
@@ -104,7 +103,8 @@ def pixel_ig(model, pixels, input_ids, attention_mask, steps: int = IG_STEPS) ->
     x = _standardised(model, pixels).detach()
     baseline = _standardised(model, torch.zeros_like(pixels)).detach()
     with torch.enable_grad():
-        attr = IntegratedGradients(_score_fn(model, input_ids, attention_mask)).attribute(
+        attr = IntegratedGradients(
+            lambda px: pair_score(model, px, input_ids, attention_mask)).attribute(
             x, baselines=baseline, n_steps=steps, internal_batch_size=steps)
     heat = attr[0].abs().sum(0)[None, None]  # (1, 1, S, S)
     return _normalise(F.adaptive_avg_pool2d(heat, _grid(model))[0, 0])
@@ -124,14 +124,9 @@ def token_ig(model, pixels, input_ids, attention_mask, steps: int = IG_STEPS) ->
     inner[int(valid.sum()) - 1] = False  # keep [CLS] and [SEP]
     baseline[0, inner] = 0
 
-    def score(ids):
-        mask = attention_mask.expand(len(ids), -1)
-        if model.kind == "fusion":
-            return model(x.expand(len(ids), -1, -1, -1), ids, mask)
-        return (model.embed_image(x) * model.embed_text(ids, mask)).sum(-1)
-
     with torch.enable_grad():
-        attr = LayerIntegratedGradients(score, embeddings).attribute(
+        attr = LayerIntegratedGradients(
+            lambda ids: pair_score(model, x, ids, attention_mask), embeddings).attribute(
             input_ids, baselines=baseline, n_steps=steps, internal_batch_size=steps)
     per_token = attr[0].sum(-1)  # the two-tower text path trims all-padding columns first
     return per_token[valid[:len(per_token)]].detach().float().cpu().numpy()

@@ -14,27 +14,32 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 
+def draw_overlay(ax, image: np.ndarray, heat: np.ndarray | None, box, title: str) -> None:
+    """One panel: the greyscale image, the map over it (scaled to its peak), the lesion box."""
+    size = image.shape[0]
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    if heat is not None:
+        ax.imshow(heat / max(heat.max(), 1e-12), cmap="jet", alpha=0.45,
+                  extent=(0, size, size, 0), interpolation="bilinear")
+    if box:
+        x0, y0, x1, y1 = (v * size for v in box)
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime",
+                               linewidth=1.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
 def overlay_figure(images: list[np.ndarray], boxes: list, maps: list[dict], path: Path) -> Path:
     """One row per case: the image with its lesion box, then each method's map over it."""
     methods = list(maps[0])
     rows, cols = len(images), len(methods) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.2 * rows), squeeze=False)
     for r, (image, box, by_method) in enumerate(zip(images, boxes, maps)):
-        size = image.shape[0]
         for c, title in enumerate(["image + lesion box", *methods]):
-            ax = axes[r][c]
-            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-            if c:
-                heat = by_method[title]
-                ax.imshow(heat / max(heat.max(), 1e-12), cmap="jet", alpha=0.45,
-                          extent=(0, size, size, 0), interpolation="bilinear")
-            x0, y0, x1, y1 = (v * size for v in box)
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime",
-                                   linewidth=1.5))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=8)
+            draw_overlay(axes[r][c], image, by_method[title] if c else None, box,
+                         title if r == 0 else "")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -65,22 +70,11 @@ def retrieved_figure(grid: list[list[tuple]], path: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
     for r, cells in enumerate(grid):
         for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
             if c >= len(cells):
-                ax.axis("off")
+                axes[r][c].axis("off")
                 continue
             image, box, heat, title = cells[c]
-            size = image.shape[0]
-            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-            ax.imshow(heat / max(heat.max(), 1e-12), cmap="jet", alpha=0.45,
-                      extent=(0, size, size, 0), interpolation="bilinear")
-            if box:
-                x0, y0, x1, y1 = (v * size for v in box)
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
-                                       edgecolor="lime", linewidth=1.5))
-            ax.set_title(title, fontsize=8)
+            draw_overlay(axes[r][c], image, heat, box, title)
         axes[r][0].set_ylabel(f"query {r + 1}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

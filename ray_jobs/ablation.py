@@ -97,13 +97,12 @@ def run(cfg: AblationConfig) -> dict:
         name = f"{align.replace('abm', 'AbM').replace('mba', 'MbA')} / MCR {mode}"
         log.info("ablation variant %s: training", name)
         summary = train.run(experiment)
+        score_out = str(out / "score" / f"{align}-{mode}")
         scored = score.run(score.ScoreConfig(model="two_tower", checkpoint=summary["path"],
-                                             data=cfg.data, split=cfg.split,
-                                             out=str(out / "score" / f"{align}-{mode}")))
+                                             data=cfg.data, split=cfg.split, out=score_out))
         text, image = load_features(scored, "two_tower")
         gap = modality_gap(image.embed.numpy(), text.embed.numpy())
         gaps[name] = gap
-        score_out = str(out / "score" / f"{align}-{mode}")
         captions = outputs.read_gallery(score_out).column("caption").to_pylist()
         cq = caption_quality(captions, {"v": {d: outputs.read_topk(score_out, d)[0]
                                               for d in ("t2i", "i2t")}})

@@ -49,6 +49,10 @@ class PrepareConfig:
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
+META_COLUMNS = ["modality", "body_region", "finding", "laterality", "position", "lesion_count",
+                "view", "image_id"]
+
+
 def concept_statistics(vocab: ConceptVocabulary, table) -> dict:
     """Per split: rows without any concept id, and listed ids outside the vocabulary."""
     targets, unknown = vocab.multi_hot(table.column("cui").to_pylist())
@@ -100,9 +104,10 @@ def run(cfg: PrepareConfig) -> dict:
     tokenizer.save_pretrained(str(tok_dir))
     log.info("tokenizer (%s, %d tokens) saved to %s", source, len(tokenizer), tok_dir)
 
-    vocab = ConceptVocabulary.build(
-        read_split(data, cfg.splits[0], columns=["cui"]).column("cui").to_pylist(),
-        config.model.concepts.min_count)
+    # Each split's metadata (attributes, concept ids), read once.
+    meta = {split: read_split(data, split, columns=[*META_COLUMNS, "cui"]) for split in cfg.splits}
+    vocab = ConceptVocabulary.build(meta[cfg.splits[0]].column("cui").to_pylist(),
+                                    config.model.concepts.min_count)
     vocab.save(out)
     log.info("concept vocabulary: %d concepts from %d %s images (%d without any concept id; "
              "%d concepts under min_count %d left out) saved to %s", len(vocab), vocab.images,
@@ -115,11 +120,8 @@ def run(cfg: PrepareConfig) -> dict:
         ds, files = read_split_dataset(data, split)
         s = split_statistics(ds, preprocessor, split)
         s["files"] = len(files.paths)
-        meta = read_split(data, split, columns=["modality", "body_region", "finding",
-                                                 "laterality", "position", "lesion_count",
-                                                 "view", "image_id"])
-        s["attributes"] = attribute_distribution(meta)
-        s["concepts"] = concept_statistics(vocab, read_split(data, split, columns=["cui"]))
+        s["attributes"] = attribute_distribution(meta[split])
+        s["concepts"] = concept_statistics(vocab, meta[split])
         stats.append(s)
         if s["skipped"]:
             log.warning("%s: skipped %s", split, s["skipped"])

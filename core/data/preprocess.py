@@ -102,7 +102,7 @@ class Preprocessor:
       normalises on the device: 4x fewer bytes cross the host-device link),
       input_ids / attention_mask int64 (N,L), group int64, skip int8 (SkipReason);
       with a concept vocabulary, concepts uint8 (N,C) multi-hot targets from the ``cui``
-      column and concepts_unknown int32 (N,) ids outside the vocabulary (counted).
+      column (ids outside the vocabulary are counted by ``rocoray prepare``).
     """
 
     def __init__(self, tokenizer, image_size: int, max_length: int, max_logged: int = 20,
@@ -173,8 +173,7 @@ class Preprocessor:
             "skip": skip,
         }
         if self.concepts is not None:
-            out["concepts"], out["concepts_unknown"] = self.concepts.multi_hot(
-                _column(batch, "cui"))
+            out["concepts"] = self.concepts.multi_hot(_column(batch, "cui"))[0]
         return out
 
     def inspect(self, batch: pa.Table | dict) -> dict[str, np.ndarray]:

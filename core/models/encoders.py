@@ -8,6 +8,8 @@ vector: a Hugging Face BERT-family model by name or path, or a BertModel built f
 
 from __future__ import annotations
 
+import math
+
 import logging
 
 import torch
@@ -148,6 +150,23 @@ class ProjectionMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def contrastive_heads(image_dim: int, text_dim: int, tc) -> tuple[ProjectionMLP, ProjectionMLP]:
+    """CLIP's projection MLPs of the image and the text side, sized by ``model.two_tower``
+    (the two-tower model's, and the fusion model's ITC heads)."""
+    return (ProjectionMLP(image_dim, tc.proj_hidden, tc.embed_dim, tc.proj_layers),
+            ProjectionMLP(text_dim, tc.proj_hidden, tc.embed_dim, tc.proj_layers))
+
+
+def register_logit_scale(module: nn.Module, name: str, tc) -> None:
+    """log(1 / temperature) on ``module`` as ``name``: a learnable parameter, or a fixed
+    buffer when ``model.two_tower.learnable_temperature`` is off."""
+    init = torch.tensor(math.log(1.0 / tc.temperature))
+    if tc.learnable_temperature:
+        setattr(module, name, nn.Parameter(init))
+    else:
+        module.register_buffer(name, init)
 
 
 def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):

@@ -29,8 +29,8 @@ from torch import nn
 from core.config import ModelConfig
 from core.features import Features
 from core.models.concept_head import build_concept_head
-from core.models.encoders import (ImageEncoder, ProjectionMLP, TextEncoder, l2_normalize,
-                                  masked_mean)
+from core.models.encoders import (ImageEncoder, TextEncoder, contrastive_heads, l2_normalize,
+                                  masked_mean, register_logit_scale)
 
 
 @dataclass
@@ -133,15 +133,9 @@ class FusionModel(nn.Module):
         # sampled by this similarity, and a two-tower checkpoint initialises all of it
         # (``model.fusion.init_from``, ``core.checkpoint.init_fusion_from_two_tower``).
         tc = config.two_tower
-        self.itc_image_proj = ProjectionMLP(self.image_encoder.out_dim, tc.proj_hidden,
-                                            tc.embed_dim, tc.proj_layers)
-        self.itc_text_proj = ProjectionMLP(self.text_encoder.out_dim, tc.proj_hidden,
-                                           tc.embed_dim, tc.proj_layers)
-        init = torch.tensor(math.log(1.0 / tc.temperature))
-        if tc.learnable_temperature:
-            self.itc_logit_scale = nn.Parameter(init)
-        else:
-            self.register_buffer("itc_logit_scale", init)
+        self.itc_image_proj, self.itc_text_proj = contrastive_heads(
+            self.image_encoder.out_dim, self.text_encoder.out_dim, tc)
+        register_logit_scale(self, "itc_logit_scale", tc)
         self.max_logit_scale = tc.max_logit_scale
         self.concept_head = build_concept_head(self.image_encoder.out_dim, config.concepts)
 

@@ -8,7 +8,6 @@ model also carries the masked-reconstruction heads (``core.training`` uses them)
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +17,8 @@ from core.config import ModelConfig
 from core.features import Embeddings
 from core.models.concept_head import build_concept_head
 from core.models.pooling import AttentionPool
-from core.models.encoders import (ImageEncoder, ProjectionMLP, TextEncoder, l2_normalize,
-                                  trim_padding)
+from core.models.encoders import (ImageEncoder, TextEncoder, contrastive_heads, l2_normalize,
+                                  register_logit_scale, trim_padding)
 
 
 class TwoTowerModel(nn.Module):
@@ -32,15 +31,9 @@ class TwoTowerModel(nn.Module):
         tc = config.two_tower
         self.image_encoder = ImageEncoder(config.image)
         self.text_encoder = TextEncoder(config.text)
-        self.image_proj = ProjectionMLP(self.image_encoder.out_dim, tc.proj_hidden,
-                                        tc.embed_dim, tc.proj_layers)
-        self.text_proj = ProjectionMLP(self.text_encoder.out_dim, tc.proj_hidden,
-                                       tc.embed_dim, tc.proj_layers)
-        init = torch.tensor(math.log(1.0 / tc.temperature))
-        if tc.learnable_temperature:
-            self.logit_scale = nn.Parameter(init)
-        else:
-            self.register_buffer("logit_scale", init)
+        self.image_proj, self.text_proj = contrastive_heads(
+            self.image_encoder.out_dim, self.text_encoder.out_dim, tc)
+        register_logit_scale(self, "logit_scale", tc)
         self.max_logit_scale = tc.max_logit_scale
         self.concept_head = build_concept_head(self.image_encoder.out_dim, config.concepts)
         if tc.alignment not in ("abm", "mba"):
