@@ -14,7 +14,8 @@ def test_ablation_trains_scores_and_tabulates_each_variant(ray_session, syntheti
 
     out = tmp_path / "ablation"
     argv = ["--data", str(synthetic_dir), "--variants", "abm:off", "mba:masked_single",
-            "--epochs", "1", "--out", str(out), "--set", "train.batch_size=32"]
+            "--epochs", "1", "--out", str(out), "--set", "train.batch_size=32",
+            "train.cpus_per_worker=0.5"]
     result = main(argv)
     names = [v["name"] for v in result["variants"]]
     assert names == ["AbM / MCR off", "MbA / MCR masked_single"]
