@@ -5,9 +5,8 @@ and ``core.concept_retrieval``). Inputs are arrays; the evaluate job reads them.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
-from core.concept_metrics import choose_threshold, detection_metrics, prior_scores
+from core.concept_metrics import choose_threshold, detection_metrics, prior_scores, probabilities
 from core.concept_retrieval import per_query
 from core.concepts import ConceptVocabulary
 from core.significance import bootstrap_ci
@@ -24,9 +23,9 @@ def detection(vocab: ConceptVocabulary, test_cuis: list, test_logits: dict,
     val_targets = vocab.multi_hot(val_cuis)[0] if val_cuis is not None else None
     out = {"vocabulary_size": len(vocab), "test_images": len(targets),
            "test_ids_outside_vocabulary": int(unknown.sum()), "methods": {}}
-    scored = {kind: expit(v) for kind, v in test_logits.items() if v is not None}
+    scored = {kind: probabilities(v) for kind, v in test_logits.items() if v is not None}
     scored["chance"] = prior_scores(vocab.priors(), len(targets))
-    val_scored = {kind: expit(v) for kind, v in (val_logits or {}).items() if v is not None}
+    val_scored = {kind: probabilities(v) for kind, v in (val_logits or {}).items() if v is not None}
     if val_targets is not None:
         val_scored["chance"] = prior_scores(vocab.priors(), len(val_targets))
     for kind, probs in scored.items():

@@ -14,6 +14,7 @@ macro-averaged per-concept view, all computed by scikit-learn.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 from sklearn.metrics import (average_precision_score, f1_score, precision_recall_fscore_support,
                              roc_auc_score)
 
@@ -55,6 +56,11 @@ def detection_metrics(targets: np.ndarray, probs: np.ndarray, threshold: float) 
         out["macro_ap"] = float(average_precision_score(targets[:, both], probs[:, both],
                                                         average="macro"))
     return out
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Concept probabilities from a head's logits (scipy's expit: the logistic sigmoid)."""
+    return expit(np.asarray(logits, np.float64))
 
 
 def prior_scores(priors: np.ndarray, n: int) -> np.ndarray:

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import expit
 
 from core import faults, storage
-from core.concept_metrics import choose_threshold
+from core.concept_metrics import choose_threshold, probabilities
 from core.concepts import resolve_vocabulary
 from core.checkpoint import (RUN_RESULT, WEIGHTS, init_fusion_from_two_tower, load_train_state,
                              read_checkpoint_config, resolve_checkpoint, save_checkpoint, unwrap)
@@ -190,8 +189,8 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
         # ImageCLEF's per-image F1 on the validation images, at the best threshold there
         # (the threshold the test report uses is chosen on this split the same way).
         threshold, f1 = choose_threshold(np.concatenate([p["concepts"] for p in parts]),
-                                         expit(np.concatenate([p["concept_logits"]
-                                                                 for p in parts])))
+                                         probabilities(np.concatenate([p["concept_logits"]
+                                                                       for p in parts])))
         out.update({"val/concept_f1": f1, "val/concept_threshold": threshold})
     return out
 
