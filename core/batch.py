@@ -24,9 +24,11 @@ import torch
 from core.data.preprocess import count_skips
 
 # What the models and losses consume; everything else in a batch is host bookkeeping.
-MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "group")
-# Model inputs that only some batches carry: multi-hot concept targets (a concept head's).
-OPTIONAL_INPUTS = ("concepts",)
+MODEL_INPUTS = ("input_ids", "attention_mask", "group")
+# Model inputs that only some batches carry: the pixels (absent when the frozen image stages
+# were encoded in advance: ``image_prefix``), the frozen text layers' token states
+# (``text_prefix``), multi-hot concept targets (a concept head's).
+OPTIONAL_INPUTS = ("pixel_values", "image_prefix", "text_prefix", "concepts")
 
 
 @dataclass

@@ -123,7 +123,7 @@ def load_checkpoint(path: str | Path, expected_kind: str | None = None,
     if expected_kind is not None and config.model.kind != expected_kind:
         raise CheckpointError(f"checkpoint {path} holds a {config.model.kind!r} model, "
                               f"but a {expected_kind!r} model was asked for")
-    model = build_model(config.model)
+    model = build_model(config.model, load_weights=False)
     missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False, device=str(device))
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config "

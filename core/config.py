@@ -27,25 +27,36 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class ImageEncoderConfig:
-    # torchvision "resnet18" / "resnet34" / "resnet50", or "small_cnn" for CPU presets.
+    # torchvision "resnet18" / "resnet34" / "resnet50", "efficientnet_lite0" (ImageNet
+    # weights from a pinned package: works offline), or "small_cnn" for CPU presets.
     arch: str = "resnet50"
-    # Load ImageNet weights when they can be fetched; random init (with a warning) otherwise.
+    # ImageNet weights (torchvision's download for ResNets, the packaged file for
+    # efficientnet_lite0). When they cannot be loaded the model does not build (an error
+    # naming what is missing): never a silent random init.
     pretrained: bool = False
     image_size: int = 224
     # Channel widths of the small_cnn stages (each stage halves the resolution).
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # Input normalisation on [0, 1] pixels; None: what the architecture's weights were
+    # trained with (ImageNet's for ResNets and small_cnn, 0.498 / 0.502 for EfficientNet-Lite).
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # Leading backbone stages frozen (weights fixed, BatchNorm statistics kept); -1: all.
+    freeze_stages: int = 0
 
 
 @dataclass
 class TextEncoderConfig:
-    # A Hugging Face model name or local path (BERT family). None: a BertModel built from the
-    # sizes below, randomly initialised (the offline path).
+    # A Hugging Face model name or local path (BERT family); sentence-transformers/
+    # all-MiniLM-L6-v2 loads from its pinned package, offline. None: a BertModel built from
+    # the sizes below, randomly initialised.
     name_or_path: str | None = None
-    # A Hugging Face tokenizer name or path. None: <data>/tokenizer if present, else a
-    # WordPiece vocabulary trained on the training captions.
+    # A Hugging Face tokenizer name or path. None: the pretrained model's own tokenizer when
+    # name_or_path is set; else <data>/tokenizer if present, else a WordPiece vocabulary
+    # trained on the training captions.
     tokenizer: str | None = None
+    # The embeddings and this many leading transformer layers frozen; -1: the whole encoder.
+    freeze_layers: int = 0
     vocab_size: int = 30522  # overwritten by the tokenizer's size when built from config
     hidden_size: int = 768
     num_layers: int = 12
@@ -163,6 +174,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64  # per worker
     lr: float = 1e-4
+    # Learning rate of the pretrained encoders' trainable layers (None: ``lr``); the new
+    # heads (projections, fusion layers, concept head, temperature) train at ``lr``.
+    encoder_lr: float | None = None
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
@@ -182,6 +196,11 @@ class TrainConfig:
     val_max_items: int | None = None
     fusion_val_max_items: int = 256
     eval_batch_size: int = 128
+    # With frozen encoder layers (model.image.freeze_stages, model.text.freeze_layers): run
+    # them once over the training split before the first epoch and train on their outputs
+    # (no per-epoch augmentation is lost: the pipeline has none). Validation runs the whole
+    # model.
+    encode_frozen_once: bool = True
     # Storage: local path or s3://; a run re-launched with the same name resumes.
     storage_path: str = "runs"
     name: str | None = None

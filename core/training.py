@@ -54,33 +54,44 @@ class LossModule(nn.Module):
         self.contrastive_weight = config.fusion.contrastive_weight
         self.register_buffer("swap", swap, persistent=False)
 
-    def forward(self, pixel_values, input_ids, attention_mask, group, concepts=None):
-        """(loss, {name: float tensor}) for one batch."""
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, group=None,
+                concepts=None, image_prefix=None, text_prefix=None):
+        """(loss, {name: float tensor}) for one batch. ``image_prefix`` / ``text_prefix``:
+        the frozen encoder layers' outputs, encoded once before training, in place of the
+        pixels (then None) / of the first layers' work."""
         if self.kind == "two_tower":
             loss, stats, concept_logits = self._two_tower(pixel_values, input_ids,
-                                                          attention_mask, group)
+                                                          attention_mask, group, image_prefix,
+                                                          text_prefix)
         else:
-            image, concept_logits = self.model.encode_image_with_concepts(pixel_values)
-            loss, stats = self._fusion(image, input_ids, attention_mask, group)
+            image, concept_logits = self.model.encode_image_with_concepts(pixel_values,
+                                                                          image_prefix)
+            loss, stats = self._fusion(image, input_ids, attention_mask, group, text_prefix)
         if concept_logits is not None and concepts is not None and self.concept_weight > 0:
             concept = self.concept_loss(concept_logits, concepts)
             loss = loss + self.concept_weight * concept
             stats["concept_loss"] = concept.detach()
         return loss, stats
 
-    def _two_tower(self, pixel_values, input_ids, attention_mask, group):
+    def _two_tower(self, pixel_values, input_ids, attention_mask, group, image_prefix=None,
+                   text_prefix=None):
         """InfoNCE, and with MCR the masked reconstruction losses; returns (loss, stats,
         concept logits)."""
         m = self.model
-        x = m.image_encoder.normalize(pixel_values)
-        ids, mask = trim_padding(input_ids, attention_mask)
         scale = m.scale()
         stats = {"logit_scale": scale.detach()}
         head = m.concept_head
         if self.mcr.mode == "off":
-            image, _, pooled = m.image_features(x)
-            loss = self.infonce(image, m.text_features(ids, mask)[0], scale, group)
+            x = None if image_prefix is not None else m.image_encoder.normalize(pixel_values)
+            image, _, pooled = m.image_features(x, image_prefix)
+            text = m.text_features(input_ids, attention_mask, text_prefix)[0]
+            loss = self.infonce(image, text, scale, group)
             return loss, stats, head(pooled) if head is not None else None
+        if image_prefix is not None or text_prefix is not None:
+            raise ValueError("masked contrastive reconstruction (model.mcr.mode) masks the "
+                             "inputs: it cannot train on frozen features encoded in advance")
+        x = m.image_encoder.normalize(pixel_values)
+        ids, mask = trim_padding(input_ids, attention_mask)
         gen = masking.generator(self.mask_seed, self.mask_step, x.device)
         self.mask_step += 1
         grid = m.image_encoder.grid
@@ -104,10 +115,11 @@ class LossModule(nn.Module):
                      text_recon_loss=l_txt.detach())
         return loss, stats, head(pooled) if head is not None else None
 
-    def _fusion(self, image, input_ids, attention_mask, group):
+    def _fusion(self, image, input_ids, attention_mask, group, text_prefix=None):
         m = self.model
         ids, mask = trim_padding(input_ids, attention_mask)
-        text = m.encode_text(ids, mask)
+        text = m.encode_text(ids, mask, None if text_prefix is None
+                             else text_prefix[:, :ids.shape[1]])
         ti, ii, labels = self.match.pairs(text.embed, image.embed, group)
         logits = m.score_pairs(text, image, ti, ii)
         stats = {"match_acc": ((logits > 0).float() == labels).float().mean().detach()}
@@ -127,18 +139,26 @@ class LossModule(nn.Module):
         return loss, stats
 
 
+ENCODERS = ("image_encoder.", "text_encoder.")
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, embeddings' positions and the temperature."""
-    decay, no_decay = [], []
+    """AdamW; no weight decay on biases, norms, embeddings' positions and the temperature.
+    Pretrained encoders train at ``train.encoder_lr`` (when set), the new heads at
+    ``train.lr``; frozen parameters are left out."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "logit_scale" in name or "image_pos" in name or "norm" in name.lower():
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        bare = name.removeprefix("module.").removeprefix("model.")
+        encoder = config.encoder_lr is not None and bare.startswith(ENCODERS)
+        no_decay = (p.ndim < 2 or "logit_scale" in name or "image_pos" in name
+                    or "norm" in name.lower())
+        groups.setdefault((encoder, no_decay), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
+          "lr": config.encoder_lr if encoder else config.lr}
+         for (encoder, no_decay), params in sorted(groups.items())], lr=config.lr)
 
 
 def build_scheduler(optimizer, total_steps: int, warmup_fraction: float):

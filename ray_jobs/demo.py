@@ -2,6 +2,7 @@
 
     rocoray demo                       # synthetic ROCOv2, tiny preset, on 2 CPUs
     rocoray demo --data ../shared/data/chest-xray-sample
+    rocoray demo --data datasets/roco-ccby --config roco_cpu   # real ROCO, pretrained towers
 
 Stages: 1 prepare the data (generate the synthetic ROCOv2 unless --data is given) ->
 2 train the two-tower model -> 3 train the fusion model (both on Ray Train) -> 4 score the
@@ -102,8 +103,10 @@ def run(cfg: DemoConfig) -> dict:
         prepare.run(prepare.PrepareConfig(synthetic=True, out=data, n_train=cfg.n_train,
                                           n_val=cfg.n_val, n_test=cfg.n_test))
     else:
-        log.info("stage 1/%d: statistics and tokenizer of %s", stages, data)
-        prepare.run(prepare.PrepareConfig(data=str(data), out=str(out / "data")))
+        log.info("stage 1/%d: statistics, tokenizer and concept vocabulary of %s", stages, data)
+        # The preset's tokenizer (a pretrained text model's own) and concept min_count.
+        prepare.run(prepare.PrepareConfig(data=str(data), out=str(out / "data"),
+                                          config=cfg.config, set=overrides))
         overrides.append(f"model.text.tokenizer={(out / 'data' / 'tokenizer').resolve()}")
 
     runs = {}

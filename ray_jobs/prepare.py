@@ -42,7 +42,9 @@ class PrepareConfig:
     seed: int = opt(0, "synthetic data seed (same seed, same bytes)")
     image_size: int = opt(224, "synthetic image size (px)")
     rows_per_shard: int = opt(1000, "synthetic rows per Parquet shard")
-    config: str = opt("tiny", "preset or YAML: image size / max length for the statistics pass")
+    config: str = opt("tiny", "preset or YAML: image size / max length for the statistics pass, "
+                      "its tokenizer (a pretrained text model's own) and concept min_count")
+    set: list = opt([], "config overrides, e.g. model.concepts.min_count=5", metavar="KEY=VALUE")
     tokenizer: str | None = opt(None, "use this HF tokenizer (name or path) instead of "
                                 "training a WordPiece vocabulary")
     splits: list = opt(list(SPLITS), "splits to describe", metavar="SPLIT")
@@ -83,7 +85,7 @@ def run(cfg: PrepareConfig) -> dict:
     if cfg.data is not None:
         for split in cfg.splits:  # a wrong path or a missing split fails before Ray starts
             resolve_split(cfg.data, split)
-    config = load_config(cfg.config)
+    config = load_config(cfg.config, cfg.set)
     spec = SyntheticSpec(sizes={"train": cfg.n_train, "validation": cfg.n_val, "test": cfg.n_test},
                          seed=cfg.seed, image_size=cfg.image_size, rows_per_shard=cfg.rows_per_shard)
     reuse = cfg.synthetic and existing_synthetic(out, spec)  # other data there: an error now

@@ -36,6 +36,7 @@ from core.data.rocov2 import resolve_split
 from core.data.tokenizer import resolve_tokenizer
 from core.distributed import gather_objects
 from core.evaluation import encode_batches, validate
+from core.frozen_features import encode_frozen
 from core.losses.swap import swap_pairs
 from core.metrics import flat_metrics
 from core.models import build_model, count_parameters
@@ -48,6 +49,50 @@ log = logging.getLogger("rocoray.train")
 TRAIN_COLUMNS = ["pixel_values", "input_ids", "attention_mask", "group", "skip"]
 HISTORY = "history.json"  # every epoch's metrics, carried from checkpoint to checkpoint
 FATAL = "fatal_error.json"  # written instead of retrying a deterministic first-step error
+
+
+def initial_model(cfg: ExperimentConfig, init: bool = True, log_init: bool = False):
+    """The run's model before its first step: pretrained encoders, and a fusion model's
+    encoders and ITC heads from ``model.fusion.init_from`` (when ``init``)."""
+    model = build_model(cfg.model)
+    if init and cfg.model.kind == "fusion" and cfg.model.fusion.init_from:
+        copied = init_fusion_from_two_tower(model, cfg.model.fusion.init_from)
+        if log_init:
+            log.info("fusion encoders and ITC heads initialised from %s (%d tensors)",
+                     cfg.model.fusion.init_from, copied)
+    return model
+
+
+class FrozenEncoder:
+    """Ray Data actor: the run's initial model (the worker builds the same one), applied to
+    each row's frozen encoder layers once (``core.frozen_features``)."""
+
+    def __init__(self, config: dict):
+        import os
+
+        # Alone on the node while this stage runs (training starts after it): all its cores.
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.model = initial_model(config_from_dict(config)).eval()
+
+    def __call__(self, rows: dict) -> dict:
+        return encode_frozen(self.model, rows)
+
+
+def encode_frozen_once(ds, cfg: ExperimentConfig, rows: int):
+    """The training split with the frozen encoder layers' outputs in place of their inputs,
+    computed once and held in the object store for every epoch."""
+    import ray.data
+
+    t0 = time.time()
+    ds = ds.map_batches(FrozenEncoder, fn_constructor_args=(to_dict(cfg),),
+                        compute=ray.data.ActorPoolStrategy(size=1), batch_size=64,
+                        batch_format="numpy", num_cpus=1,
+                        num_gpus=cfg.train.gpus_per_worker if cfg.train.use_gpu else 0)
+    ds = ds.materialize()
+    log.info("frozen encoder layers (image stages %s, text layers %s) encoded once for %d "
+             "training rows in %.0f s", cfg.model.image.freeze_stages,
+             cfg.model.text.freeze_layers, rows, time.time() - t0)
+    return ds
 
 
 # --- the worker: plain PyTorch plus get_dataset_shard / prepare_model / report ---------------
@@ -75,12 +120,7 @@ def setup(loop_config: dict) -> WorkerState:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed + rank)
-    model = build_model(cfg.model)
-    if cfg.model.kind == "fusion" and cfg.model.fusion.init_from and not ray.train.get_checkpoint():
-        copied = init_fusion_from_two_tower(model, cfg.model.fusion.init_from)
-        if rank == 0:
-            log.info("fusion encoders and ITC heads initialised from %s (%d tensors)",
-                     cfg.model.fusion.init_from, copied)
+    model = initial_model(cfg, init=not ray.train.get_checkpoint(), log_init=rank == 0)
     swap = (swap_pairs(loop_config["tokenizer"], cfg.model.fusion.swap_negatives)
             if cfg.model.kind == "fusion" else None)
     vocab = loop_config.get("concepts")
@@ -298,6 +338,9 @@ def build_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[dic
             shuffle_seed=cfg.train.seed if name == "train" else None)
         if name == "train":
             rows = split_rows(files, cfg.data.max_rows)  # from the Parquet footers
+            if (cfg.train.encode_frozen_once and cfg.model.mcr.mode == "off"
+                    and (cfg.model.image.freeze_stages or cfg.model.text.freeze_layers)):
+                datasets[name] = encode_frozen_once(datasets[name], cfg, rows)
     return datasets, rows
 
 

@@ -82,11 +82,18 @@ def resolve_tokenizer(text_config, data_path, train_split: str = "train",
                       storage_options: dict | None = None):
     """The tokenizer a run uses, in this order:
     1. ``text_config.tokenizer`` (a local path or a hub name), when set;
-    2. ``<data_path>/tokenizer`` (written by ``rocoray prepare``), when it exists;
-    3. a WordPiece vocabulary trained now on the training captions.
+    2. the pretrained text model's own (``text_config.name_or_path``), when set: its
+       embeddings only make sense with its vocabulary;
+    3. ``<data_path>/tokenizer`` (written by ``rocoray prepare``), when it exists;
+    4. a WordPiece vocabulary trained now on the training captions.
     Returns (tokenizer, a description of where it came from)."""
     if text_config.tokenizer:
         return load_tokenizer(text_config.tokenizer), str(text_config.tokenizer)
+    if text_config.name_or_path:
+        from core.models.pretrained import text_model_path
+
+        tokenizer = load_tokenizer(text_model_path(text_config.name_or_path))
+        return tokenizer, f"{text_config.name_or_path}'s own tokenizer"
     if isinstance(data_path, (str, Path)):
         local = Path(str(data_path)) / TOKENIZER_DIRNAME
         if (local / "tokenizer.json").exists():

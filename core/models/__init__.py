@@ -9,10 +9,12 @@ from core.models.two_tower import TwoTowerModel
 MODELS = {"fusion": FusionModel, "two_tower": TwoTowerModel}
 
 
-def build_model(config: ModelConfig):
+def build_model(config: ModelConfig, load_weights: bool = True):
+    """``load_weights=False``: the architecture only, without reading pretrained weights (a
+    checkpoint's own weights are loaded next)."""
     if config.kind not in MODELS:
         raise ValueError(f"unknown model kind {config.kind!r}; choose one of {sorted(MODELS)}")
-    return MODELS[config.kind](config)
+    return MODELS[config.kind](config, load_weights)
 
 
 def count_parameters(model) -> int:

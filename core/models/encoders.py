@@ -1,26 +1,34 @@
 """Image and text encoders shared by both models.
 
 ImageEncoder returns the spatial patch grid (B, P, C) for fusion and a pooled vector (B, C)
-for the two-tower model: a torchvision ResNet (7x7x2048 at 224 px for ResNet-50), or a small
+for the two-tower model: a torchvision ResNet (7x7x2048 at 224 px for ResNet-50), ImageNet
+EfficientNet-Lite0 from a pinned package (7x7x1280 at 224 px, works offline), or a small
 CNN for CPU presets. TextEncoder returns token features (B, T, H), their mask, and a pooled
-vector: a Hugging Face BERT-family model by name or path, or a BertModel built from config.
+vector: a Hugging Face BERT-family model by name or path (all-MiniLM-L6-v2 from a pinned
+package), or a BertModel built from config.
+
+``pretrained: true`` that cannot be honoured raises ``PretrainedUnavailable`` naming what is
+missing: a random init is never passed off as a pretrained one. ``freeze_stages`` /
+``freeze_layers`` freeze the leading backbone stages / the embeddings and first transformer
+layers (kept in eval mode, so frozen BatchNorm statistics never move).
 """
 
 from __future__ import annotations
 
-import math
-
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import ImageEncoderConfig, TextEncoderConfig
+from core.config import IMAGENET_MEAN, IMAGENET_STD, ImageEncoderConfig, TextEncoderConfig
+from core.models import pretrained as packaged
 
 log = logging.getLogger(__name__)
 
 RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+EFFICIENTNETS = {"efficientnet_lite0": 1280}
 
 
 class SmallCNN(nn.Module):
@@ -45,48 +53,85 @@ def _resnet(arch: str, pretrained: bool) -> nn.Module:
     import torchvision
 
     builder = getattr(torchvision.models, arch)
-    weights = None
-    if pretrained:
-        weights_enum = torchvision.models.get_model_weights(arch)
-        try:
-            model = builder(weights=weights_enum.DEFAULT)
-            log.info("%s: ImageNet weights %s loaded", arch, weights_enum.DEFAULT)
-            return model
-        except Exception as exc:  # offline, or the download failed
-            log.warning("%s: ImageNet weights could not be loaded (%s); using random init",
-                        arch, exc)
-    return builder(weights=weights)
+    if not pretrained:
+        return builder(weights=None)
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    try:
+        model = builder(weights=weights)
+    except Exception as exc:  # offline, or the download failed
+        raise packaged.PretrainedUnavailable(
+            f"{arch}: ImageNet weights {weights} could not be loaded ({exc}); offline, use "
+            "model.image.arch=efficientnet_lite0 (packaged weights) or pretrained: false") from exc
+    log.info("%s: ImageNet weights %s loaded", arch, weights)
+    return model
+
+
+def _stages(config: ImageEncoderConfig, load_weights: bool) -> tuple[list[nn.Module], int]:
+    """The backbone as a list of stages (input side first), up to the last spatial map."""
+    pretrained = config.pretrained and load_weights
+    if config.arch == "small_cnn":
+        cnn = SmallCNN(list(config.cnn_channels))
+        return list(cnn.body), cnn.out_dim
+    if config.arch in RESNETS:
+        net = _resnet(config.arch, pretrained)
+        # Everything up to layer4: the spatial grid, before avgpool and fc.
+        return [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
+                net.layer4], RESNETS[config.arch]
+    if config.arch in EFFICIENTNETS:
+        net = packaged.efficientnet_lite0(pretrained)
+        if pretrained:
+            log.info("%s: ImageNet weights from %s", config.arch,
+                     packaged.EFFICIENTNET_LITE0.distribution)
+        return [net.conv_stem, net.bn1, *net.blocks, net.conv_head, net.bn2], EFFICIENTNETS[config.arch]
+    raise ValueError(f"unknown image encoder arch {config.arch!r} "
+                     f"(small_cnn, {', '.join([*RESNETS, *EFFICIENTNETS])})")
+
+
+def normalization(config: ImageEncoderConfig) -> tuple[list[float], list[float]]:
+    """The config's mean / std, else those the architecture's weights were trained with."""
+    weights = packaged.IMAGE_WEIGHTS.get(config.arch)
+    mean = config.mean or (weights.mean if weights else IMAGENET_MEAN)
+    std = config.std or (weights.std if weights else IMAGENET_STD)
+    return list(mean), list(std)
+
+
+def freeze(modules: list[nn.Module]) -> None:
+    for module in modules:
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, config: ImageEncoderConfig):
+    def __init__(self, config: ImageEncoderConfig, load_weights: bool = True):
+        """``load_weights=False`` builds the architecture only (a checkpoint's weights follow)."""
         super().__init__()
         self.config = config
-        if config.arch == "small_cnn":
-            self.backbone = SmallCNN(list(config.cnn_channels))
-            self.out_dim = self.backbone.out_dim
-        elif config.arch in RESNETS:
-            net = _resnet(config.arch, config.pretrained)
-            # Everything up to layer4: the spatial grid, before avgpool and fc.
-            self.backbone = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
-                                          net.layer1, net.layer2, net.layer3, net.layer4)
-            self.out_dim = RESNETS[config.arch]
-        else:
-            raise ValueError(f"unknown image encoder arch {config.arch!r} "
-                             f"(small_cnn, {', '.join(RESNETS)})")
+        stages, self.out_dim = _stages(config, load_weights)
+        self.backbone = nn.Sequential(*stages)
+        n = len(stages) if config.freeze_stages < 0 else min(config.freeze_stages, len(stages))
+        self.frozen = list(self.backbone)[:n]
+        freeze(self.frozen)
         with torch.no_grad():
             was_training = self.backbone.training
             self.backbone.eval()
             grid = self.backbone(torch.zeros(1, 3, config.image_size, config.image_size))
-            self.backbone.train(was_training)
+            self.train(was_training)
         self.grid = tuple(grid.shape[-2:])
         self.num_patches = grid.shape[-2] * grid.shape[-1]
         # uint8 pixels travel host -> device (4x less than float32) and are normalised here,
         # on the device. Not saved with the weights: they come from the config.
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1) * 255.0,
+        mean, std = normalization(config)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0,
                              persistent=False)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(config.std).view(1, 3, 1, 1) * 255.0),
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0),
                              persistent=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in getattr(self, "frozen", ()):
+            module.eval()  # frozen BatchNorm keeps its ImageNet statistics
+        return self
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> standardised float; float input is taken as standardised."""
@@ -94,8 +139,21 @@ class ImageEncoder(nn.Module):
             return pixels
         return (pixels.to(self.mean.dtype) - self.mean) * self.inv_std
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.backbone(self.normalize(pixels))  # (B, C, h, w)
+    def frozen_prefix(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen stages' output map: what a run with frozen stages encodes once and
+        trains on (``forward(prefix=...)``)."""
+        return self.backbone[:len(self.frozen)](self.normalize(pixels))
+
+    def forward(self, pixels: torch.Tensor | None,
+                prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patches (B, h*w, C), pooled (B, C)) of ``pixels``, or of ``prefix``, the frozen
+        stages' output computed earlier (``frozen_prefix``)."""
+        if prefix is None:
+            fmap = self.backbone(self.normalize(pixels))  # (B, C, h, w)
+        else:
+            param = next(self.backbone[len(self.frozen):].parameters(), None)
+            fmap = self.backbone[len(self.frozen):](
+                prefix.to(param.dtype if param is not None else torch.float32))
         patches = fmap.flatten(2).transpose(1, 2)  # (B, h*w, C)
         return patches, patches.mean(dim=1)
 
@@ -107,13 +165,20 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, config: TextEncoderConfig):
+    def __init__(self, config: TextEncoderConfig, load_weights: bool = True):
+        """``load_weights=False`` builds a named model's architecture only (from its
+        config.json; a checkpoint's weights follow)."""
         super().__init__()
-        from transformers import AutoModel, BertConfig, BertModel
+        from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
         self.config = config
         if config.name_or_path:
-            self.model = AutoModel.from_pretrained(config.name_or_path, add_pooling_layer=False)
+            path = packaged.text_model_path(config.name_or_path)
+            if load_weights:
+                self.model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+            else:
+                self.model = AutoModel.from_config(AutoConfig.from_pretrained(path),
+                                                   add_pooling_layer=False)
         else:
             self.model = BertModel(BertConfig(
                 vocab_size=config.vocab_size, hidden_size=config.hidden_size,
@@ -123,9 +188,45 @@ class TextEncoder(nn.Module):
         self.out_dim = self.model.config.hidden_size
         if config.pooling not in ("cls", "mean"):
             raise ValueError(f"text pooling must be 'cls' or 'mean', got {config.pooling!r}")
+        layers = list(self.model.encoder.layer)
+        n = len(layers) if config.freeze_layers < 0 else min(config.freeze_layers, len(layers))
+        self.frozen = [self.model.embeddings, *layers[:n]] if config.freeze_layers else []
+        freeze(self.frozen)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in getattr(self, "frozen", ()):
+            module.eval()  # no dropout in frozen layers: their outputs stay fixed
+        return self
+
+    def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token states (B, T, H) after the frozen embeddings and layers (``freeze_layers``):
+        what a run with a frozen text encoder encodes once (``forward(prefix=...)``)."""
+        if not self.frozen:
+            raise ValueError("the text encoder has no frozen layers to encode in advance")
+        hidden = self.model.embeddings(input_ids=input_ids)
+        return self._layers(hidden, attention_mask, self.frozen[1:])
+
+    def _layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
+        # BERT's additive mask over keys: 0 where attended, the dtype's minimum on padding.
+        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(
+            hidden.dtype).min
+        for layer in layers:
+            out = layer(hidden, attention_mask=additive)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prefix: torch.Tensor | None = None):
+        """(token states (B, T, H), mask, pooled (B, H)); ``prefix``: the frozen layers'
+        output (``frozen_prefix``) of these ids, computed earlier."""
+        if prefix is None:
+            tokens = self.model(input_ids=input_ids,
+                                attention_mask=attention_mask).last_hidden_state
+        else:
+            trainable = list(self.model.encoder.layer)[len(self.frozen) - 1:]
+            tokens = self._layers(prefix.to(self.model.embeddings.word_embeddings.weight.dtype),
+                                  attention_mask, trainable)
         if self.config.pooling == "cls":
             pooled = tokens[:, 0]
         else:

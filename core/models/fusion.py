@@ -111,12 +111,12 @@ class FusionModel(nn.Module):
     kind = "fusion"
     feature_types = {"text": FusionText, "image": FusionImage}
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, load_weights: bool = True):
         super().__init__()
         self.config = config
         fc = config.fusion
-        self.image_encoder = ImageEncoder(config.image)
-        self.text_encoder = TextEncoder(config.text)
+        self.image_encoder = ImageEncoder(config.image, load_weights)
+        self.text_encoder = TextEncoder(config.text, load_weights)
         d = fc.width
         self.image_proj = nn.Linear(self.image_encoder.out_dim, d)
         # Patch positions matter: "left" and "upper" are places in the image.
@@ -144,24 +144,26 @@ class FusionModel(nn.Module):
         return self.itc_logit_scale.exp().clamp(max=self.max_logit_scale)
 
     # --- split API -------------------------------------------------------------------------
-    def _image_tokens(self, pixels) -> tuple[torch.Tensor, torch.Tensor]:
-        patches, pooled = self.image_encoder(pixels)
+    def _image_tokens(self, pixels, prefix=None) -> tuple[torch.Tensor, torch.Tensor]:
+        patches, pooled = self.image_encoder(pixels, prefix=prefix)
         return self.image_proj(patches) + self.image_pos, pooled
 
     def encode_image(self, pixels: torch.Tensor) -> FusionImage:
         return self.encode_image_with_concepts(pixels)[0]
 
-    def encode_image_with_concepts(self, pixels: torch.Tensor):
-        """(FusionImage, concept logits (N, C) or None): one pass of the image encoder."""
-        x, pooled = self._image_tokens(pixels)
+    def encode_image_with_concepts(self, pixels: torch.Tensor | None, prefix=None):
+        """(FusionImage, concept logits (N, C) or None): one pass of the image encoder (from
+        the frozen stages' ``prefix`` when given)."""
+        x, pooled = self._image_tokens(pixels, prefix)
         kv = [layer.image_kv(x) for layer in self.layers]
         concepts = self.concept_head(pooled) if self.concept_head is not None else None
         return FusionImage(k=torch.stack([k for k, _ in kv], 1),
                            v=torch.stack([v for _, v in kv], 1),
                            embed=l2_normalize(self.itc_image_proj(pooled))), concepts
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionText:
-        tokens, mask, pooled = self.text_encoder(input_ids, attention_mask)
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    prefix: torch.Tensor | None = None) -> FusionText:
+        tokens, mask, pooled = self.text_encoder(input_ids, attention_mask, prefix=prefix)
         t = self.text_proj(tokens)
         return FusionText(tokens=t, q0=self.layers[0].query(t), mask=mask,
                           embed=l2_normalize(self.itc_text_proj(pooled)))

@@ -25,12 +25,12 @@ class TwoTowerModel(nn.Module):
     kind = "two_tower"
     feature_types = {"text": Embeddings, "image": Embeddings}
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, load_weights: bool = True):
         super().__init__()
         self.config = config
         tc = config.two_tower
-        self.image_encoder = ImageEncoder(config.image)
-        self.text_encoder = TextEncoder(config.text)
+        self.image_encoder = ImageEncoder(config.image, load_weights)
+        self.text_encoder = TextEncoder(config.text, load_weights)
         self.image_proj, self.text_proj = contrastive_heads(
             self.image_encoder.out_dim, self.text_encoder.out_dim, tc)
         register_logit_scale(self, "logit_scale", tc)
@@ -61,16 +61,22 @@ class TwoTowerModel(nn.Module):
             self.mlm_bias = nn.Parameter(torch.zeros(
                 self.text_encoder.model.get_input_embeddings().num_embeddings))
 
-    def image_features(self, pixels: torch.Tensor):
-        """(L2-normalised embedding, patch features (B, P, C), pooled features (B, C))."""
-        patches, pooled = self.image_encoder(pixels)
+    def image_features(self, pixels: torch.Tensor | None, prefix: torch.Tensor | None = None):
+        """(L2-normalised embedding, patch features (B, P, C), pooled features (B, C)); from
+        the frozen stages' ``prefix`` when given."""
+        patches, pooled = self.image_encoder(pixels, prefix=prefix)
         z = (self.image_pool(self.image_proj(patches)) if self.alignment == "mba"
              else self.image_proj(pooled))
         return l2_normalize(z), patches, pooled
 
-    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """(L2-normalised embedding, token states (B, T', H), mask (B, T')), padding trimmed."""
-        tokens, mask, pooled = self.text_encoder(*trim_padding(input_ids, attention_mask))
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      prefix: torch.Tensor | None = None):
+        """(L2-normalised embedding, token states (B, T', H), mask (B, T')), padding trimmed;
+        ``prefix``: the frozen layers' token states (trimmed here too)."""
+        input_ids, attention_mask = trim_padding(input_ids, attention_mask)
+        if prefix is not None:
+            prefix = prefix[:, :input_ids.shape[1]]
+        tokens, mask, pooled = self.text_encoder(input_ids, attention_mask, prefix=prefix)
         z = (self.text_pool(self.text_proj(tokens), mask) if self.alignment == "mba"
              else self.text_proj(pooled))
         return l2_normalize(z), tokens, mask

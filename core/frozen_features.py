@@ -1,0 +1,43 @@
+"""Frozen encoder layers, encoded once: with ``model.image.freeze_stages`` /
+``model.text.freeze_layers`` set, the frozen part of each encoder computes the same output
+every epoch (no augmentation, eval-mode BatchNorm, no dropout). ``encode_frozen`` computes
+it once per row, before training; the training loop then runs only the trainable layers on
+it (``LossModule(image_prefix=..., text_prefix=...)``): the same model, the same loss, a
+fraction of the work per epoch. Validation and scoring still run the whole model on pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.batch import collate
+
+
+def frozen_parts(model) -> dict[str, bool]:
+    """Which encoders have a frozen prefix worth encoding in advance."""
+    return {"image": bool(model.image_encoder.frozen), "text": bool(model.text_encoder.frozen)}
+
+
+@torch.no_grad()
+def encode_frozen(model, rows: dict, dtype=torch.float16) -> dict:
+    """A preprocessed numpy batch -> the same batch with ``image_prefix`` (B, C, h, w) in
+    place of ``pixel_values`` and ``text_prefix`` (B, T, H) beside the token ids, both stored
+    as ``dtype`` (half the bytes; the trainable layers compute in their own precision).
+    Skipped rows keep their place with zeros, as everywhere."""
+    parts = frozen_parts(model)
+    out = dict(rows)
+    keep = np.asarray(rows["skip"]) == 0
+    batch = collate(rows)
+    n = len(keep)
+    if parts["image"]:
+        prefix = model.image_encoder.frozen_prefix(batch.inputs["pixel_values"]).to(dtype)
+        full = torch.zeros((n, *prefix.shape[1:]), dtype=dtype)
+        full[torch.from_numpy(np.nonzero(keep)[0])] = prefix
+        out["image_prefix"] = full.numpy()
+        del out["pixel_values"]
+    if parts["text"]:
+        ids = torch.from_numpy(np.ascontiguousarray(rows["input_ids"]))
+        mask = torch.from_numpy(np.ascontiguousarray(rows["attention_mask"]))
+        out["text_prefix"] = model.text_encoder.frozen_prefix(ids, mask).to(dtype).numpy()
+    return out
