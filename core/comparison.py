@@ -8,6 +8,8 @@ from itertools import combinations
 
 import numpy as np
 
+from scipy.special import gammaln
+
 from core.significance import bootstrap_ci, paired_difference, per_query
 
 DIRECTIONS = {"t2i": "text → image", "i2t": "image → text"}
@@ -17,22 +19,55 @@ COLORS = {"two_tower": "#1f77b4", "fusion": "#d62728", "rerank": "#2ca02c"}
 METRICS = ("R@1", "R@5", "R@10", "MRR")
 
 
-def chance_level(metric: str, gallery: int) -> float:
-    """Expected value for a random ranking with one correct item among ``gallery``."""
+def _log_comb(n, k):
+    return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+
+def chance_level(metric: str, gallery: int, positives=None) -> float:
+    """Expected value of ``metric`` for a random ranking of ``gallery`` items, averaged over
+    queries, where query q has ``positives[q]`` correct items (caption groups: every image
+    with the same caption is correct; None: one each). Recall@K of a query with m correct
+    items is 1 - C(N-m, K) / C(N, K); MRR is E[1 / rank of the first correct item]."""
+    m = np.ones(1, dtype=np.int64) if positives is None else np.asarray(positives, np.int64)
+    if len(m) == 0:
+        raise ValueError("chance level of no queries")
+    if m.min() < 1 or m.max() > gallery:
+        raise ValueError(f"every query needs 1..{gallery} correct items, got {m.min()}..{m.max()}")
+    values, counts = np.unique(m, return_counts=True)
     if metric.startswith("R@"):
-        return min(1.0, int(metric[2:]) / gallery)
-    return float(np.mean(1.0 / np.arange(1, gallery + 1)))  # MRR
+        k = int(metric[2:])
+        if k >= gallery:
+            return 1.0
+        miss = np.where(gallery - values >= k,
+                        np.exp(_log_comb(gallery - values, k) - _log_comb(gallery, k)), 0.0)
+        per_value = 1.0 - miss
+    else:  # MRR: P(first correct at rank r) = C(N - r, m - 1) / C(N, m)
+        r = np.arange(1, gallery + 1)[:, None]
+        log_p = _log_comb(np.maximum(gallery - r, 0), values[None] - 1) - _log_comb(gallery, values)[None]
+        p = np.where(gallery - r >= values[None] - 1, np.exp(log_p), 0.0)
+        per_value = (p / r).sum(0)
+    return float((per_value * counts).sum() / counts.sum())
 
 
-def compare(ranks: dict[str, dict[str, np.ndarray]], gallery: int) -> dict:
+def positives_per_query(groups: np.ndarray) -> np.ndarray:
+    """How many gallery items share each query's caption group (the query's own pair
+    included), for a split queried against itself."""
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    return counts[inverse]
+
+
+def compare(ranks: dict[str, dict[str, np.ndarray]], gallery: int, groups=None) -> dict:
     """``ranks[method][direction]``: 0-based rank of each query's first correct item (the same
-    queries for every method). Returns estimates, pairwise differences, chance levels and the
-    verdict, as plain JSON-able data."""
+    queries for every method). ``groups``: the caption group of each item (a split queried
+    against itself), so that chance counts every correct item of a query. Returns
+    estimates, pairwise differences, chance levels and the verdict, as plain JSON-able
+    data."""
     methods = list(ranks)
     metrics = [m for m in METRICS if not m.startswith("R@") or int(m[2:]) <= gallery]
     estimates = {m: {d: {k: bootstrap_ci(per_query(ranks[m][d], k)).as_dict() for k in metrics}
                      for d in DIRECTIONS} for m in methods}
-    chance = {k: chance_level(k, gallery) for k in metrics}
+    positives = None if groups is None else positives_per_query(groups)
+    chance = {k: chance_level(k, gallery, positives) for k in metrics}
     at_chance = {m: {d: estimates[m][d]["R@10" if "R@10" in metrics else metrics[-2]]["low"]
                      <= chance["R@10" if "R@10" in metrics else metrics[-2]]
                      for d in DIRECTIONS} for m in methods}
@@ -101,12 +136,18 @@ def verdict(result: dict) -> dict[str, str]:
     for x in result["differences"]:
         if x["significant"] and x["metric"].startswith("R@"):
             wins[x["a"] if x["value"] > 0 else x["b"]] += 1
-    best = max(methods, key=lambda m: wins[m])
+    most = max(wins.values())
+    leaders = [m for m in methods if wins[m] == most]
     recall = [x for x in result["differences"] if x["metric"].startswith("R@")]
     significant = sum(x["significant"] for x in recall)
     ks = ", ".join(k for k in result["metrics"] if k.startswith("R@"))
+    if not most:
+        tail = "no method beats another beyond noise."
+    elif len(leaders) == 1:
+        tail = f"{LABELS[leaders[0]]} wins most of them ({most})."
+    else:
+        tail = (f"{' and '.join(LABELS[m] for m in leaders)} tie for the most of them "
+                f"({most} each).")
     out["summary"] = (f"Over both directions at {ks}, {significant} of {len(recall)} pairwise "
-                      "recall differences are beyond noise (95 % paired bootstrap); "
-                      + (f"{LABELS[best]} wins most of them ({wins[best]})." if wins[best]
-                         else "no method beats another beyond noise."))
+                      "recall differences are beyond noise (95 % paired bootstrap); " + tail)
     return out

@@ -37,7 +37,7 @@ def encode_frozen(model, rows: dict, dtype=torch.float16) -> dict:
         out["image_prefix"] = full.numpy()
         del out["pixel_values"]
     if parts["text"]:
-        ids = torch.from_numpy(np.ascontiguousarray(rows["input_ids"]))
-        mask = torch.from_numpy(np.ascontiguousarray(rows["attention_mask"]))
+        ids = torch.tensor(np.asarray(rows["input_ids"]))  # a copy: Ray's blocks are read-only
+        mask = torch.tensor(np.asarray(rows["attention_mask"]))
         out["text_prefix"] = model.text_encoder.frozen_prefix(ids, mask).to(dtype).numpy()
     return out

@@ -426,7 +426,9 @@ def run(cfg: EvaluateConfig) -> dict:
                      for kind in ("two_tower", "fusion")},
         "comparison": compare({m: dict(zip(("t2i", "i2t"), (outputs.read_topk(jobs[m].out, d)[2]
                                                              for d in ("t2i", "i2t"))))
-                               for m in METHODS}, n),
+                               for m in METHODS}, n,
+                              groups=outputs.read_gallery(jobs["fusion"].out).column("group")
+                              .to_numpy()),
     }
     metrics["rerank_selection"] = selection
     metrics["fine_grained"] = fine_grained_evaluation(cfg, scored, jobs["rerank"].cfg.alpha)

@@ -119,6 +119,8 @@ def setup(loop_config: dict) -> WorkerState:
     cfg = config_from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Ray sets one thread per whole CPU (1 for 1.5 CPUs): use the fraction's cores too.
+    torch.set_num_threads(max(1, math.ceil(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + rank)
     model = initial_model(cfg, init=not ray.train.get_checkpoint(), log_init=rank == 0)
     swap = (swap_pairs(loop_config["tokenizer"], cfg.model.fusion.swap_negatives)

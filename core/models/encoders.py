@@ -175,7 +175,19 @@ class TextEncoder(nn.Module):
         if config.name_or_path:
             path = packaged.text_model_path(config.name_or_path)
             if load_weights:
-                self.model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+                from transformers.utils import logging as hf_logging
+
+                # Its load report lists the checkpoint's unused pooler (add_pooling_layer is
+                # off on purpose) on every worker: keep warnings about anything else.
+                level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+                hf_logging.set_verbosity_error()
+                hf_logging.disable_progress_bar()
+                try:
+                    self.model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+                finally:
+                    hf_logging.set_verbosity(level)
+                    if bars:
+                        hf_logging.enable_progress_bar()
             else:
                 self.model = AutoModel.from_config(AutoConfig.from_pretrained(path),
                                                    add_pooling_layer=False)
