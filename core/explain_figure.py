@@ -36,8 +36,9 @@ def overlay_figure(images: list[np.ndarray], boxes: list, maps: list[dict], path
     methods = list(maps[0])
     rows, cols = len(images), len(methods) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.2 * rows), squeeze=False)
+    first = "image + lesion box" if any(boxes) else "image"
     for r, (image, box, by_method) in enumerate(zip(images, boxes, maps)):
-        for c, title in enumerate(["image + lesion box", *methods]):
+        for c, title in enumerate([first, *methods]):
             draw_overlay(axes[r][c], image, by_method[title] if c else None, box,
                          title if r == 0 else "")
     fig.tight_layout()

@@ -67,17 +67,54 @@ def top3_overlays(examples: list[dict], table, loaded, figures: Path) -> dict | 
             "captions": captions}
 
 
+def _cases(sub, loaded: dict):
+    batches = {kind: build_preprocessor(lo.config.model, lo.tokenizer)(sub)
+               for kind, lo in loaded.items()}
+    keep = [i for i in range(sub.num_rows) if all(b["skip"][i] == 0 for b in batches.values())]
+    return batches, keep
+
+
+def box_free_study(table, loaded: dict, cases_wanted: int, figures: Path, examples) -> dict:
+    """Real figures have no lesion boxes: the maps of the first ``cases_wanted`` test pairs
+    scored by agreement between methods and by deletion / insertion (``core.explain_agreement``)."""
+    from core.explain_agreement import agreement_study
+
+    sub = table.slice(0, cases_wanted)
+    batches, keep = _cases(sub, loaded)
+    if not keep:
+        return {"available": False, "reason": "n/a: no usable test pairs to explain"}
+    cases = [{"inputs": {kind: (loaded[kind].model, *_tensors(b, i)) for kind, b in batches.items()}}
+             for i in keep]
+    study = agreement_study(cases)
+    ci = lambda groups: {name: {m: bootstrap_ci(v).as_dict() for m, v in s.items()}  # noqa: E731
+                         for name, s in groups.items()}
+    shown = keep[:3]
+    fusion = batches["fusion"]
+    figure = overlay_figure(
+        [fusion["pixel_values"][i][0] for i in shown], [None] * len(shown),
+        [study["cases"][j]["maps"] for j in range(len(shown))], figures / "explanations.png")
+    captions = [{"image_id": sub.column("image_id")[i].as_py(),
+                 "html": shaded_caption(_tokens(loaded["fusion"].tokenizer, fusion, i),
+                                        study["cases"][j]["token_ig"]["fusion"])}
+                for j, i in enumerate(shown)]
+    return {"available": True, "mode": "agreement", "cases": len(cases),
+            "agreement": ci(study["agreement"]), "faithfulness": ci(study["faithfulness"]),
+            "figure": str(figure), "captions": captions,
+            "top3": top3_overlays(examples or [], table, loaded["fusion"], figures)}
+
+
 def explanation_study(data, split: str, loaded: dict, cases_wanted: int, figures: Path,
                       examples: list[dict] | None = None) -> dict:
     """Localisation scores of every map (bootstrap CIs), the side-by-side figure, and the
     top-3 overlays of the example queries. ``loaded``: kind -> ``core.checkpoint.Loaded``."""
-    table = read_split(data, split, columns=COLUMNS)
-    if "lesion_box" not in table.column_names or cases_wanted <= 0:
-        return {"available": False, "reason": NO_BOXES}
-    boxes = table.column("lesion_box").to_pylist()
+    if cases_wanted <= 0:
+        return {"available": False, "reason": "n/a: --explain-cases 0"}
+    table = read_split(data, split, columns=COLUMNS)  # lesion_box only where the data has it
+    boxes = (table.column("lesion_box").to_pylist() if "lesion_box" in table.column_names
+             else [None] * table.num_rows)
     rows = [i for i, b in enumerate(boxes) if b][:cases_wanted]
     if not rows:
-        return {"available": False, "reason": NO_BOXES}
+        return box_free_study(table, loaded, cases_wanted, figures, examples)
     sub = table.take(rows)
     batches = {kind: build_preprocessor(lo.config.model, lo.tokenizer)(sub) for kind, lo in loaded.items()}
     keep = [i for i in range(len(rows)) if all(b["skip"][i] == 0 for b in batches.values())]

@@ -1,0 +1,51 @@
+"""Explanations scored without lesion boxes: agreement between maps, deletion / insertion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from core.explain_agreement import deletion_insertion, map_agreement
+
+
+def test_agreement_of_identical_and_opposite_maps():
+    rng = np.random.default_rng(0)
+    a = rng.random((32, 32))
+    same = map_agreement(a, a.copy())
+    assert same["pearson"] == pytest.approx(1.0) and same["iou@5%"] == same["iou@20%"] == 1.0
+    opposite = map_agreement(a, -a)
+    assert opposite["pearson"] < -0.99 and opposite["iou@5%"] == 0.0 and opposite["iou@20%"] == 0.0
+    unrelated = map_agreement(a, rng.random((32, 32)))
+    assert abs(unrelated["pearson"]) < 0.1 and unrelated["iou@20%"] < 0.25
+
+
+class CornerModel(nn.Module):
+    """A two-tower stand-in whose score is the mean brightness of the top-left quarter."""
+
+    kind = "two_tower"
+
+    def __init__(self):
+        super().__init__()
+        self.image_encoder = nn.Module()
+        self.image_encoder.normalize = lambda px: px.float() / 255.0
+
+    def embed_image(self, x):
+        return x[:, :, :16, :16].mean((1, 2, 3))[:, None]
+
+    def embed_text(self, ids, mask):
+        return torch.ones(len(ids), 1)
+
+
+def test_deletion_and_insertion_reward_the_map_that_points_at_what_the_score_reads():
+    model = CornerModel()
+    pixels = torch.full((1, 3, 32, 32), 200, dtype=torch.uint8)
+    ids, mask = torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long)
+    right = np.zeros((4, 4))
+    right[:2, :2] = 1.0  # the quarter the score reads
+    wrong = 1.0 - right
+    good = deletion_insertion(model, pixels, ids, mask, right)
+    bad = deletion_insertion(model, pixels, ids, mask, wrong)
+    assert good["deletion_auc"] < 0.25 < 0.75 < bad["deletion_auc"]
+    assert good["insertion_auc"] > 0.75 > 0.25 > bad["insertion_auc"]
