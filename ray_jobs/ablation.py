@@ -25,7 +25,7 @@ from core.data.rocov2 import resolve_split
 from core.scoring import outputs
 from ray_jobs import score, train
 from ray_jobs.options import UserError, opt, parse, run_cli
-from ray_jobs.runtime import init_ray, setup_logging
+from ray_jobs.runtime import init_ray, machine, setup_logging
 
 log = logging.getLogger("rocoray.ablation")
 
@@ -117,7 +117,7 @@ def run(cfg: AblationConfig) -> dict:
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     result = {"data": cfg.data, "split": cfg.split, "config": cfg.config, "k": 10,
-              "variants": rows, "note": NOTE,
+              "variants": rows, "note": NOTE, "machine": machine(),
               "figure": str(gap_figure(gaps, figures / "modality_gap.png"))}
     storage.write_json(str(out), RESULT, result)
     from core.mcr_report import ablation_rows

@@ -29,7 +29,7 @@ from core.data.rocov2 import resolve_split
 from core.synthetic.generate import SyntheticSpec, existing_synthetic
 from ray_jobs import evaluate, prepare, score, train
 from ray_jobs.options import UserError, opt, parse, run_cli
-from ray_jobs.runtime import init_ray, setup_logging
+from ray_jobs.runtime import StageClock, init_ray, machine, setup_logging
 
 log = logging.getLogger("rocoray.demo")
 
@@ -92,7 +92,9 @@ def run(cfg: DemoConfig) -> dict:
     if out.exists() and cfg.overwrite:
         shutil.rmtree(out)  # asked for explicitly, and only after every input checked out
     out.mkdir(parents=True, exist_ok=True)
-    init_ray(cfg.address)
+    clock = StageClock()
+    with clock.stage("ray start"):
+        init_ray(cfg.address)
     t0 = time.perf_counter()
     stages = 5 + int(cfg.tune) + int(cfg.ablation)
 
@@ -100,13 +102,15 @@ def run(cfg: DemoConfig) -> dict:
     if data is None:
         data = cfg.synthetic_dir
         log.info("stage 1/%d: synthetic ROCOv2 in %s", stages, data)
-        prepare.run(prepare.PrepareConfig(synthetic=True, out=data, n_train=cfg.n_train,
-                                          n_val=cfg.n_val, n_test=cfg.n_test))
+        with clock.stage("prepare"):
+            prepare.run(prepare.PrepareConfig(synthetic=True, out=data, n_train=cfg.n_train,
+                                              n_val=cfg.n_val, n_test=cfg.n_test))
     else:
         log.info("stage 1/%d: statistics, tokenizer and concept vocabulary of %s", stages, data)
         # The preset's tokenizer (a pretrained text model's own) and concept min_count.
-        prepare.run(prepare.PrepareConfig(data=str(data), out=str(out / "data"),
-                                          config=cfg.config, set=overrides))
+        with clock.stage("prepare"):
+            prepare.run(prepare.PrepareConfig(data=str(data), out=str(out / "data"),
+                                              config=cfg.config, set=overrides))
         overrides.append(f"model.text.tokenizer={(out / 'data' / 'tokenizer').resolve()}")
 
     runs = {}
@@ -119,7 +123,8 @@ def run(cfg: DemoConfig) -> dict:
                                        *init])
         if cfg.epochs is not None:
             exp.train.epochs = cfg.epochs
-        runs[kind] = train.run(exp)
+        with clock.stage(f"train {kind}"):
+            runs[kind] = train.run(exp)
 
     tune_summary = None
     if cfg.tune:
@@ -144,16 +149,20 @@ def run(cfg: DemoConfig) -> dict:
              stages - 1, stages)
     options = dataclasses.replace(score.ScoringOptions(), rerank_k=cfg.rerank_k, block=cfg.block,
                                   use_gpu=cfg.use_gpu)
-    metrics = evaluate.run(evaluate.EvaluateConfig(
-        **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
-        fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval"),
-        gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items,
-        ablation=ablation_out))
+    with clock.stage("score and evaluate"):
+        metrics = evaluate.run(evaluate.EvaluateConfig(
+            **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
+            fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval"),
+            gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items,
+            ablation=ablation_out))
     log.info("stage %d/%d: report written", stages, stages)
     val_size = {k: r["final"].get("val/gallery_size") for k, r in runs.items()}
     summary = {
         "data": str(data), "config": cfg.config, "overrides": overrides,
         "minutes": (time.perf_counter() - t0) / 60,
+        # peak_rss_mb: resident memory summed over the job's processes (the driver, the local
+        # Ray's raylet and workers; pages they share are counted in each)
+        "stages": clock.stages, "machine": machine(),
         "training": {k: {"final": r["final"], "path": r["path"], "epochs": r["epochs"],
                          "chance_R@10": min(1.0, 10 / val_size[k]) if val_size[k] else None}
                      for k, r in runs.items()},

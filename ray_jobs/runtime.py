@@ -203,3 +203,62 @@ def format_epoch(m: dict, epochs: int | None = None) -> str:
     if "train/epoch_s" in m:
         parts.append(f"({m['train/epoch_s']:.0f}s)")
     return ", ".join(parts)
+
+
+def machine() -> dict:
+    """What a run ran on, recorded with its results (a README line is written from this,
+    never from the machine that regenerates the README)."""
+    import platform
+
+    import psutil
+    import torch
+
+    import ray
+
+    return {"machine": platform.machine(), "cpus": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2 ** 30, 1),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "ray": ray.__version__, "gpu": (torch.cuda.get_device_name(0)
+                                            if torch.cuda.is_available() else None)}
+
+
+class StageClock:
+    """Seconds and peak resident memory (this process and every process under it: the
+    local Ray's raylet and workers) of each stage of a job, sampled every 0.5 s."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+
+    def stage(self, name: str):
+        import contextlib
+        import threading
+
+        import psutil
+
+        @contextlib.contextmanager
+        def timed():
+            stop, peak = threading.Event(), [0]
+            me = psutil.Process()
+
+            def sample():
+                while not stop.is_set():
+                    total = 0
+                    for p in [me, *me.children(recursive=True)]:
+                        try:
+                            total += p.memory_info().rss
+                        except psutil.Error:
+                            pass
+                    peak[0] = max(peak[0], total)
+                    stop.wait(0.5)
+
+            thread = threading.Thread(target=sample, daemon=True)
+            t0 = time.perf_counter()
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                thread.join()
+                self.stages[name] = {"seconds": round(time.perf_counter() - t0, 1),
+                                     "peak_rss_mb": round(peak[0] / 2 ** 20)}
+        return timed()

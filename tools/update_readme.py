@@ -11,8 +11,6 @@ Blocks are delimited by <!-- BEGIN name --> / <!-- END name --> markers:
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 import sys
 from pathlib import Path
@@ -26,6 +24,16 @@ def replace_block(text: str, name: str, body: str) -> str:
     if not pattern.search(text):
         raise SystemExit(f"README has no <!-- BEGIN {name} --> block")
     return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def ran_on(result: dict) -> str:
+    """The machine a result file says it was measured on."""
+    m = result.get("machine")
+    if not m:
+        return "a machine the result file does not name (written by an older rocoray)"
+    gpu = f", {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return (f"{m['machine']}, {m['cpus']} CPUs, {m['memory_gib']} GiB{gpu}; torch {m['torch']}, "
+            f"Ray {m['ray']}")
 
 
 def demo_block(demo_dir: Path) -> str | None:
@@ -44,8 +52,7 @@ def demo_block(demo_dir: Path) -> str | None:
     fu = summary["training"]["fusion"]
     lines = [
         f"Measured by `rocoray demo` ({summary['minutes']:.1f} min end to end on "
-        f"{platform.machine()}, {os.cpu_count()} CPUs), written here by "
-        "`python tools/update_readme.py`.",
+        f"{ran_on(summary)}), written here by `python tools/update_readme.py`.",
         "",
         "Training, on the validation split after the last epoch:",
         "",
@@ -75,7 +82,11 @@ def demo_block(demo_dir: Path) -> str | None:
         if table:
             lines += ["", f"{title}:", "", markdown_table(*table)]
     title, table, note, _ = concept_report.explanation_block(metrics.get("explanations"))
-    if table:
+    if table and metrics["explanations"].get("mode") == "agreement":
+        lines += ["", f"{title} ({metrics['explanations']['cases']} test pairs, no lesion boxes; "
+                  "agreement between maps, and deletion / insertion areas beside a random "
+                  "map's):", "", markdown_table(*table)]
+    elif table:
         lines += ["", f"{title} ({metrics['explanations']['cases']} test pairs with a lesion "
                   f"box; a random map's energy is about the mean box area, "
                   f"{metrics['explanations']['mean_box_area']:.3f}):", "", markdown_table(*table)]
@@ -92,8 +103,8 @@ def ablation_block(path: Path) -> str | None:
     epochs = {v["epochs"] for v in result["variants"]}
     return "\n".join([
         f"Measured by `rocoray ablation` (preset {result['config']}, {', '.join(map(str, epochs))} "
-        f"epochs, {result['data']}, {result['split']} split, on {platform.machine()}, "
-        f"{os.cpu_count()} CPUs), written here by `python tools/update_readme.py`:", "",
+        f"epochs, {result['data']}, {result['split']} split, on {ran_on(result)}), written "
+        "here by `python tools/update_readme.py`:", "",
         markdown_table(*ablation_rows(result)), "", result["note"]])
 
 
