@@ -92,6 +92,10 @@ class FusionConfig:
     # this model's encoders and ITC heads (ALBEF / BLIP: the match head is trained on
     # contrastively trained encoders). None: from scratch.
     init_from: str | None = None
+    # Train only the fusion layers and heads: both encoders (initialised from init_from)
+    # frozen whole, and so encoded once (train.encode_frozen_once). Resolved at the start of
+    # a run into model.image.freeze_stages = model.text.freeze_layers = -1.
+    freeze_encoders: bool = False
     # Retrieve-and-rerank inside the fusion model, in validation: the ITC top-k re-scored by
     # the match logit + rerank_alpha x the ITC cosine (the fused score).
     rerank_k: int = 16

@@ -76,3 +76,13 @@ def gather_objects(obj):
     parts = [None] * size
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def summed_counts(counts: dict[str, float]) -> dict[str, float]:
+    """``counts`` (name -> number) summed over every rank, on every rank; with
+    ``seconds`` the slowest rank's (the epoch ends when the last rank does)."""
+    parts = gather_objects(dict(counts))
+    out = {k: sum(p.get(k, 0) for p in parts) for k in {k for p in parts for k in p}}
+    if "seconds" in counts:
+        out["seconds"] = max(p.get("seconds", 0.0) for p in parts)
+    return out

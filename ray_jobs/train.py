@@ -34,7 +34,7 @@ from core.config import ExperimentConfig, config_from_dict, load_config, save_co
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import resolve_split
 from core.data.tokenizer import resolve_tokenizer
-from core.distributed import gather_objects
+from core.distributed import gather_objects, summed_counts
 from core.evaluation import encode_batches, validate
 from core.frozen_features import encode_frozen
 from core.losses.swap import swap_pairs
@@ -217,8 +217,9 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
         local = {"text": enc["text"].to("cpu"), "image": enc["image"].to("cpu"),
                  "group": np.asarray(enc["group"]), "concept_logits": enc.get("concept_logits"),
                  "concepts": enc.get("concepts")}
-    parts = [p for p in gather_objects(local) if p is not None]
-    out = {"val/skipped_rows": skipped * state.world}
+    gathered = gather_objects({"part": local, "skipped": skipped})
+    parts = [g["part"] for g in gathered if g["part"] is not None]
+    out = {"val/skipped_rows": sum(g["skipped"] for g in gathered)}
     if state.rank != 0 or not parts:
         return out
     encoded = {side: type(parts[0][side]).cat([p[side] for p in parts]).to(state.device)
@@ -257,6 +258,26 @@ def save(state: WorkerState, epoch: int, metrics: dict, tokenizer, concepts=None
                          checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
 
 
+def epoch_metrics(state: WorkerState, epoch: int, stats) -> dict:
+    """The epoch's training metrics, counted on every rank and summed (samples, skipped rows
+    by reason; seconds: the slowest rank's): a row skipped on rank 1 is counted once."""
+    summary = stats.summary()
+    counts = summed_counts({"samples": stats.samples, "seconds": stats.seconds,
+                            **{f"skipped/{k}": v for k, v in stats.skipped.items()}})
+    skipped = {k.split("/", 1)[1]: int(v) for k, v in counts.items() if k.startswith("skipped/")}
+    summary.pop("samples_per_s")
+    return {"epoch": epoch + 1, "step": state.step, "start_epoch": state.start_epoch,
+            "train/loss": summary.pop("loss", float("nan")),
+            "train/lr": state.scheduler.get_last_lr()[0],
+            "train/samples": int(counts["samples"]),
+            "train/samples_per_s": counts["samples"] / max(counts["seconds"], 1e-9),
+            "train/epoch_s": counts["seconds"],
+            "train/torch_threads": torch.get_num_threads(),
+            "train/skipped_rows": sum(skipped.values()),
+            **{f"train/skipped/{k}": v for k, v in skipped.items()},
+            **{f"train/{k}": v for k, v in summary.items()}}
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
 
@@ -268,15 +289,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         val_shard = ray.train.get_dataset_shard("validation")
         for epoch in range(state.start_epoch, state.cfg.train.epochs):
             stats = train_epoch(state, train_shard, epoch, loop_config["steps_per_epoch"], attempt)
-            summary = stats.summary()
-            metrics = {"epoch": epoch + 1, "step": state.step, "start_epoch": state.start_epoch,
-                       "train/loss": summary.pop("loss", float("nan")),
-                       "train/lr": state.scheduler.get_last_lr()[0],
-                       "train/samples_per_s": summary.pop("samples_per_s") * state.world,
-                       "train/epoch_s": stats.seconds,
-                       "train/torch_threads": torch.get_num_threads(),
-                       "train/skipped_rows": sum(stats.skipped.values()) * state.world,
-                       **{f"train/{k}": v for k, v in summary.items()}}
+            metrics = epoch_metrics(state, epoch, stats)
             metrics.update(validate_epoch(state, val_shard) or {})
             save(state, epoch, metrics, loop_config["tokenizer"], loop_config.get("concepts"))
     except Exception as exc:
@@ -360,6 +373,8 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
             raise UserError(f"model.fusion.init_from {cfg.model.fusion.init_from} is not a "
                             "two-tower checkpoint or run")
         cfg.model.fusion.init_from = str(Path(source).resolve())  # workers run elsewhere
+    if cfg.model.kind == "fusion" and cfg.model.fusion.freeze_encoders:
+        cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1
     if not cfg.train.name:
         cfg.train.name = f"{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     tokenizer, source = resolve_tokenizer(cfg.model.text, cfg.data.path, cfg.data.train_split,

@@ -31,9 +31,12 @@ def ran_on(result: dict) -> str:
     m = result.get("machine")
     if not m:
         return "a machine the result file does not name (written by an older rocoray)"
-    gpu = f", {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return (f"{m['machine']}, {m['cpus']} CPUs, {m['memory_gib']} GiB{gpu}; torch {m['torch']}, "
-            f"Ray {m['ray']}")
+    parts = [m.get("machine") or m.get("cpu"), f"{m.get('cpus') or m.get('cores')} CPUs"]
+    if m.get("memory_gib"):
+        parts.append(f"{m['memory_gib']} GiB")
+    parts.append(m["gpu"] if m.get("gpu") else "no GPU")
+    versions = [f"torch {m['torch']}"] + ([f"Ray {m['ray']}"] if m.get("ray") else [])
+    return ", ".join(str(p) for p in parts) + "; " + ", ".join(versions)
 
 
 def demo_block(demo_dir: Path) -> str | None:
@@ -108,6 +111,69 @@ def ablation_block(path: Path) -> str | None:
         markdown_table(*ablation_rows(result)), "", result["note"]])
 
 
+def _ci(e: dict) -> str:
+    return f"{e['value']:.3f} [{e['low']:.2f}, {e['high']:.2f}]"
+
+
+ROCO_LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank"}
+
+
+def roco_block(results_dir: Path) -> str | None:
+    """The real-data section: bench/results/roco_sample.json (the demo on the ROCO sample)
+    and bench/results/roco_variants.json (what moves recall), when they exist."""
+    from core.report import markdown_table
+
+    lines = []
+    sample = results_dir / "roco_sample.json"
+    if sample.exists():
+        r = json.loads(sample.read_text())
+        ks = ("R@1", "R@5", "R@10")
+        header = ["method"] + [f"{d} {k}" for d in ("t2i", "i2t") for k in ks]
+        rows = [[ROCO_LABELS.get(m, m)] + [_ci(r["recall"][m][d][k]) for d in ("t2i", "i2t")
+                                           for k in ks] for m in r["recall"]]
+        rows.append(["chance (group-aware)"] + [f"{r['chance'][k]:.3f}" for _ in ("t2i", "i2t")
+                                                for k in ks])
+        stages = r.get("stages") or {}
+        lines += [
+            f"Measured by `python -m bench.roco_sample` (`rocoray demo --data {r['data']} "
+            f"--config {r['config']}`: {r['minutes']:.1f} min end to end on "
+            f"{ran_on({'machine': r.get('ran_on')})}), "
+            "written here by `python tools/update_readme.py` from bench/results/roco_sample.json.",
+            "", f"Test split, {r['test_items']} real figures; 95 % bootstrap intervals over queries:",
+            "", markdown_table(header, rows), "",
+            f"Verdict (from the report): {r['verdict']['summary']}", ""]
+        det = r.get("concept_detection") or {}
+        if det:
+            drow = [[name, _ci(v["per_image_f1"]) if isinstance(v.get("per_image_f1"), dict)
+                     else f"{v.get('per_image_f1', float('nan')):.3f}"]
+                    for name, v in det.items() if isinstance(v, dict) and "per_image_f1" in v]
+            if drow:
+                lines += ["Concept detection on the test figures (ImageCLEF per-image F1, "
+                          "threshold chosen on validation):", "",
+                          markdown_table(["detector", "per-image F1"], drow), ""]
+        if stages:
+            lines += ["Time and memory of each stage (peak resident memory summed over the "
+                      "job's processes):", "",
+                      markdown_table(["stage", "seconds", "peak RSS MB"],
+                                     [[k, f"{v['seconds']:.0f}", str(v["peak_rss_mb"])]
+                                      for k, v in stages.items()]), ""]
+    variants = results_dir / "roco_variants.json"
+    if variants.exists():
+        v = json.loads(variants.read_text())
+        header = ["variant", "kept", "best epoch", "t2i R@1", "t2i R@5", "t2i R@10", "i2t R@1",
+                  "i2t R@5", "i2t R@10", "train s"]
+        rows = [[x["variant"], "yes" if x["kept"] else "", str(x["best_epoch"])]
+                + [_ci(x[f"{d}/R@{k}"]) for d in ("t2i", "i2t") for k in (1, 5, 10)]
+                + [f"{x['train_seconds']:.0f}"] for x in v["variants"]]
+        rows.append(["chance (group-aware)", "", ""] + [f"{v['chance'][f'R@{k}']:.3f}"
+                                                      for _ in (0, 1) for k in (1, 5, 10)] + [""])
+        lines += [f"What moves two-tower recall, measured side by side by `python -m "
+                  f"bench.roco_variants` ({v['epochs']} epochs each, best validation epoch kept, "
+                  f"test split of {v['test_items']}; on {ran_on(v)}):", "",
+                  markdown_table(header, rows)]
+    return "\n".join(lines) if lines else None
+
+
 def performance_block(results_dir: Path) -> str | None:
     from bench.summary import performance_markdown
 
@@ -119,6 +185,7 @@ def main() -> None:
     text = readme.read_text()
     for name, body in (("demo-results", demo_block(REPO / "runs" / "demo")),
                        ("ablation-results", ablation_block(REPO / "runs" / "ablation" / "ablation.json")),
+                       ("roco-results", roco_block(REPO / "bench" / "results")),
                        ("performance", performance_block(REPO / "bench" / "results"))):
         if body is None:
             print(f"{name}: no results found, block left as it is")
