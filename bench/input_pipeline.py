@@ -6,8 +6,9 @@ image size and caption length), per CPU, side by side in one run:
 2. the same stage through Ray Data (``ray_jobs.data.preprocess``) on every CPU of this
    machine, warm passes.
 
-The target is >= 1,000 samples/s on 8 CPUs (what one H100 consumes, ~1,100-1,200 samples/s
-for a base train step). 8 x the measured per-CPU rate is a projection, stated as such.
+The target is >= 1,000 samples/s on 8 CPUs (a figure to compare with a GPU's base train
+step; no GPU rate has been measured yet: bench/results/gpu.json does not exist). 8 x the
+measured per-CPU rate is a projection, stated as such and never reported as met.
 
     python -m bench.input_pipeline [--rows 2000]
 """

@@ -42,13 +42,14 @@ VARIANTS = [
 ]
 
 
-def encode(model, data, split, tokenizer, concepts, batch_rows: int = 64) -> list:
+def encode(model, data, split, tokenizer, concepts, batch_rows: int = 64,
+           max_rows: int | None = None) -> list:
     """The split's preprocessed rows with the frozen layers' outputs, as numpy batches."""
     from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import read_split
     from core.frozen_features import encode_frozen
 
-    table = read_split(data, split)
+    table = read_split(data, split, max_rows=max_rows)
     pre = build_preprocessor(model.config, tokenizer, concepts)
     out = []
     for start in range(0, table.num_rows, batch_rows):
@@ -152,6 +153,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "roco-sample"))
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    p.add_argument("--max-rows", type=int, default=None, help="rows per split (a smoke run)")
+    p.add_argument("--out", default=None, help="results file (default: bench/results/)")
     args = p.parse_args(argv)
     from core.comparison import chance_level, positives_per_query
     from core.concepts import resolve_vocabulary
@@ -176,7 +179,8 @@ def main(argv=None) -> dict:
         encoder = build_model(base.model, load_weights=not random_init).eval()
         if random_init:
             cached["random_state"] = copy.deepcopy(encoder.state_dict())
-        cached[key] = {split: encode(encoder, args.data, split, tokenizer, vocab)
+        cached[key] = {split: encode(encoder, args.data, split, tokenizer, vocab,
+                                     max_rows=args.max_rows)
                        for split in ("train", "validation", "test")}
         log(f"encoded the frozen layers ({key}) of every split: {time.perf_counter() - t0:.0f} s")
     encode_seconds = time.perf_counter() - t0
@@ -191,14 +195,17 @@ def main(argv=None) -> dict:
                "kept": kept, **info}
         for d in ("t2i", "i2t"):
             for k in (1, 5, 10):
-                row[f"{d}/R@{k}"] = bootstrap_ci(per_query(ranks[d], k)).as_dict()
+                row[f"{d}/R@{k}"] = bootstrap_ci(per_query(ranks[d], f"R@{k}")).as_dict()
         rows.append(row)
         log(f"{name}: test R@10 t2i {row['t2i/R@10']['value']:.3f} i2t "
             f"{row['i2t/R@10']['value']:.3f} (best epoch {info['best_epoch']})")
     result = {"bench": "roco_variants", "data": args.data, "test_items": len(ranks["groups"]),
               "chance": chance, "encode_seconds": encode_seconds, "variants": rows,
               "epochs": args.epochs or base.train.epochs}
-    write_result(result)
+    if args.out:
+        Path(args.out).write_text(__import__("json").dumps(result, indent=2))
+    else:
+        write_result(result)
     return result
 
 

@@ -19,16 +19,20 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
                  ">= 300 pairs/s", "met" if v >= 300 else "missed")]
     if b == "pairwise_scoring":
         last = r["sizes"][-1]
+        # rankings are compared only where the naive path scored every pair
+        checked = [row for row in r["sizes"] if "rankings_note" not in row]
+        identical = bool(checked) and all(row["rankings_identical"] for row in checked)
+        where = "/".join(str(row["n"]) for row in checked) or "none"
         measured = (f"{last['speedup']:.1f}x ({last['split_pairs_per_s']:.0f} vs "
                     f"{last['naive_pairs_per_s']:.0f} pairs/s), max abs diff {last['max_abs_diff']:.1e}, "
-                    f"rankings identical: {last['rankings_identical']}")
+                    f"rankings identical where every pair was checked (N={where}): {identical}")
         bound = r.get("flop_bound_tiny")
         if bound:
             measured += (f"; FLOP ratio naive/split for `tiny` {bound['bound_speedup']:.1f}x "
                          f"(`base`: {r['flop_bound_base']['bound_speedup']:.0f}x)")
         return [(f"fusion scoring, split vs naive (N={last['n']})", measured,
                  ">= 30x, identical rankings",
-                 "met" if last["speedup"] >= 30 and last["rankings_identical"] else "missed")]
+                 "met" if last["speedup"] >= 30 and identical else "missed")]
     if b == "scaling":
         e = r["exponents"]
         enc = ", ".join(f"{row['encode_s']:.0f}" for row in r["rows"])
@@ -36,8 +40,11 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
                  f"time exponent: head {e['score_time']:.2f}, encode {e['encode_time']:.2f} "
                  f"({enc} s: actor start-up dominates at these N); peak RSS exponent {e['peak_rss']:.2f}",
                  "encode ~1, head ~2, memory <= 1.1",
-                 "met" if e["peak_rss"] <= 1.1 and 1.7 <= e["score_time"] <= 2.2
-                 and e["encode_time"] <= 1.2 else "missed")]
+                 # an encode exponent well under 1 means start-up bound: nothing measured
+                 ("met" if e["peak_rss"] <= 1.1 and 1.7 <= e["score_time"] <= 2.2 else "missed")
+                 + ("; encode: not measurable at these sizes (start-up bound)"
+                    if e["encode_time"] < 0.8 else
+                    ("; encode met" if e["encode_time"] <= 1.2 else "; encode missed")))]
     if b == "rerank":
         best = r["best"]
         return [(f"rerank vs full fusion (N={r['n']}, held-out)" if r.get("held_out") else
@@ -85,7 +92,9 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
                  f"{r['single_process_rows_per_s_per_cpu']:.0f} rows/s in one process, "
                  f"{r['ray_data_rows_per_s_per_cpu']:.0f} rows/s per CPU through Ray Data on "
                  f"{r['ray_data_cpus']} CPUs; projection for 8 CPUs (8 x the lower): {v:.0f} rows/s",
-                 ">= 1000 rows/s on 8 CPUs (projected)", "met" if v >= 1000 else "missed")]
+                 ">= 1000 rows/s on 8 CPUs",
+                 # a projection is not a measurement: it is labelled, never "met"
+                 f"projection only ({'would meet' if v >= 1000 else 'would miss'}; 8 CPUs not measured)")]
     if b == "gpu":
         if r.get("smoke"):
             return []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.config import load_config
 from core.models import build_model, masking
+from core.models.encoders import trim_padding
 from core.training import LossModule
 
 
@@ -96,10 +98,16 @@ def test_mcr_modes_forward_passes_and_losses(mode, forwards):
     assert model.pixel_decoder.weight.grad.abs().sum() > 0
     embeddings = model.text_encoder.model.get_input_embeddings().weight
     assert embeddings.grad.abs().sum() > 0  # the tied MLM decoder reaches the embeddings
-    model.eval()  # inference is never masked: the same embedding every call
+    model.eval()  # inference is never masked: embeddings equal the unmasked encoder path
     px, ids, mask, _ = _batch()
     with torch.no_grad():
-        torch.testing.assert_close(model.embed_image(px), model.embed_image(px))
+        patches, _ = model.image_encoder(px)  # the encoder on the pixels as given
+        unmasked = F.normalize(model.image_pool(model.image_proj(patches)), dim=-1)
+        torch.testing.assert_close(model.embed_image(px), unmasked)
+        t_ids, t_mask = trim_padding(ids, mask)
+        tokens, _, _ = model.text_encoder(t_ids, t_mask)
+        unmasked_text = F.normalize(model.text_pool(model.text_proj(tokens), t_mask), dim=-1)
+        torch.testing.assert_close(model.embed_text(ids, mask), unmasked_text)
 
 
 def test_mcr_needs_the_mask_token():
