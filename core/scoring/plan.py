@@ -51,8 +51,9 @@ class WorkItem:
 def tile_shape(kind: str, device_type: str, memory_bytes: int | None = None) -> tuple[int, int]:
     """(block, chunk) sized for the device. On CPUs small working sets run fastest (a 16 x 16
     fusion sub-block); a GPU wants hundreds of thousands of pairs per tile: 256 x 256
-    sub-blocks (measured best for the base head under bf16) in 1024 x 1024 tiles, halved
-    on GPUs with less than 40 GB. The two-tower score is one matmul per tile."""
+    sub-blocks in 1024 x 1024 tiles, halved on GPUs with less than 40 GB. The GPU sizes are
+    a default, not a measurement: no GPU run has measured them yet (`python -m bench.gpu`
+    writes bench/results/gpu.json, which would). The two-tower score is one matmul per tile."""
     if kind == "two_tower":
         return (4096, 4096)
     if device_type != "cuda":
