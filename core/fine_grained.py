@@ -71,14 +71,24 @@ def wins_from_matrix(scores: np.ndarray, pairs: dict) -> dict[str, np.ndarray]:
             "i2t": ranked_above(scores[q, q], scores[s, q], q, s)}
 
 
+def sibling_clusters(pairs: dict) -> np.ndarray:
+    """The unordered sibling pair of each comparison: both orderings of one pair (and both
+    directions) are one unit of the bootstrap, not four independent ones."""
+    q, s = np.asarray(pairs["query"]), np.asarray(pairs["sibling"])
+    return np.minimum(q, s) * (max(int(q.max(initial=0)), int(s.max(initial=0))) + 1) + np.maximum(q, s)
+
+
 def accuracy(wins: dict[str, np.ndarray], pairs: dict) -> dict:
-    """Sibling accuracy overall, per direction and per attribute, with 95 % intervals."""
+    """Sibling accuracy overall, per direction and per attribute, with 95 % cluster-bootstrap
+    intervals (sibling pairs resampled)."""
     both = np.concatenate([wins["t2i"], wins["i2t"]]).astype(np.float64)
     attrs = np.concatenate([pairs["attribute"], pairs["attribute"]])
-    out = {"overall": bootstrap_ci(both).as_dict(), "pairs": int(len(pairs["query"]))}
+    one = sibling_clusters(pairs)
+    clusters = np.concatenate([one, one])
+    out = {"overall": bootstrap_ci(both, clusters).as_dict(), "pairs": int(len(pairs["query"]))}
     for d in ("t2i", "i2t"):
-        out[d] = bootstrap_ci(np.asarray(wins[d], np.float64)).as_dict()
-    out["by_attribute"] = {name: bootstrap_ci(both[attrs == name]).as_dict()
+        out[d] = bootstrap_ci(np.asarray(wins[d], np.float64), one).as_dict()
+    out["by_attribute"] = {name: bootstrap_ci(both[attrs == name], clusters[attrs == name]).as_dict()
                            for name in SIBLING_ATTRIBUTES if (attrs == name).any()}
     return out
 
@@ -90,9 +100,11 @@ def compare_methods(wins: dict[str, dict[str, np.ndarray]], pairs: dict) -> dict
            "chance": 0.5, "pairs": int(len(pairs["query"]))}
     flat = {m: np.concatenate([wins[m]["t2i"], wins[m]["i2t"]]).astype(np.float64)
             for m in methods}
+    one = sibling_clusters(pairs)
+    clusters = np.concatenate([one, one])
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
-            d = paired_difference(flat[a], flat[b])
+            d = paired_difference(flat[a], flat[b], clusters)
             out["differences"].append({"a": a, "b": b, **d.as_dict(),
                                        "significant": d.significant})
     return out

@@ -56,21 +56,40 @@ def _interval(data: tuple, statistic) -> tuple[float, float]:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def bootstrap_ci(values) -> Estimate:
-    """Mean of per-query ``values`` with its 95 % bootstrap interval."""
+def _cluster_sums(clusters, *values) -> tuple[np.ndarray, ...]:
+    """Per-cluster sums of each of ``values`` and the cluster sizes."""
+    _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    size = np.bincount(inverse).astype(np.float64)
+    return tuple(np.bincount(inverse, weights=v) for v in values) + (size,)
+
+
+def bootstrap_ci(values, clusters=None) -> Estimate:
+    """Mean of per-query ``values`` with its 95 % bootstrap interval. ``clusters``: the unit
+    each value belongs to when values are not independent (the 4 comparisons of one
+    sibling pair): whole clusters are resampled (a cluster bootstrap of the ratio mean)."""
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no queries to estimate from")
-    low, high = _interval((values,), lambda v, axis=-1: v.mean(axis=axis))
+    if clusters is None:
+        low, high = _interval((values,), lambda v, axis=-1: v.mean(axis=axis))
+    else:
+        sums, size = _cluster_sums(clusters, values)
+        low, high = _interval((sums, size), lambda s, n, axis=-1: s.sum(axis) / n.sum(axis))
     return Estimate(float(values.mean()), low, high, int(values.size))
 
 
-def paired_difference(a, b) -> Difference:
-    """mean(a) - mean(b) over the same queries, with its paired 95 % bootstrap interval."""
+def paired_difference(a, b, clusters=None) -> Difference:
+    """mean(a) - mean(b) over the same queries, with its paired 95 % bootstrap interval
+    (``clusters``: as ``bootstrap_ci``)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"paired values need the same, non-empty queries ({a.shape} vs {b.shape})")
-    low, high = _interval((a, b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis))
+    if clusters is None:
+        low, high = _interval((a, b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis))
+    else:
+        sa, sb, size = _cluster_sums(clusters, a, b)
+        low, high = _interval((sa, sb, size),
+                              lambda x, y, n, axis=-1: (x.sum(axis) - y.sum(axis)) / n.sum(axis))
     return Difference(float(a.mean() - b.mean()), low, high, int(a.size),
                       significant=bool(low > 0 or high < 0))
 

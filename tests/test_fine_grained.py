@@ -148,3 +148,24 @@ def test_swapped_word_negatives(tiny_tokenizer):
                          enc["attention_mask"], torch.arange(3))
     assert torch.isfinite(loss) and "swap_acc" in stats
     loss.backward()
+
+
+def test_sibling_intervals_resample_sibling_pairs_not_comparisons():
+    """Each sibling pair gives 4 comparisons that move together: the interval must be as
+    wide as one value per pair gives, not half as wide (4x the units, falsely)."""
+    from core.fine_grained import accuracy
+    from core.significance import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    n = 200  # sibling pairs (a, b): both orderings as queries, both directions
+    won = rng.random(n) < 0.6
+    a, b = np.arange(n) * 2, np.arange(n) * 2 + 1
+    pairs = {"query": np.concatenate([a, b]), "sibling": np.concatenate([b, a]),
+             "attribute": np.asarray(["laterality"] * (2 * n), dtype=object)}
+    wins = {"t2i": np.concatenate([won, won]), "i2t": np.concatenate([won, won])}
+    overall = accuracy(wins, pairs)["overall"]
+    per_pair = bootstrap_ci(won.astype(float))
+    width = overall["high"] - overall["low"]
+    assert width == pytest.approx(per_pair.high - per_pair.low, rel=0.2)
+    naive = bootstrap_ci(np.concatenate([won, won, won, won]).astype(float))
+    assert width > 1.6 * (naive.high - naive.low)
