@@ -32,13 +32,9 @@ VARIANTS = [
      ["model.image.freeze_stages=-1", "model.concepts.weight=0"], True, False),
     ("pretrained towers frozen, linear heads (the baseline)",
      ["model.image.freeze_stages=-1", "model.concepts.weight=0"], False, False),
-    ("+ concept head (UMLS CUIs, weight 0.5), towers frozen",
-     ["model.image.freeze_stages=-1"], False, False),
     ("image blocks 5-6 + head fine-tuned, no concept head",
      ["model.concepts.weight=0"], False, False),
     ("image blocks 5-6 + head fine-tuned + concept head (roco_cpu)", [], False, True),
-    ("image conv head only fine-tuned + concept head",
-     ["model.image.freeze_stages=9"], False, False),
 ]
 
 

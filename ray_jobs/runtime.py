@@ -70,8 +70,10 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              progress_bars: bool | None = None):
-    """Connect to a cluster (``address``, ``RAY_ADDRESS``, or a job's own cluster) or start a
-    local one. Idempotent. The dashboard stays on: Tune over Train V2 needs it."""
+    """Connect to a cluster (``address``, or ``RAY_ADDRESS``: a submitted job's own cluster)
+    or start a NEW local one: never the last cluster recorded on the machine, which
+    ``ray.init()`` would silently join (or hang on, when it is dead). Idempotent. Logs which
+    cluster the job uses. The dashboard stays on: Tune over Train V2 needs it."""
     quiet_defaults()
     import ray
 
@@ -83,9 +85,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
             kwargs["runtime_env"] = {"env_vars": {faults.ENV: os.environ[faults.ENV]}}
         if address:
             kwargs["address"] = address
-        elif num_cpus is not None:
-            kwargs["num_cpus"] = num_cpus
-        ray.init(**kwargs)
+        else:
+            kwargs["address"] = "local"
+            if num_cpus is not None:
+                kwargs["num_cpus"] = num_cpus
+        context = ray.init(**kwargs)
+        log.info("Ray: %s (%s)", "joined the cluster at " + address if address
+                 else "a new local instance", getattr(context, "address_info", {}).get(
+                     "gcs_address", "?"))
         filter_worker_logs()
     quiet_ray_loggers()  # Ray Data's loggers exist once it is imported
     configure_data_context(progress_bars)
