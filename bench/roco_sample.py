@@ -21,8 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def collect(run: Path) -> dict:
-    summary = json.loads((run / "summary.json").read_text())
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    if (run / "summary.json").exists():
+        summary = json.loads((run / "summary.json").read_text())
+    else:  # a run whose evaluation was rerun on its own (`rocoray evaluate`): no demo summary
+        summary = {"data": metrics["data"], "config": "roco_cpu", "minutes": None,
+                   "report": metrics.get("report") or {"html": str(run / "eval" / "report.html")},
+                   "training": {k: json.loads((run / "train" / k / "result.json").read_text())
+                                for k in ("two_tower", "fusion")}}
     cmp_ = metrics["comparison"]
     methods = {}
     for method, by_direction in cmp_["estimates"].items():

@@ -136,8 +136,9 @@ def roco_block(results_dir: Path) -> str | None:
         stages = r.get("stages") or {}
         lines += [
             f"Measured by `python -m bench.roco_sample` (`rocoray demo --data {r['data']} "
-            f"--config {r['config']}`: {r['minutes']:.1f} min end to end on "
-            f"{ran_on({'machine': r.get('ran_on')})}), "
+            f"--config {r['config']}`: "
+            + (f"{r['minutes']:.1f} min end to end" if r.get("minutes") else "time not recorded")
+            + f" on {ran_on({'machine': r.get('ran_on')})}), "
             "written here by `python tools/update_readme.py` from bench/results/roco_sample.json.",
             "", f"Test split, {r['test_items']} real figures; 95 % bootstrap intervals over queries:",
             "", markdown_table(header, rows), "",
