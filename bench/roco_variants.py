@@ -159,8 +159,6 @@ def main(argv=None) -> dict:
     from core.models import build_model
     from core.significance import bootstrap_ci, per_query
 
-    torch.set_num_threads(torch.get_num_threads())
-
     def log(line):
         print(line, flush=True)
 

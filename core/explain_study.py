@@ -116,8 +116,7 @@ def explanation_study(data, split: str, loaded: dict, cases_wanted: int, figures
     if not rows:
         return box_free_study(table, loaded, cases_wanted, figures, examples)
     sub = table.take(rows)
-    batches = {kind: build_preprocessor(lo.config.model, lo.tokenizer)(sub) for kind, lo in loaded.items()}
-    keep = [i for i in range(len(rows)) if all(b["skip"][i] == 0 for b in batches.values())]
+    batches, keep = _cases(sub, loaded)
     cases = [{"box": boxes[rows[i]],
               "inputs": {kind: (loaded[kind].model, *_tensors(b, i)) for kind, b in batches.items()}}
              for i in keep]
