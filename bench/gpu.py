@@ -69,12 +69,13 @@ def matmul_peaks(device, n: int) -> dict:
     return out
 
 
-def base_model(kind: str, device, tokens: int):
+def base_model(kind: str, device, tokens: int, size: int = 224):
     from core.config import load_config
     from core.models import build_model
 
     cfg = load_config("base", [f"model.kind={kind}", "model.image.pretrained=false",
-                               "model.text.name_or_path=null", "model.text.tokenizer=null"])
+                               "model.text.name_or_path=null", "model.text.tokenizer=null",
+                               f"model.image.image_size={size}"])
     return build_model(cfg.model).to(device).eval(), cfg
 
 
@@ -118,14 +119,14 @@ def main(argv=None) -> dict:
     n_matmul = 512 if small else 8192
     n_enc = 16 if small else 1024
     n_head = 32 if small else 2048
-    size = 224
+    size = 64 if small else 224  # smoke: the code paths, not the sizes
     result = {"bench": "gpu", "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                                          else "cpu"),
               "smoke": small, "machine": machine(), "torch": torch.__version__}
     result["matmul_tflops"] = matmul_peaks(device, n_matmul)
     print("matmul TFLOP/s", result["matmul_tflops"], flush=True)
 
-    fusion, cfg = base_model("fusion", device, tokens)
+    fusion, cfg = base_model("fusion", device, tokens, size)
     pixels, ids, mask = inputs(n_enc, size, tokens, device)
     result["encode_items_per_s"] = {}
     for precision in ("fp32", "bf16"):
@@ -204,7 +205,7 @@ def plain_train_steps(device, size: int, tokens: int, small: bool) -> dict:
     batch_size = 4 if small else 128
     out = {}
     for kind in ("two_tower", "fusion"):
-        model, cfg = base_model(kind, device, tokens)
+        model, cfg = base_model(kind, device, tokens, size)
         model.train()
         module = LossModule(model, cfg.model)
         opt = build_optimizer(module, cfg.train)
@@ -242,7 +243,9 @@ def ray_paths(device, small: bool) -> dict:
     gpu = torch.device(device).type == "cuda"
     out = {}
     for kind in ("two_tower", "fusion"):
-        cfg = load_config("base", [f"model.kind={kind}", f"data.path={data}",
+        # the smoke run checks the path with the tiny preset (base's towers at 2 CPUs cost
+        # minutes and test nothing more)
+        cfg = load_config("tiny" if small else "base", [f"model.kind={kind}", f"data.path={data}",
                                    "model.image.pretrained=false", "model.text.name_or_path=null",
                                    "model.text.tokenizer=null", "train.epochs=2",
                                    "train.num_workers=1", f"train.use_gpu={str(gpu).lower()}",

@@ -32,9 +32,13 @@ VARIANTS = [
      ["model.image.freeze_stages=-1", "model.concepts.weight=0"], True, False),
     ("pretrained towers frozen, linear heads (the baseline)",
      ["model.image.freeze_stages=-1", "model.concepts.weight=0"], False, False),
+    ("pretrained towers frozen, linear heads, feature dropout 0.2",
+     ["model.image.freeze_stages=-1", "model.concepts.weight=0",
+      "model.two_tower.proj_dropout=0.2"], False, False),
     ("image blocks 5-6 + head fine-tuned, no concept head",
      ["model.concepts.weight=0"], False, False),
     ("image blocks 5-6 + head fine-tuned + concept head (roco_cpu)", [], False, True),
+    ("roco_cpu + feature dropout 0.2", ["model.two_tower.proj_dropout=0.2"], False, False),
 ]
 
 

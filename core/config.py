@@ -107,6 +107,7 @@ class TwoTowerConfig:
     embed_dim: int = 256
     proj_layers: int = 2  # 1 = linear projection
     proj_hidden: int = 1024
+    proj_dropout: float = 0.0  # dropout on the pooled features the projections read
     temperature: float = 0.07
     learnable_temperature: bool = True
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100

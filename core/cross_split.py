@@ -17,7 +17,7 @@ import torch
 from core.evaluation import score_matrix
 from core.features import Features
 from core.metrics import keys_to_index, order_keys
-from core.retrieval import topk_keys
+from core.retrieval import fused_scores, topk_keys
 
 
 def topk_rows(scores: np.ndarray, k: int, columns: np.ndarray | None = None) -> np.ndarray:
@@ -56,8 +56,8 @@ def rerank_topk(model, text: Features, image: Features, first_scores: np.ndarray
         model.score_pairs(text, image, torch.as_tensor(ti[s:s + pairs]),
                           torch.as_tensor(ii[s:s + pairs])).float().cpu().numpy()
         for s in range(0, len(ti), pairs)])
-    fused = logits.reshape(candidates.shape) + alpha * np.take_along_axis(
-        first_scores, candidates, 1)
+    fused = fused_scores(logits.reshape(candidates.shape),
+                         np.take_along_axis(first_scores, candidates, 1), alpha)
     return topk_rows(fused, k, candidates)
 
 

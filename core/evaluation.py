@@ -13,16 +13,14 @@ from core.batch import Batch
 from core.features import Features
 from core.metrics import (bidirectional_metrics, evaluate_scores, keys_to_index, order_keys,
                           ranks_from_scores)
-from core.retrieval import StreamingRetrieval, rerank, topk_keys
-from core.scoring import ScoringPlan, TileWorker, autocast, local_executor, score_block
-
-# Sub-block side of a score tile per model, on CPUs: small working sets run ~3x faster there
-# for the fusion head; the two-tower score is one matmul per tile.
-CPU_CHUNK = {"fusion": 16, "two_tower": 4096}
-
+from core.retrieval import StreamingRetrieval, fused_scores, rerank, topk_keys
+from core.scoring import ScoringPlan, TileWorker, autocast, fit_tile, local_executor, score_block
+from core.scoring.plan import default_tile
 
 def default_chunk(model) -> int:
-    return CPU_CHUNK.get(getattr(model, "kind", "two_tower"), 4096)
+    """The sub-block side of ``model``'s tiles on CPUs (``core.scoring.plan.tile_shape``, the
+    one source of tile sizes)."""
+    return default_tile(model)[1]
 
 
 @torch.no_grad()
@@ -75,8 +73,7 @@ def stream_retrieval(model, text: Features, image: Features, text_groups, image_
                      k: int = 10, block: int = 256, chunk: int | None = None,
                      precision: str = "fp32", on_tile=None) -> StreamingRetrieval:
     """Top-K and exact ranks in O(N*K) memory: the scoring plan, run in this process."""
-    chunk = min(chunk or default_chunk(model), block)
-    block = block - block % chunk
+    block, chunk = fit_tile(block, chunk or default_chunk(model))
     plan = ScoringPlan(text_groups, image_groups, block=block, chunk=chunk, k=k)
     device = next(model.parameters()).device
     worker = TileWorker(model, in_memory_blocks(text, image, block), plan, device, precision)
@@ -89,8 +86,7 @@ def rerank_retrieval(model, text: Features, image: Features, groups, first_stage
                      chunk: int | None = None) -> dict:
     """Retrieve-and-rerank in this process: ``first_stage[d]`` = (candidate rows, scores,
     ranks) per direction, re-scored by ``model`` (see ``ScoringPlan.run_rerank``)."""
-    chunk = min(chunk or default_chunk(model), block)
-    block = block - block % chunk
+    block, chunk = fit_tile(block, chunk or default_chunk(model))
     plan = ScoringPlan(groups, groups, block=block, chunk=chunk, k=k)
     device = next(model.parameters()).device
     worker = TileWorker(model, in_memory_blocks(text, image, block), plan, device)
@@ -122,7 +118,8 @@ def rerank_matrices(itm: np.ndarray, itc: np.ndarray, groups: np.ndarray, k: int
         keys = order_keys(b, np.arange(b.shape[1])[None, :])
         candidates = keys_to_index(topk_keys(keys, k))
         first = ranks_from_scores(b, groups, groups)
-        fused = np.take_along_axis(a, candidates, 1) + alpha * np.take_along_axis(b, candidates, 1)
+        fused = fused_scores(np.take_along_axis(a, candidates, 1),
+                             np.take_along_axis(b, candidates, 1), alpha)
         ranks[d] = rerank(candidates, fused, first, groups, groups, k)[2]
     n = len(groups)
     return bidirectional_metrics(ranks["t2i"], ranks["i2t"], n_images=n, n_texts=n, ks=ks)

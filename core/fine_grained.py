@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.retrieval import fused_scores
 from core.significance import bootstrap_ci, paired_difference
 from core.synthetic.attributes import SIBLING_ATTRIBUTES
 
@@ -141,7 +142,7 @@ def rerank_wins(rescored: dict, alpha: float, pairs: dict, first_score) -> dict[
     out = {}
     for d in ("t2i", "i2t"):
         r = rescored[d]
-        fused = r["scores"] + np.float32(alpha) * r["first"]
+        fused = fused_scores(r["scores"], r["first"], alpha)
         wins = ranked_above(first_true, first_other[d], q, s)  # neither is a candidate
         for n, (query, sib) in enumerate(zip(q, s)):
             cand = list(r["candidates"][query])

@@ -181,29 +181,38 @@ def cost_seconds(timings: dict) -> float:
     return timings.get("encode_s", 0.0) + timings["score_s"]
 
 
+def _passes(timings: dict) -> str:
+    """Encoder passes the scoring job counted (captions + images through each model's towers)."""
+    counted = timings.get("encoder_passes") or {}
+    parts = [f"{sum(c.values()):,} ({LABELS.get(m, m)})" for m, c in counted.items() if c]
+    return " + ".join(parts) or "not recorded"
+
+
 def cost_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    """What each method computes and what it costs, comparable across methods: encoder
-    passes and head evaluations counted, seconds per query (both directions)."""
-    header = ["method", "parameters", "encoder passes", "head / score evaluations", "cost growth",
-              "encode s", "score s", "ms per query", "peak RSS MB"]
+    """What each method computed and what it cost, comparable across methods: encoder passes
+    and head evaluations as the scoring job counted them, seconds per query (both directions)."""
+    header = ["method", "parameters", "encoder passes (counted)",
+              "head / score evaluations (counted)", "cost growth", "encode s", "score s",
+              "ms per query", "peak RSS MB"]
     n = metrics["gallery_size"]
     rows = []
     for m in _methods(metrics):
         info = metrics["methods"][m]
         t = info["timings"]
+        pairs = t.get("pairs")
         if m == "fusion":
-            passes, evals = f"2N = {2 * n} (fusion)", f"N² = {n * n:,} fusion-head pairs"
+            evals = f"{pairs:,} fusion-head pairs (N² = {n * n:,})"
             growth = "O(N) encode + O(N²) head"
         elif m == "two_tower":
-            passes, evals = f"2N = {2 * n} (two-tower)", f"N² = {n * n:,} dot products (matmuls)"
+            evals = f"{pairs:,} dot products (N² = {n * n:,}, as matmuls)"
             growth = "O(N) encode + O(N² d) matmul"
         else:
             k = info.get("rerank_k")
-            passes = f"4N = {4 * n} (both models)"
-            evals = f"2Nk = {2 * n * k:,} fusion-head pairs (k={k}) + N² dot products"
+            evals = (f"{pairs:,} fusion-head pairs (2Nk = {2 * n * k:,}, k={k}) + "
+                     f"{t.get('first_stage_pairs', 0):,} dot products")
             growth = "O(N) encode + O(Nk) head"
         peak = max(t.get("driver_peak_rss_mb", 0.0), t.get("actor_peak_rss_mb", 0.0))
-        rows.append([LABELS[m], f"{info['parameters'] / 1e6:.2f}M", passes, evals, growth,
+        rows.append([LABELS[m], f"{info['parameters'] / 1e6:.2f}M", _passes(t), evals, growth,
                      _f(t.get("encode_s", 0.0), 1), _f(t["score_s"], 2),
                      _f(1000 * cost_seconds(t) / (2 * n), 1), f"{peak:.0f}"])
     return header, rows

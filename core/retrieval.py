@@ -162,6 +162,32 @@ def reduce_tile(text_ids: np.ndarray, image_ids: np.ndarray, scores: np.ndarray,
     return out
 
 
+def fused_scores(rerank_scores, first_scores, alpha: float) -> np.ndarray:
+    """THE retrieve-and-rerank rule, used everywhere a candidate is re-ordered: the
+    re-ranker's score (fusion match logit) + ``alpha`` x the first stage's (two-tower
+    cosine). float32, whatever the inputs."""
+    return (np.asarray(rerank_scores, np.float32)
+            + np.float32(alpha) * np.asarray(first_scores, np.float32))
+
+
+def fuse(rescored: dict, text_groups, image_groups, alpha: float = 0.0, k: int | None = None,
+         top: int | None = None) -> dict:
+    """Re-order each query's first ``k`` candidates (all by default) by ``fused_scores``.
+    ``rescored[d]`` = {candidates, scores (the re-ranker's), first, first_ranks} per direction
+    (``ScoringPlan.rescore_candidates``). Returns {d: (top rows, top scores, exact ranks)},
+    ``top`` (default all of the ``k``) kept per query."""
+    out = {}
+    for d in ("t2i", "i2t"):
+        r = rescored[d]
+        kc = r["candidates"].shape[1] if k is None else k
+        queries, gallery = ((text_groups, image_groups) if d == "t2i"
+                            else (image_groups, text_groups))
+        fused = fused_scores(r["scores"][:, :kc], r["first"][:, :kc], alpha)
+        out[d] = rerank(r["candidates"][:, :kc], fused, r["first_ranks"], queries, gallery,
+                        min(top or kc, kc))
+    return out
+
+
 def rerank(candidates: np.ndarray, scores: np.ndarray, first_stage_ranks: np.ndarray,
            query_groups: np.ndarray, gallery_groups: np.ndarray, k: int):
     """Re-order each query's first-stage candidates by new scores (retrieve-and-rerank, as

@@ -35,7 +35,7 @@ from core.evaluation import rerank_retrieval, stream_retrieval
 from core.feature_store import FeatureStore
 from core.models import MODELS, count_parameters
 from core.report import fit_exponent, headline_table, write_report
-from core.scoring import outputs
+from core.scoring import outputs, tile_shape
 from ray_jobs import score
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import init_ray, setup_logging
@@ -129,17 +129,17 @@ def scaling_curve(scored: Scored, points: int, rerank_k: int) -> dict:
         head, g = slice(0, size), groups[:size]
         t0 = time.perf_counter()
         stream_retrieval(fusion, f_text.index(head), f_image.index(head), g, g,
-                         k=min(10, size), block=64)
+                         k=min(10, size), block=tile_shape("fusion", "cpu")[0])
         seconds["fusion"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         kc = min(rerank_k, size)
         acc = stream_retrieval(two_tower, t_text.index(head), t_image.index(head), g, g, k=kc,
-                               block=4096)
+                               block=tile_shape("two_tower", "cpu")[0])
         seconds["two_tower"].append(time.perf_counter() - t0)
         first = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
         t0 = time.perf_counter()
         rerank_retrieval(fusion, f_text.index(head), f_image.index(head), g, first,
-                         k=min(10, kc), block=64)
+                         k=min(10, kc), block=tile_shape("fusion", "cpu")[0])
         seconds["rerank"].append(seconds["two_tower"][-1] + time.perf_counter() - t0)
         log.info("scaling N=%d: %s", size, {m: round(s[-1], 3) for m, s in seconds.items()})
     return {"sizes": sizes, "seconds": seconds,

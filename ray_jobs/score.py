@@ -35,7 +35,7 @@ from core.checkpoint import load_checkpoint, read_checkpoint_config, resolve_che
 from core.data.rocov2 import resolve_split, row_groups
 from core.evaluation import in_memory_blocks
 from core.metrics import bidirectional_metrics
-from core.scoring import ScoringPlan, TileWorker, local_executor, outputs, tile_shape
+from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, outputs, tile_shape
 from ray_jobs.actor_pool import ActorExecutor, peak_rss_mb
 from ray_jobs.gallery import Gallery, encode
 from ray_jobs.options import UserError, opt, parse, run_cli
@@ -150,30 +150,31 @@ def tile_side(job: Job, kind: str) -> tuple[int, int]:
     memory = (torch.cuda.get_device_properties(0).total_memory
               if job.device == "cuda" and torch.cuda.is_available() else None)
     block, chunk = tile_shape(kind, job.device, memory)
-    block, chunk = job.cfg.block or block, min(job.cfg.chunk or chunk, job.cfg.block or block)
-    return block - block % chunk, chunk
+    return fit_tile(job.cfg.block or block, job.cfg.chunk or chunk)
 
 
 # --- the three methods -----------------------------------------------------------------------
 
 def two_tower_topk(job: Job, gallery: Gallery, k: int):
-    """Two-tower retrieval: the plan in this process, a matmul per 4096 x 4096 tile."""
+    """Two-tower retrieval: the plan in this process, a matmul per tile (4096 x 4096 unless
+    --block / --chunk say otherwise)."""
     model = load_checkpoint(job.checkpoints["two_tower"]).model
     text, image = gallery.features("text"), gallery.features("image")
-    block, chunk = tile_shape("two_tower", "cpu")
+    block, chunk = tile_side(job, "two_tower")
     plan = ScoringPlan(gallery.groups, gallery.groups, block=block, chunk=chunk, k=k)
     t0 = time.perf_counter()
     acc = plan.run_retrieval(local_executor(TileWorker(model, in_memory_blocks(text, image, block),
                                                        plan)))
     results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
-    return results, {"score_s": time.perf_counter() - t0, "pairs": len(text) * len(image)}
+    return results, {"score_s": time.perf_counter() - t0, "pairs": sum(plan.pairs_scored.values()),
+                     "pairs_by_item": plan.pairs_scored}
 
 
 def fusion_items_key(job: Job, method: str, features: dict, chunk: int) -> dict:
     """Everything a finished fusion work item depends on: the encoded gallery's own key, the
     sub-block, K, precision, the method (and for rerank its candidates)."""
     key = {"features": features, "chunk": chunk, "k": job.cfg.k, "precision": job.precision,
-           "method": method}
+           "method": method, "format": 2}  # 2: each item's result counts the pairs it scored
     if method == "rerank":
         key["rerank_k"] = job.cfg.rerank_k
     return key
@@ -191,12 +192,12 @@ def fusion_topk(job: Job, gallery: Gallery):
     t0 = time.perf_counter()
     acc = plan.run_retrieval(execute)
     results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
-    n = len(gallery.groups)
     stats = execute.stats
     tiles_s = stats["actor_seconds_by_kind"].get("tile", 0.0)
     # what the tiles cost beyond scoring them: the positives pass and the per-item cache
     overhead = stats["actor_seconds_by_kind"].get("positives", 0.0) + stats["cache_write_s"]
-    return results, {"score_s": time.perf_counter() - t0, "pairs": n * n, **stats,
+    return results, {"score_s": time.perf_counter() - t0, **stats,
+                     "pairs": sum(plan.pairs_scored.values()), "pairs_by_item": plan.pairs_scored,
                      "overhead_share_of_tiles": overhead / tiles_s if tiles_s else None}
 
 
@@ -217,9 +218,10 @@ def rerank_topk(job: Job, first: Gallery, gallery: Gallery):
     storage.write_arrays(job.out, RERANK_CANDIDATES, {f"{d}.{name}": value for d, r in rescored.items()
                                                       for name, value in r.items()})
     results = plan.fuse(rescored, job.cfg.alpha)
-    n = len(gallery.groups)
-    return results, {"score_s": time.perf_counter() - t0, "pairs": 2 * n * job.cfg.rerank_k,
-                     "first_stage_score_s": first_timings["score_s"], **execute.stats}
+    return results, {"score_s": time.perf_counter() - t0, **execute.stats,
+                     "pairs": sum(plan.pairs_scored.values()), "pairs_by_item": plan.pairs_scored,
+                     "first_stage_pairs": first_timings["pairs"],
+                     "first_stage_score_s": first_timings["score_s"]}
 
 
 # --- the job ---------------------------------------------------------------------------------
@@ -248,7 +250,10 @@ def execute(job: Job) -> dict:
     ks = tuple(k for k in (1, 5, 10) if k <= n)
     metrics = bidirectional_metrics(results["t2i"][2], results["i2t"][2], n_images=n, n_texts=n,
                                     ks=ks)
+    encoded = {"two_tower": first.meta, main_kind: gallery.meta} if cfg.model == "rerank" else \
+        {main_kind: gallery.meta}
     timings.update(encode_s=sum(encode_s.values()), encode_s_by_model=encode_s,
+                   encoder_passes={m: meta.get("encoder_passes") for m, meta in encoded.items()},
                    total_s=time.perf_counter() - t_start, driver_peak_rss_mb=peak_rss_mb())
     timings["pairs_per_s"] = timings["pairs"] / max(timings["score_s"], 1e-9)
     summary = {"model": cfg.model, "checkpoints": job.checkpoints, "data": str(cfg.data),

@@ -108,17 +108,24 @@ def test_threshold_is_chosen_where_per_image_f1_peaks_and_chance_is_chance():
 
 
 def test_detection_uses_the_validation_threshold_never_the_test_one():
+    logit = lambda p: np.log(np.asarray(p) / (1 - np.asarray(p)))  # noqa: E731
     vocab = ConceptVocabulary(["A", "B"], [50, 50], 100)
-    test = [["A"], ["B"], ["A", "B"], []]
-    val = [["A"], ["B"]]
-    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.9], [0.1, 0.1]])
-    logits = np.log(probs / (1 - probs))
-    out = detection(vocab, test, {"fusion": logits}, val, {"fusion": np.array([[2.0, -2.0],
-                                                                                [-2.0, 2.0]])})
+    # validation separates at ~0.8 (present 0.85, absent 0.75); the test split at ~0.45
+    # (present 0.6, absent 0.3): a threshold chosen on test would score F1 1.0 there
+    val = [["A"], ["B"], ["A", "B"], []]
+    val_probs = np.array([[0.85, 0.75], [0.75, 0.85], [0.85, 0.85], [0.75, 0.75]])
+    test = [["A"], ["B"], ["A", "B"], ["A"]]
+    test_probs = np.array([[0.6, 0.3], [0.3, 0.6], [0.6, 0.6], [0.6, 0.3]])
+    t_val, _ = choose_threshold(vocab.multi_hot(val)[0], val_probs)
+    t_test, f1_test = choose_threshold(vocab.multi_hot(test)[0], test_probs)
+    assert 0.75 < t_val <= 0.85 and t_test <= 0.6 and f1_test == 1.0  # the two choices differ
+    out = detection(vocab, test, {"fusion": logit(test_probs)}, val, {"fusion": logit(val_probs)})
     fusion = out["methods"]["fusion"]
-    assert "chosen on validation" in fusion["threshold_source"] and fusion["per_image_f1"] == 1.0
+    assert "chosen on validation" in fusion["threshold_source"]
+    assert fusion["threshold"] == pytest.approx(t_val)
+    assert fusion["per_image_f1"] == 0.0  # nothing reaches the validation threshold on test
     assert set(out["methods"]) == {"fusion", "chance"}
-    unscored = detection(vocab, test, {"fusion": logits})
+    unscored = detection(vocab, test, {"fusion": logit(test_probs)})
     assert unscored["methods"]["fusion"]["threshold"] == 0.5
 
 

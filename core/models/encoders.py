@@ -247,10 +247,13 @@ class TextEncoder(nn.Module):
 
 
 class ProjectionMLP(nn.Module):
-    """``layers`` linear maps with GELU between them (1 = a linear projection)."""
+    """``layers`` linear maps with GELU between them (1 = a linear projection), after a
+    dropout on the input features (``dropout`` > 0; a regulariser when the towers are frozen
+    and only the heads learn from a few thousand pairs)."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int, dropout: float = 0.0):
         super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if layers < 1:
             raise ValueError(f"projection needs at least 1 layer, got {layers}")
         dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
@@ -262,14 +265,14 @@ class ProjectionMLP(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.dropout(x))
 
 
 def contrastive_heads(image_dim: int, text_dim: int, tc) -> tuple[ProjectionMLP, ProjectionMLP]:
     """CLIP's projection MLPs of the image and the text side, sized by ``model.two_tower``
     (the two-tower model's, and the fusion model's ITC heads)."""
-    return (ProjectionMLP(image_dim, tc.proj_hidden, tc.embed_dim, tc.proj_layers),
-            ProjectionMLP(text_dim, tc.proj_hidden, tc.embed_dim, tc.proj_layers))
+    return (ProjectionMLP(image_dim, tc.proj_hidden, tc.embed_dim, tc.proj_layers, tc.proj_dropout),
+            ProjectionMLP(text_dim, tc.proj_hidden, tc.embed_dim, tc.proj_layers, tc.proj_dropout))
 
 
 def register_logit_scale(module: nn.Module, name: str, tc) -> None:

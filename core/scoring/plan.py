@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from core.retrieval import StreamingRetrieval, correct_pairs, positive_keys, rerank
+from core.retrieval import StreamingRetrieval, correct_pairs, fuse, positive_keys
 
 DIRECTIONS = ("t2i", "i2t")
 
@@ -62,6 +62,18 @@ def tile_shape(kind: str, device_type: str, memory_bytes: int | None = None) -> 
     return (4 * chunk, chunk)
 
 
+def fit_tile(block: int, chunk: int) -> tuple[int, int]:
+    """(block, chunk) with the chunk no larger than the block and the block a multiple of it
+    (positives and tiles must share sub-blocks): the one rounding rule of every caller."""
+    chunk = min(chunk, block)
+    return block - block % chunk, chunk
+
+
+def default_tile(model, device_type: str = "cpu") -> tuple[int, int]:
+    """``tile_shape`` for a model object (its ``kind``; two-tower when it has none)."""
+    return tile_shape(getattr(model, "kind", "two_tower"), device_type)
+
+
 # An executor runs work items with a context (positives, candidates) and yields
 # (item, result) as results land, in any order.
 Executor = Callable[[list[WorkItem], dict], Iterator[tuple[WorkItem, dict]]]
@@ -76,6 +88,9 @@ class ScoringPlan:
     k: int  # top-K kept per query
 
     def __post_init__(self):
+        # (caption, image) pairs the model scored, counted from the items' results by kind
+        # (a result reused from a cache counts: it is what the model computed for this output)
+        self.pairs_scored: dict[str, int] = {}
         self.text_groups = np.asarray(self.text_groups)
         self.image_groups = np.asarray(self.image_groups)
         if self.block < 1 or self.chunk < 1 or self.block % self.chunk:
@@ -114,8 +129,15 @@ class ScoringPlan:
                 for a in range(self.blocks("text" if d == "t2i" else "image"))]
 
     # --- putting results together ------------------------------------------------------------
+    def _counted(self, results: Iterable[tuple[WorkItem, dict]]):
+        for item, part in results:
+            part = dict(part)
+            kind = item.kind.value
+            self.pairs_scored[kind] = self.pairs_scored.get(kind, 0) + int(part.pop("pairs"))
+            yield item, part
+
     def positive_keys(self, results: Iterable[tuple[WorkItem, dict]]):
-        parts = [r for _, r in results]
+        parts = [r for _, r in self._counted(results)]
         if not parts:
             raise ValueError("no correct pairs in the gallery")
         return positive_keys(np.concatenate([p["text_index"] for p in parts]),
@@ -128,7 +150,7 @@ class ScoringPlan:
         exact ranks. ``on_tile(item)`` is called as each tile lands (progress)."""
         positives = self.positive_keys(execute(self.positive_items(), {}))
         acc = StreamingRetrieval(self.text_groups, self.image_groups, self.k, positives)
-        for item, part in execute(self.tile_items(), {"positives": positives}):
+        for item, part in self._counted(execute(self.tile_items(), {"positives": positives})):
             acc.add_partial(self.rows("text", item.a), self.rows("image", item.b), **part)
             if on_tile is not None:
                 on_tile(item)
@@ -142,7 +164,7 @@ class ScoringPlan:
         everything any (k, alpha) choice needs (``fuse``)."""
         candidates = {d: np.asarray(first_stage[d][0]) for d in DIRECTIONS}
         scores = {d: np.empty(candidates[d].shape, np.float32) for d in DIRECTIONS}
-        for item, part in execute(self.rerank_items(), {"candidates": candidates}):
+        for item, part in self._counted(execute(self.rerank_items(), {"candidates": candidates})):
             side = "text" if item.direction == "t2i" else "image"
             scores[item.direction][self.rows(side, item.a)] = part["scores"]
         return {d: {"candidates": candidates[d], "scores": scores[d],
@@ -150,19 +172,8 @@ class ScoringPlan:
                     "first_ranks": np.asarray(first_stage[d][2])} for d in DIRECTIONS}
 
     def fuse(self, rescored: dict, alpha: float = 0.0, k: int | None = None) -> dict:
-        """Re-order each query's first ``k`` candidates (all by default) by the fused score:
-        re-ranker + ``alpha`` x first stage (ITM + alpha ITC). Returns {d: (top-K rows, top-K
-        scores, exact ranks)}."""
-        out = {}
-        for d in DIRECTIONS:
-            r = rescored[d]
-            kc = r["candidates"].shape[1] if k is None else k
-            queries, gallery = ((self.text_groups, self.image_groups) if d == "t2i"
-                                else (self.image_groups, self.text_groups))
-            fused = r["scores"][:, :kc] + np.float32(alpha) * r["first"][:, :kc]
-            out[d] = rerank(r["candidates"][:, :kc], fused, r["first_ranks"], queries, gallery,
-                            min(self.k, kc))
-        return out
+        """``core.retrieval.fuse`` with this plan's groups, the plan's K kept per query."""
+        return fuse(rescored, self.text_groups, self.image_groups, alpha, k, self.k)
 
     def run_rerank(self, execute: Executor, first_stage: dict, alpha: float = 0.0) -> dict:
         """Retrieve-and-rerank: ``rescore_candidates`` then ``fuse`` with ``alpha``."""

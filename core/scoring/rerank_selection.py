@@ -1,13 +1,13 @@
 """Choosing retrieve-and-rerank's k and alpha on the VALIDATION split, never on test: the
 candidates' scores are computed once at the largest k, and every (k, alpha) is a cheap
-re-ordering of them (``ScoringPlan.fuse``)."""
+re-ordering of them (``core.retrieval.fuse``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from core.metrics import bidirectional_metrics
-from core.scoring.plan import ScoringPlan
+from core.retrieval import fuse
 
 CRITERION = ("validation mean recall (R@1/5/10, both directions); ties go to the smaller k, "
              "then the smaller alpha")
@@ -18,12 +18,11 @@ def select_rerank(rescored: dict, groups: np.ndarray, ks, alphas) -> dict:
     groups = np.asarray(groups)
     n = len(groups)
     kc = rescored["t2i"]["candidates"].shape[1]
-    plan = ScoringPlan(groups, groups, block=1, chunk=1, k=min(10, kc))
     report_ks = tuple(k for k in (1, 5, 10) if k <= min(n, kc))
     table = []
     for k in sorted({min(int(k), kc) for k in ks}):
         for alpha in sorted({float(a) for a in alphas}):
-            fused = plan.fuse(rescored, alpha, k)
+            fused = fuse(rescored, groups, groups, alpha, k, min(10, kc))
             m = bidirectional_metrics(fused["t2i"][2], fused["i2t"][2], n_images=n, n_texts=n,
                                       ks=report_ks)
             table.append({"k": k, "alpha": alpha, "mean_recall": m["mean_recall"],

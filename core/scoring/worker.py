@@ -80,7 +80,8 @@ def gather_rows(blocks: BlockSource, side: str, rows: np.ndarray, block: int) ->
 
 
 class TileWorker:
-    """Runs work items of a ``ScoringPlan``: ``run(item, context)`` -> dict of numpy arrays.
+    """Runs work items of a ``ScoringPlan``: ``run(item, context)`` -> dict of numpy arrays,
+    each with ``pairs``: how many (caption, image) pairs the model scored for it.
 
     ``context`` carries what a phase needs: ``positives`` (t2i, i2t keys) for TILE items,
     ``candidates`` ({direction: (Nq, kc) gallery rows}) for RERANK items."""
@@ -108,14 +109,19 @@ class TileWorker:
         only = set(zip((lt // plan.chunk).tolist(), (li // plan.chunk).tolist()))
         scores = score_block(self.model, self.blocks("text", item.a),
                              self.blocks("image", item.b), plan.chunk, only)
-        return {"text_index": ti, "image_index": ii, "scores": scores[lt, li]}
+        nt, ni = scores.shape
+        pairs = sum(min(plan.chunk, nt - a * plan.chunk) * min(plan.chunk, ni - b * plan.chunk)
+                    for a, b in only)  # every pair of the sub-blocks computed, not only positives
+        return {"text_index": ti, "image_index": ii, "scores": scores[lt, li],
+                "pairs": np.int64(pairs)}
 
     def _tile(self, item: WorkItem, positives) -> dict:
         plan = self.plan
         scores = score_block(self.model, self.blocks("text", item.a),
                              self.blocks("image", item.b), plan.chunk)
-        return reduce_tile(plan.rows("text", item.a), plan.rows("image", item.b), scores,
-                           plan.text_groups, plan.image_groups, plan.k, positives)
+        return {**reduce_tile(plan.rows("text", item.a), plan.rows("image", item.b), scores,
+                              plan.text_groups, plan.image_groups, plan.k, positives),
+                "pairs": np.int64(scores.size)}
 
     def _rerank(self, item: WorkItem, candidates: dict) -> dict:
         plan = self.plan
@@ -123,7 +129,8 @@ class TileWorker:
         cand = candidates[item.direction][plan.rows(side, item.a)]  # (nq, kc) gallery rows
         gallery = gather_rows(self.blocks, other, cand.reshape(-1), plan.block)
         return {"scores": score_candidates(self.model, self.blocks(side, item.a), gallery,
-                                           cand.shape[1], side)}
+                                           cand.shape[1], side),
+                "pairs": np.int64(cand.size)}
 
 
 def local_executor(worker: TileWorker):

@@ -136,6 +136,12 @@ def flip(case: Case, attribute: str, rng: np.random.Generator | None = None) -> 
     raise ValueError(f"cannot flip {attribute!r}")
 
 
+def combination(case: Case) -> Case:
+    """The case's attribute combination: every categorical attribute, the mm value dropped
+    (two cases of one combination differ only in the exact size within its class)."""
+    return replace(case, size_mm=None)
+
+
 def sample_family(rng: np.random.Generator, sibling_fraction: float = 0.5,
                   normal_fraction: float = 0.15) -> list[Case]:
     """One case, and with probability ``sibling_fraction`` one or two siblings, each the case

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.data.rocov2 import IMAGE_TYPE
-from core.synthetic.attributes import Case, sample_family
+from core.synthetic.attributes import Case, combination, sample_family
 from core.synthetic.captions import make_caption
 from core.synthetic.render import encode_image, render_case
 
@@ -78,14 +78,33 @@ class PlannedRow:
     family_id: str
 
 
+def training_combinations(spec: SyntheticSpec) -> set[Case]:
+    """The attribute combinations of the training split's abnormal cases (none when the
+    spec has no training split)."""
+    if not spec.sizes.get("train"):
+        return set()
+    return {combination(r.case) for r in plan_split(spec, "train") if not r.case.is_normal}
+
+
 def plan_split(spec: SyntheticSpec, split: str) -> list[PlannedRow]:
-    """The cases of one split, families kept together in the plan then shuffled apart."""
+    """The cases of one split, families kept together in the plan then shuffled apart.
+
+    The held-out splits (validation, test) draw only families whose abnormal cases have an
+    attribute combination never seen in training: retrieval there is a compositional
+    generalisation test, not a look-up of a trained case. Normal cases (16 combinations of
+    modality and region) necessarily repeat training combinations."""
     n = spec.sizes[split]
     rng = np.random.default_rng([spec.seed, SPLIT_INDEX[split], 0])
+    seen = training_combinations(spec) if split != "train" else set()
     cases: list[tuple[Case, str]] = []
     family = 0
     while len(cases) < n:
-        for case in sample_family(rng, spec.sibling_fraction, spec.normal_fraction):
+        members = sample_family(rng, spec.sibling_fraction, spec.normal_fraction)
+        # a family with a seen combination is redrawn as another ABNORMAL family, so the
+        # share of normal cases stays the spec's
+        while any(not c.is_normal and combination(c) in seen for c in members):
+            members = sample_family(rng, spec.sibling_fraction, 0.0)
+        for case in members:
             cases.append((case, f"{split}-f{family:06d}"))
         family += 1
     cases = cases[:n]
@@ -166,7 +185,7 @@ SPEC_FILE = "synthetic_spec.json"
 
 # Bumped whenever the same spec would give other bytes (2: siblings in every attribute;
 # 3: the lesion_box column, image bytes unchanged).
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4  # 4: held-out splits draw attribute combinations unseen in training
 
 
 def spec_dict(spec: SyntheticSpec) -> dict:
