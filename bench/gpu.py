@@ -89,7 +89,7 @@ def inputs(n: int, size: int, tokens: int, device, vocab: int = 30522, seed: int
 
 @torch.no_grad()
 def encode(model, pixels, ids, mask, precision: str, batch: int = 128):
-    from core.scoring import autocast
+    from core.precision import autocast
 
     texts, images = [], []
     with autocast(pixels.device, precision):
@@ -112,7 +112,8 @@ def main(argv=None) -> dict:
         raise SystemExit("bench.gpu: no CUDA device here (run it on a GPU machine, or "
                          "--device cpu --smoke to check the code paths)")
     from bench.roofline import fusion_flops_per_pair
-    from core.scoring import autocast, score_block
+    from core.precision import autocast
+    from core.scoring import score_block
 
     small = args.smoke
     tokens = 30

@@ -15,7 +15,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import yaml
 
@@ -63,7 +63,7 @@ class TextEncoderConfig:
     num_heads: int = 12
     intermediate_size: int = 3072
     max_length: int = 64
-    pooling: str = "cls"  # "cls" or "mean" (masked mean over tokens)
+    pooling: Literal["cls", "mean"] = "cls"  # [CLS], or the masked mean over tokens
     # Size of the WordPiece vocabulary trained offline.
     trained_vocab_size: int = 8000
 
@@ -78,7 +78,7 @@ class FusionConfig:
     # Negatives per positive pair, in each direction (k images per caption, k captions per image).
     negatives_per_positive: int = 3
     # "random", "hard" (sampled by pooled-feature similarity, ALBEF) or "hardest" (top-k).
-    negative_mode: str = "hard"
+    negative_mode: Literal["random", "hard", "hardest"] = "hard"
     # Weight of an auxiliary InfoNCE on the pooled features (ALBEF's ITC); it makes the
     # "hard" negatives meaningful. 0 disables it.
     contrastive_weight: float = 0.1
@@ -114,7 +114,7 @@ class TwoTowerConfig:
     # "abm": Aggregation-before-Mapping (pool the encoder's patches / tokens, then project:
     # CLIP's way); "mba": Mapping-before-Aggregation (project every patch and token into the
     # shared space, then pool them with learned attention).
-    alignment: str = "abm"
+    alignment: Literal["abm", "mba"] = "abm"
 
 
 @dataclass
@@ -125,7 +125,7 @@ class McrConfig:
     # "off"; "masked_single": the masked inputs are the only inputs of both the contrastive
     # and the reconstruction losses (one forward per modality); "dual_stream": masked inputs
     # for reconstruction, unmasked ones for the contrastive loss (two forwards).
-    mode: str = "off"
+    mode: Literal["off", "masked_single", "dual_stream"] = "off"
     # Share of the image encoder's output grid cells zeroed (in pixel space, standardised).
     image_mask_ratio: float = 0.5
     # Share of caption tokens replaced by [MASK] (never [CLS], [SEP] or padding).
@@ -152,7 +152,7 @@ class ConceptConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "two_tower"  # "two_tower" or "fusion"
+    kind: Literal["two_tower", "fusion"] = "two_tower"
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -168,7 +168,6 @@ class DataConfig:
     path: Any = "data/synthetic"
     train_split: str = "train"
     val_split: str = "validation"
-    test_split: str = "test"
     storage_options: dict = field(default_factory=dict)
     # Cap on rows read per split (None: all). Handy for smoke runs on a cluster.
     max_rows: int | None = None
@@ -191,7 +190,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPU)
+    precision: Literal["fp32", "bf16"] = "fp32"  # autocast (GPU; core.precision)
     # Ray Data preprocessing: CPUs per map task and rows per preprocessing batch.
     preprocess_num_cpus: float = 0.5
     preprocess_batch_size: int = 64
@@ -239,6 +238,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is typing.Literal:  # an enumerated value: checked here, once, at load
+        allowed = typing.get_args(hint)
+        if isinstance(value, bool) and all(isinstance(a, str) for a in allowed):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off / on as a boolean
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; "
+                              f"got {value!r}")
+        return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -357,5 +364,15 @@ def save_config(config: ExperimentConfig, path: str | Path) -> Path:
     return path
 
 
+# Keys older rocoray versions wrote into checkpoints and run configs, no longer read.
+RETIRED_KEYS = {"data": ("test_split",)}
+
+
 def config_from_dict(values: dict) -> ExperimentConfig:
+    """A saved config (a checkpoint's, a run's); keys retired since it was written are
+    dropped (``RETIRED_KEYS``), so older checkpoints still load."""
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for section, keys in RETIRED_KEYS.items():
+        for key in keys:
+            values.get(section, {}).pop(key, None)
     return _from_dict(ExperimentConfig, values, "")

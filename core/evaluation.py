@@ -14,7 +14,8 @@ from core.features import Features
 from core.metrics import (bidirectional_metrics, evaluate_scores, keys_to_index, order_keys,
                           ranks_from_scores)
 from core.retrieval import StreamingRetrieval, fused_scores, rerank, topk_keys
-from core.scoring import ScoringPlan, TileWorker, autocast, fit_tile, local_executor, score_block
+from core.precision import autocast
+from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, score_block
 from core.scoring.plan import default_tile
 
 def default_chunk(model) -> int:
@@ -127,10 +128,17 @@ def rerank_matrices(itm: np.ndarray, itc: np.ndarray, groups: np.ndarray, k: int
 
 @torch.no_grad()
 def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10),
-             rerank_k: int = 16, rerank_alpha: float = 0.0) -> dict:
-    """Retrieval metrics on an encoded gallery (its first ``max_items`` items). For the fusion
+             rerank_k: int = 16, rerank_alpha: float = 0.0, precision: str = "fp32") -> dict:
+    """Retrieval metrics on an encoded gallery (its first ``max_items`` items), scored in
+    ``precision`` (training's: ``core.precision.training_precision``). For the fusion
     model also its match accuracy, its ITC retrieval (``itc``) and retrieve-and-rerank inside
     the model (``rerank``: ITC top-``rerank_k`` re-ordered by the fused score)."""
+    device = next(model.parameters()).device
+    with autocast(device, precision):
+        return _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha)
+
+
+def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha) -> dict:
     text, image, groups = encoded["text"], encoded["image"], np.asarray(encoded["group"])
     n = len(text)
     if max_items is not None and n > max_items:

@@ -25,7 +25,7 @@ from core.losses import ConceptLoss, InfoNCELoss, MatchLoss
 from core.losses.swap import swap_each_attribute
 from core.models import masking
 from core.models.encoders import trim_padding
-from core.scoring import autocast
+from core.precision import autocast
 
 
 class LossModule(nn.Module):

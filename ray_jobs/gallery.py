@@ -21,7 +21,8 @@ from core.data.preprocess import build_preprocessor, count_skips, merge_counts
 from core.data.rocov2 import columns_to_read, read_row_group, row_groups, split_identity
 from core.feature_store import FeatureStore
 from core.models import MODELS
-from core.scoring import autocast, outputs
+from core.precision import autocast
+from core.scoring import outputs
 from core.work_cache import keyed_dir
 from ray_jobs.options import UserError
 from ray_jobs.runtime import Progress

@@ -35,6 +35,7 @@ from core.checkpoint import load_checkpoint, read_checkpoint_config, resolve_che
 from core.data.rocov2 import resolve_split, row_groups
 from core.evaluation import in_memory_blocks
 from core.metrics import bidirectional_metrics
+from core.precision import scoring_precision
 from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, outputs, tile_shape
 from ray_jobs.actor_pool import ActorExecutor, peak_rss_mb
 from ray_jobs.gallery import Gallery, encode
@@ -138,8 +139,8 @@ def prepare(cfg: ScoreConfig) -> Job:
     if cfg.model == "rerank" and cfg.k > cfg.rerank_k:
         raise UserError(f"--k {cfg.k} must not exceed --rerank-k {cfg.rerank_k}")
     device = "cuda" if cfg.use_gpu else "cpu"
-    precision = cfg.precision or ("fp32" if device == "cpu" else
-                                  read_checkpoint_config(checkpoints[need[cfg.model][0]]).train.precision)
+    precision = scoring_precision(cfg.precision, device, read_checkpoint_config(
+        checkpoints[need[cfg.model][0]]).train.precision)
     out = storage.absolute(cfg.out)
     return Job(dataclasses.replace(cfg, data=data), checkpoints, files, rows, device, precision,
                out, storage.absolute(cfg.cache or storage.join(out, "cache")))

@@ -40,6 +40,7 @@ from core.frozen_features import encode_frozen
 from core.losses.swap import swap_pairs
 from core.metrics import flat_metrics
 from core.models import build_model, count_parameters
+from core.precision import training_precision
 from core.training import LossModule, build_optimizer, build_scheduler, train_one_epoch
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import Progress, format_epoch, init_ray, setup_logging
@@ -189,7 +190,7 @@ def train_epoch(state: WorkerState, shard, epoch: int, steps_per_epoch: int, att
     data = batches(shard, cfg.train.batch_size, state.device,
                    local_shuffle_buffer_size=cfg.train.local_shuffle_buffer or None,
                    local_shuffle_seed=cfg.train.seed + epoch * 1000 + state.rank)
-    precision = cfg.train.precision if state.device.type == "cuda" else "fp32"
+    precision = training_precision(cfg.train.precision, state.device.type)
     return train_one_epoch(state.loss_module, state.optimizer, state.scheduler, data,
                            state.device, precision, cfg.train.grad_clip, on_step)
 
@@ -201,6 +202,7 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
     limit = cfg.train.fusion_val_max_items if cfg.model.kind == "fusion" else cfg.train.val_max_items
     per_rank = None if limit is None else math.ceil(limit / state.world)
     state.model.eval()
+    precision = training_precision(cfg.train.precision, state.device.type)  # as training runs
     kept, rows, skipped = [], 0, 0
     for batch in batches(shard, cfg.train.eval_batch_size, state.device):
         skipped += sum(batch.skipped.values())
@@ -210,7 +212,7 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
         rows += len(batch)
     local = None
     if rows:
-        enc = encode_batches(state.model, kept, state.device)
+        enc = encode_batches(state.model, kept, state.device, precision)
         if per_rank is not None:
             enc = {k: (v.index(slice(0, per_rank)) if k in ("text", "image") else v[:per_rank])
                    for k, v in enc.items()}
@@ -227,7 +229,8 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
     encoded["group"] = np.concatenate([p["group"] for p in parts])
     fc = cfg.model.fusion
     out.update(flat_metrics(validate(state.model, encoded, max_items=limit, rerank_k=fc.rerank_k,
-                                     rerank_alpha=fc.rerank_alpha), "val/"))
+                                     rerank_alpha=fc.rerank_alpha, precision=precision),
+                                "val/"))
     if all(p["concept_logits"] is not None for p in parts):
         # ImageCLEF's per-image F1 on the validation images, at the best threshold there
         # (the threshold the test report uses is chosen on this split the same way).
@@ -365,8 +368,6 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
     errors (a wrong path, a missing split) before Ray."""
     for split in (cfg.data.train_split, cfg.data.val_split):
         resolve_split(cfg.data.path, split, cfg.data.storage_options)
-    if cfg.train.precision not in ("fp32", "bf16"):
-        raise UserError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
     if cfg.model.kind == "fusion" and cfg.model.fusion.init_from:
         source = resolve_checkpoint(cfg.model.fusion.init_from)
         if read_checkpoint_config(source).model.kind != "two_tower":
@@ -381,7 +382,8 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
                                           cfg.data.storage_options)
     if not cfg.model.text.name_or_path:
         cfg.model.text.vocab_size = len(tokenizer)
-    if cfg.train.precision == "bf16" and not cfg.train.use_gpu:
+    if training_precision(cfg.train.precision, "cuda" if cfg.train.use_gpu else "cpu") != \
+            cfg.train.precision:
         log.info("train.precision bf16 applies on GPUs; this CPU run trains in fp32")
     return cfg, tokenizer, source, concept_vocabulary(cfg)
 

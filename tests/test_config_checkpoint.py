@@ -83,3 +83,18 @@ def test_values_are_typed():
     assert cfg.train.epochs == 2 and cfg.train.use_gpu is False and cfg.train.val_max_items is None
     with pytest.raises(ConfigError, match="train.epochs: expected int"):
         load_config("tiny", ["train.epochs=two"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.kind=fuson", "model.kind must be one of two_tower, fusion; got 'fuson'"),
+    ("train.precision=fp16", "train.precision must be one of fp32, bf16; got 'fp16'"),
+    ("model.two_tower.alignment=mab", "model.two_tower.alignment must be one of abm, mba"),
+    ("model.mcr.mode=dual", "model.mcr.mode must be one of off, masked_single, dual_stream"),
+    ("model.fusion.negative_mode=easy", "model.fusion.negative_mode must be one of random"),
+    ("model.text.pooling=max", "model.text.pooling must be one of cls, mean"),
+])
+def test_enumerated_values_are_checked_once_at_load(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config("tiny", [override])
+    assert message in str(exc.value)
+    assert load_config("tiny", ["model.mcr.mode=off"]).model.mcr.mode == "off"  # YAML's "off"

@@ -10,67 +10,18 @@ rare, and the count travels with the data instead of through a side channel.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-from collections import Counter
-from enum import IntEnum
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from core.data.captions import (SkipReason, clean_caption, count_skips, group_key,  # noqa: F401
+                                merge_counts)
 from core.data.rocov2 import image_bytes_column
 from core.data.images import ImageDecodeError, decode_image, resize_center_crop, to_uint8_chw
 from core.data.tokenizer import tokenize
 
 log = logging.getLogger(__name__)
-
-_WS = re.compile(r"\s+")
-
-
-class SkipReason(IntEnum):
-    OK = 0
-    IMAGE_MISSING = 1
-    IMAGE_UNDECODABLE = 2
-    CAPTION_MISSING = 3
-    CAPTION_EMPTY = 4
-    IMAGE_ID_MISSING = 5
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-def clean_caption(text: Any) -> tuple[str | None, SkipReason]:
-    if text is None:
-        return None, SkipReason.CAPTION_MISSING
-    text = _WS.sub(" ", str(text)).strip()
-    if not text:
-        return None, SkipReason.CAPTION_EMPTY
-    return text, SkipReason.OK
-
-
-def group_key(text: str) -> int:
-    """A stable int64 id for "the same caption": rows with equal keys are all correct answers
-    for each other (several images of one case often share one caption)."""
-    norm = _WS.sub(" ", text.lower()).strip()
-    digest = hashlib.blake2b(norm.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-def count_skips(skip: np.ndarray | list) -> dict[str, int]:
-    """{reason label: rows} for the non-OK codes in ``skip``."""
-    counts = Counter(int(s) for s in np.asarray(skip).ravel() if int(s) != 0)
-    return {SkipReason(code).label: n for code, n in sorted(counts.items())}
-
-
-def merge_counts(*counts: dict[str, int]) -> dict[str, int]:
-    total: Counter = Counter()
-    for c in counts:
-        total.update(c)
-    return dict(sorted(total.items()))
-
 
 def _column(batch: pa.Table | dict, name: str) -> list:
     if isinstance(batch, pa.Table):

@@ -14,6 +14,8 @@ from typing import Iterable
 
 import numpy as np
 
+from core.data.captions import clean_caption
+
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -98,7 +100,6 @@ def resolve_tokenizer(text_config, data_path, train_split: str = "train",
         local = Path(str(data_path)) / TOKENIZER_DIRNAME
         if (local / "tokenizer.json").exists():
             return load_tokenizer(local), str(local)
-    from core.data.preprocess import clean_caption
     from core.data.rocov2 import read_split
 
     table = read_split(data_path, train_split, columns=["caption"],

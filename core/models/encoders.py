@@ -198,8 +198,6 @@ class TextEncoder(nn.Module):
                 intermediate_size=config.intermediate_size,
                 max_position_embeddings=max(512, config.max_length)), add_pooling_layer=False)
         self.out_dim = self.model.config.hidden_size
-        if config.pooling not in ("cls", "mean"):
-            raise ValueError(f"text pooling must be 'cls' or 'mean', got {config.pooling!r}")
         layers = list(self.model.encoder.layer)
         n = len(layers) if config.freeze_layers < 0 else min(config.freeze_layers, len(layers))
         self.frozen = [self.model.embeddings, *layers[:n]] if config.freeze_layers else []

@@ -36,15 +36,10 @@ class TwoTowerModel(nn.Module):
         register_logit_scale(self, "logit_scale", tc)
         self.max_logit_scale = tc.max_logit_scale
         self.concept_head = build_concept_head(self.image_encoder.out_dim, config.concepts)
-        if tc.alignment not in ("abm", "mba"):
-            raise ValueError(f"model.two_tower.alignment must be abm or mba, got {tc.alignment!r}")
         self.alignment = tc.alignment
         if self.alignment == "mba":  # project every patch / token, then pool in the shared space
             self.image_pool = AttentionPool(tc.embed_dim)
             self.text_pool = AttentionPool(tc.embed_dim)
-        if config.mcr.mode not in ("off", "masked_single", "dual_stream"):
-            raise ValueError("model.mcr.mode must be off, masked_single or dual_stream, got "
-                             f"{config.mcr.mode!r}")
         if config.mcr.mode != "off":
             gh, gw = self.image_encoder.grid
             size = config.image.image_size

@@ -2,7 +2,7 @@
 per-item computation, and the gallery / top-K outputs. See ``plan.py``."""
 
 from core.scoring.plan import DIRECTIONS, ScoringPlan, WorkItem, WorkKind, fit_tile, tile_shape
-from core.scoring.worker import TileWorker, autocast, local_executor, score_block
+from core.scoring.worker import TileWorker, local_executor, score_block
 
 __all__ = ["DIRECTIONS", "ScoringPlan", "TileWorker", "WorkItem", "WorkKind",
-           "autocast", "fit_tile", "local_executor", "score_block", "tile_shape"]
+           "fit_tile", "local_executor", "score_block", "tile_shape"]

@@ -3,27 +3,17 @@ single process) does with one work item, given the model and a way to get featur
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import numpy as np
 import torch
 
 from core.features import Features
+from core.precision import autocast
 from core.retrieval import reduce_tile
 from core.scoring.plan import ScoringPlan, WorkItem, WorkKind
 
 BlockSource = Callable[[str, int], Features]  # (side, block) -> features on the device
-
-
-def autocast(device, precision: str):
-    """bf16 autocast for ``precision == "bf16"``; fp32 otherwise (TF32 allowed on GPUs)."""
-    device = torch.device(device)
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
