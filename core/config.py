@@ -190,6 +190,10 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    # How Ray places the workers' resource bundles: PACK (Ray's default: as few nodes as
+    # possible), SPREAD (over nodes where it can), STRICT_SPREAD (one worker per node, or
+    # the run waits for nodes), STRICT_PACK (all on one node).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = "PACK"
     precision: Literal["fp32", "bf16"] = "fp32"  # autocast (GPU; core.precision)
     # Ray Data preprocessing: CPUs per map task and rows per preprocessing batch.
     preprocess_num_cpus: float = 0.5

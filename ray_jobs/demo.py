@@ -117,10 +117,11 @@ def run(cfg: DemoConfig) -> dict:
     for i, kind in enumerate(("two_tower", "fusion")):
         log.info("stage %d/%d: train the %s model%s", 2 + i, stages, kind,
                  " on the two-tower's encoders (ITC + ITM, as ALBEF)" if kind == "fusion" else "")
-        init = [f"model.fusion.init_from={runs['two_tower']['path']}"] if kind == "fusion" else []
-        exp = load_config(cfg.config, [*overrides, f"model.kind={kind}", f"data.path={data}",
-                                       f"train.name={kind}", f"train.storage_path={out / 'train'}",
-                                       *init])
+        exp = load_config(cfg.config, overrides)  # the user's --set, checked at load
+        exp.model.kind, exp.data.path = kind, str(data)
+        exp.train.name, exp.train.storage_path = kind, str(out / "train")
+        if kind == "fusion":
+            exp.model.fusion.init_from = runs["two_tower"]["path"]
         if cfg.epochs is not None:
             exp.train.epochs = cfg.epochs
         with clock.stage(f"train {kind}"):

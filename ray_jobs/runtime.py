@@ -269,3 +269,25 @@ class StageClock:
                 self.stages[name] = {"seconds": round(time.perf_counter() - t0, 1),
                                      "peak_rss_mb": round(peak[0] / 2 ** 20)}
         return timed()
+
+
+def storage_reach(path: str, nodes: list[dict] | None = None) -> str | None:
+    """A one-line warning when ``path`` (a run's storage) is a local path while the cluster's
+    live nodes sit on more than one machine: checkpoints written there by one node are not
+    read by another unless the path is a shared file system mounted alike on every node.
+    None when there is nothing to say. ``nodes``: ``ray.nodes()`` (read here by default)."""
+    from core import storage
+
+    if storage.is_url(path):
+        return None
+    if nodes is None:
+        import ray
+
+        nodes = ray.nodes()
+    hosts = {n.get("NodeManagerAddress") for n in nodes if n.get("Alive")}
+    if len(hosts) <= 1:
+        return None
+    return (f"storage {path} is a local path and the cluster spans {len(hosts)} machines: "
+            "it must be a shared file system mounted at that path on every node (NFS, EFS), "
+            "or give s3:// / gs:// storage; otherwise a restarted worker cannot read the "
+            "checkpoints")

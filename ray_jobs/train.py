@@ -14,6 +14,7 @@ message instead of being retried.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ from core.models import build_model, count_parameters
 from core.precision import training_precision
 from core.training import LossModule, build_optimizer, build_scheduler, train_one_epoch
 from ray_jobs.options import UserError, opt, parse, run_cli
-from ray_jobs.runtime import Progress, format_epoch, init_ray, setup_logging
+from ray_jobs.runtime import Progress, format_epoch, init_ray, setup_logging, storage_reach
 
 log = logging.getLogger("rocoray.train")
 
@@ -161,7 +162,9 @@ def restore(state: WorkerState) -> None:
     state.start_epoch, state.step = saved["epoch"] + 1, saved["step"]
     unwrap(state.loss_module).mask_step = state.step  # MCR masks continue where they were
     if state.rank == 0:
-        log.info("resumed from the checkpoint of epoch %d (step %d)", state.start_epoch - 1,
+        # epochs count from 1 here as in the epoch lines: the checkpoint of epoch N resumes
+        # at epoch N + 1
+        log.info("resumed from the checkpoint of epoch %d (step %d)", state.start_epoch,
                  state.step)
 
 
@@ -261,6 +264,28 @@ def save(state: WorkerState, epoch: int, metrics: dict, tokenizer, concepts=None
                          checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
 
 
+def replica_digest(model) -> str:
+    """A digest of every parameter's bytes: DDP replicas that stayed in step agree exactly."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def placement(state: WorkerState) -> dict:
+    """Where the ranks ran and whether their model replicas are identical (after an epoch's
+    all-reduced steps they must be): gathered from every rank."""
+    import ray
+
+    parts = gather_objects({"node": ray.get_runtime_context().get_node_id(),
+                            "digest": replica_digest(state.model)})
+    same = len({p["digest"] for p in parts}) == 1
+    if not same and state.rank == 0:
+        log.warning("model replicas differ between ranks after epoch: DDP is out of step")
+    return {"train/world_size": len(parts), "train/nodes": len({p["node"] for p in parts}),
+            "train/replicas_identical": same}
+
+
 def epoch_metrics(state: WorkerState, epoch: int, stats) -> dict:
     """The epoch's training metrics, counted on every rank and summed (samples, skipped rows
     by reason; seconds: the slowest rank's): a row skipped on rank 1 is counted once."""
@@ -276,7 +301,7 @@ def epoch_metrics(state: WorkerState, epoch: int, stats) -> dict:
             "train/samples_per_s": counts["samples"] / max(counts["seconds"], 1e-9),
             "train/epoch_s": counts["seconds"],
             "train/torch_threads": torch.get_num_threads(),
-            "train/skipped_rows": sum(skipped.values()),
+            "train/skipped_rows": sum(skipped.values()), **placement(state),
             **{f"train/skipped/{k}": v for k, v in skipped.items()},
             **{f"train/{k}": v for k, v in summary.items()}}
 
@@ -424,7 +449,8 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "concepts": concepts,
                            "steps_per_epoch": steps_per_epoch, "run_dir": run_dir(cfg)},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=t.placement_strategy),
         run_config=RunConfig(
             name=t.name, storage_path=storage.absolute(t.storage_path), callbacks=callbacks,
             failure_config=FailureConfig(max_failures=t.max_failures),
@@ -470,6 +496,9 @@ def run(cfg: ExperimentConfig, address: str | None = None) -> dict:
     """Validate, start (or join) Ray, train; returns the run summary (with its ``path``)."""
     cfg, tokenizer, source, concepts = prepare_run(cfg)
     init_ray(address)
+    warning = storage_reach(cfg.train.storage_path)
+    if warning:
+        log.warning("train.storage_path: %s", warning)
     log.info("tokenizer: %s (%d tokens)", source, len(tokenizer))
     result = fit(cfg, tokenizer, concepts=concepts)
     if result.error:

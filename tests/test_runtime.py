@@ -36,3 +36,15 @@ def test_init_ray_never_joins_a_recorded_cluster_silently(monkeypatch, given, en
     assert seen["address"] == expected
     # resources are only ours to set on an instance we start
     assert ("num_cpus" in seen) == (expected == "local")
+
+
+def test_a_local_storage_path_on_a_multi_machine_cluster_is_named():
+    from ray_jobs.runtime import storage_reach
+
+    one = [{"NodeManagerAddress": "10.0.0.1", "Alive": True}] * 3  # nodes of one machine
+    two = one + [{"NodeManagerAddress": "10.0.0.2", "Alive": True}]
+    dead = one + [{"NodeManagerAddress": "10.0.0.9", "Alive": False}]
+    assert storage_reach("runs", one) is None and storage_reach("runs", dead) is None
+    assert storage_reach("s3://bucket/runs", two) is None
+    warning = storage_reach("runs", two)
+    assert "runs is a local path" in warning and "2 machines" in warning and "\n" not in warning

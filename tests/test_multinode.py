@@ -1,0 +1,125 @@
+"""Distributed for real, on one machine: a simulated cluster (``ray.cluster_utils.Cluster``,
+as Ray's own Train tests use) of a head with no CPUs and two 1-CPU nodes, each its own
+raylet. One module-scoped cluster, shut down in a ``finally`` so nothing after it attaches to
+a dead cluster; small data, fractional CPUs, timeouts."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import truncated_jpeg
+
+SMALL = ["train.batch_size=32", "train.eval_batch_size=64", "train.fusion_val_max_items=32"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    sim = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = [sim.add_node(num_cpus=1) for _ in range(2)]
+        sim.wait_for_nodes()
+        yield sim, nodes
+    finally:
+        ray.shutdown()
+        sim.shutdown()
+
+
+def with_corrupt_rows(src, dst, rows: list[int]):
+    """A copy of ``src`` whose training rows ``rows`` (global indices) hold truncated JPEGs."""
+    shutil.copytree(src, dst)
+    start = 0
+    for shard in sorted(dst.glob("train-*.parquet")):
+        table = pq.read_table(shard)
+        images = table.column("image").to_pylist()
+        for r in rows:
+            if start <= r < start + len(images):
+                images[r - start] = {"bytes": truncated_jpeg(), "path": images[r - start]["path"]}
+        table = table.set_column(table.schema.get_field_index("image"), "image",
+                                 pa.array(images, table.schema.field("image").type))
+        pq.write_table(table, shard)
+        start += len(images)
+    return dst, start
+
+
+@pytest.mark.timeout(300)
+def test_two_workers_on_two_nodes_stay_in_step_and_count_every_rank(cluster, synthetic_dir,
+                                                                     tmp_path):
+    from core.config import load_config
+    from ray_jobs.train import run
+
+    sim, _ = cluster
+    corrupt = [3, 130, 250]  # in both shards of the split: read by whichever rank gets them
+    data, n_train = with_corrupt_rows(synthetic_dir, tmp_path / "data", corrupt)
+    cfg = load_config("tiny", [f"data.path={data}", "model.kind=two_tower", "train.epochs=1",
+                               "train.num_workers=2", "train.cpus_per_worker=0.5",
+                               "train.placement_strategy=STRICT_SPREAD",
+                               f"train.storage_path={tmp_path / 'runs'}", "train.name=spread",
+                               *SMALL])
+    final = run(cfg, sim.address)["final"]
+    assert final["train/world_size"] == 2 and final["train/nodes"] == 2  # one rank per node
+    assert final["train/replicas_identical"] is True  # DDP kept both replicas in step
+    # counted on every rank and summed: each corrupt row once, every other row trained on
+    assert final["train/skipped_rows"] == len(corrupt)
+    assert final["train/skipped/image_undecodable"] == len(corrupt)
+    assert final["train/samples"] == n_train - len(corrupt)
+    # validation: the whole split, gathered from both ranks, scored once
+    n_val = sum(pq.read_metadata(f).num_rows for f in data.glob("validation-*.parquet"))
+    assert final["val/gallery_size"] == n_val
+    assert np.isfinite(final["val/mean_recall"])
+
+
+@pytest.mark.timeout(420)
+def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_dir, tmp_path):
+    """Spot preemption: the node running the worker disappears after the first checkpoint and
+    a fresh node joins; Ray Train restarts the worker there (train.max_failures) and rocoray
+    resumes from the last checkpoint. Runs last: it changes the module's cluster."""
+    import json
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    from core.config import load_config
+    from ray_jobs.train import HISTORY, run
+
+    sim, _ = cluster
+    run_dir = tmp_path / "runs" / "preempted"
+    cfg = load_config("tiny", [f"data.path={synthetic_dir}", "model.kind=two_tower",
+                               "train.epochs=3", "train.num_workers=1",
+                               "train.cpus_per_worker=0.5", "train.max_failures=3",
+                               f"train.storage_path={tmp_path / 'runs'}", "train.name=preempted",
+                               *SMALL])
+    seen: dict = {}
+
+    def preempt():
+        deadline = time.time() + 240
+        first = run_dir / "checkpoint_epoch_0001" / HISTORY
+        while time.time() < deadline and not first.exists():
+            time.sleep(0.2)
+        seen["history"] = json.loads(first.read_text())
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                       ("state", "=", "ALIVE")])
+        victim = next(n for n in sim.list_all_nodes() if n.node_id == workers[0].node_id)
+        sim.add_node(num_cpus=1)  # the replacement joins as the preempted node goes
+        sim.remove_node(victim)
+        seen["removed"] = victim.node_id
+
+    thread = threading.Thread(target=preempt, daemon=True)
+    thread.start()
+    summary = run(cfg, sim.address)
+    thread.join(timeout=10)
+    assert "removed" in seen, "the worker's node was never removed"
+    final = summary["final"]
+    assert final["epoch"] == 3 and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert final["start_epoch"] >= 1  # the last attempt resumed from a checkpoint
+    assert summary["history"][0] == seen["history"][0]  # what epoch 1 wrote is kept as it was
