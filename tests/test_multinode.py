@@ -82,44 +82,48 @@ def test_two_workers_on_two_nodes_stay_in_step_and_count_every_rank(cluster, syn
 def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_dir, tmp_path):
     """Spot preemption: the node running the worker disappears after the first checkpoint and
     a fresh node joins; Ray Train restarts the worker there (train.max_failures) and rocoray
-    resumes from the last checkpoint. Runs last: it changes the module's cluster."""
+    resumes from the last checkpoint. The run is a `rocoray train` process joined to the
+    cluster (nodes are added and removed from this test's main thread, as Ray requires).
+    Runs last: it changes the module's cluster."""
     import json
-    import threading
+    import subprocess
+    import sys
     import time
 
     from ray.util.state import list_actors
 
-    from core.config import load_config
-    from ray_jobs.train import HISTORY, run
+    from ray_jobs.runtime import init_ray
+    from ray_jobs.train import HISTORY
 
     sim, _ = cluster
+    init_ray(sim.address)
     run_dir = tmp_path / "runs" / "preempted"
-    cfg = load_config("tiny", [f"data.path={synthetic_dir}", "model.kind=two_tower",
-                               "train.epochs=3", "train.num_workers=1",
-                               "train.cpus_per_worker=0.5", "train.max_failures=3",
-                               f"train.storage_path={tmp_path / 'runs'}", "train.name=preempted",
-                               *SMALL])
-    seen: dict = {}
-
-    def preempt():
-        deadline = time.time() + 240
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_jobs.train", "--data", str(synthetic_dir), "--model",
+         "two_tower", "--epochs", "3", "--num-workers", "1", "--storage-path",
+         str(tmp_path / "runs"), "--name", "preempted", "--address", sim.address, "--set",
+         *SMALL, "train.cpus_per_worker=0.5", "train.max_failures=3"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
         first = run_dir / "checkpoint_epoch_0001" / HISTORY
-        while time.time() < deadline and not first.exists():
+        deadline = time.time() + 240
+        while time.time() < deadline and not first.exists() and proc.poll() is None:
             time.sleep(0.2)
-        seen["history"] = json.loads(first.read_text())
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
-                                       ("state", "=", "ALIVE")])
+        assert first.exists(), "no first checkpoint"
+        written = json.loads(first.read_text())
+        workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                   if a.class_name.endswith("RayTrainWorker")]
         victim = next(n for n in sim.list_all_nodes() if n.node_id == workers[0].node_id)
         sim.add_node(num_cpus=1)  # the replacement joins as the preempted node goes
         sim.remove_node(victim)
-        seen["removed"] = victim.node_id
-
-    thread = threading.Thread(target=preempt, daemon=True)
-    thread.start()
-    summary = run(cfg, sim.address)
-    thread.join(timeout=10)
-    assert "removed" in seen, "the worker's node was never removed"
+        log, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log[-3000:]
+    summary = json.loads((run_dir / "result.json").read_text())
     final = summary["final"]
     assert final["epoch"] == 3 and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
     assert final["start_epoch"] >= 1  # the last attempt resumed from a checkpoint
-    assert summary["history"][0] == seen["history"][0]  # what epoch 1 wrote is kept as it was
+    assert summary["history"][0] == written[0]  # what epoch 1 wrote is kept as it was
+    assert "resumed from the checkpoint of epoch" in log
