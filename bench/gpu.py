@@ -1,5 +1,6 @@
 """The GPU path, side by side in one run, on the machine it runs on (meant for one GPU; a CPU
-run with --smoke only checks that the code paths work and writes nowhere by default).
+run with --smoke only checks that the plain-PyTorch paths 1-5 work, at 64 px, and writes
+nowhere by default; tests/test_bench_gpu_smoke.py runs it, without --with-ray).
 
     python -m bench.gpu                      # on a GPU machine: bench/results/gpu.json
     python -m bench.gpu --device cpu --smoke --out /tmp/gpu-smoke.json
@@ -244,9 +245,7 @@ def ray_paths(device, small: bool) -> dict:
     gpu = torch.device(device).type == "cuda"
     out = {}
     for kind in ("two_tower", "fusion"):
-        # the smoke run checks the path with the tiny preset (base's towers at 2 CPUs cost
-        # minutes and test nothing more)
-        cfg = load_config("tiny" if small else "base", [f"model.kind={kind}", f"data.path={data}",
+        cfg = load_config("base", [f"model.kind={kind}", f"data.path={data}",
                                    "model.image.pretrained=false", "model.text.name_or_path=null",
                                    "model.text.tokenizer=null", "train.epochs=2",
                                    "train.num_workers=1", f"train.use_gpu={str(gpu).lower()}",

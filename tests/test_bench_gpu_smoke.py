@@ -1,5 +1,8 @@
-"""bench/gpu.py is meant for a GPU machine; on the CPU, --smoke runs every code path at
-small sizes (so the script cannot rot between GPU sessions) and writes only where told."""
+"""bench/gpu.py is meant for a GPU machine; on the CPU, --smoke runs its plain-PyTorch
+paths (matmul peaks, encoders, the fusion head, naive vs split, train steps) at small sizes
+so they cannot rot between GPU sessions, and writes only where told. Its --with-ray part
+(`rocoray train` + the scoring job, timed) is NOT run here: those jobs are tested on the CPU
+by test_train_ray.py and test_score_ray.py, the bench's timing of them only on a GPU."""
 
 from __future__ import annotations
 
