@@ -184,7 +184,8 @@ def cost_seconds(timings: dict) -> float:
 def _passes(timings: dict) -> str:
     """Encoder passes the scoring job counted (captions + images through each model's towers)."""
     counted = timings.get("encoder_passes") or {}
-    parts = [f"{sum(c.values()):,} ({LABELS.get(m, m)})" for m, c in counted.items() if c]
+    model = {"two_tower": "two-tower model", "fusion": "fusion model"}
+    parts = [f"{sum(c.values()):,} ({model.get(m, m)})" for m, c in counted.items() if c]
     return " + ".join(parts) or "not recorded"
 
 

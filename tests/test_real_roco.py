@@ -17,7 +17,9 @@ from core.data.rocov2 import read_split
 
 ROCO_CCBY = Path(__file__).resolve().parents[1] / "datasets" / "roco-ccby"
 SLICE = ["data.max_rows=320", "model.image.image_size=160", "train.batch_size=32",
-         "train.eval_batch_size=64", "train.cpus_per_worker=1.0", "model.concepts.weight=0"]
+         "train.eval_batch_size=64", "train.cpus_per_worker=1.0", "model.concepts.weight=0",
+         # the fine-tuning path: blocks 5-6 train on the frozen stages' outputs
+         "model.image.freeze_stages=7"]
 
 
 @pytest.mark.timeout(600)

@@ -163,15 +163,17 @@ def roco_block(results_dir: Path) -> str | None:
         v = json.loads(variants.read_text())
         header = ["variant", "kept", "best epoch", "t2i R@1", "t2i R@5", "t2i R@10", "i2t R@1",
                   "i2t R@5", "i2t R@10", "train s"]
-        rows = [[x["variant"], "yes" if x["kept"] else "", str(x["best_epoch"])]
+        rows = [[x["variant"], "yes (the preset)" if x["kept"] else "",
+                 f"{x['best_epoch']} of {x.get('epochs', v['epochs'])}"]
                 + [_ci(x[f"{d}/R@{k}"]) for d in ("t2i", "i2t") for k in (1, 5, 10)]
                 + [f"{x['train_seconds']:.0f}"] for x in v["variants"]]
         rows.append(["chance (group-aware)", "", ""] + [f"{v['chance'][f'R@{k}']:.3f}"
                                                       for _ in (0, 1) for k in (1, 5, 10)] + [""])
         lines += [f"What moves two-tower recall, measured side by side by `python -m "
-                  f"bench.roco_variants` ({v['epochs']} epochs each, best validation epoch kept, "
-                  f"test split of {v['test_items']}; on {ran_on(v)}):", "",
-                  markdown_table(header, rows)]
+                  f"bench.roco_variants` (each variant the `roco_cpu` preset with overrides, "
+                  f"trained on the frozen layers encoded once, best validation epoch kept, "
+                  f"test split of {v['test_items']}; encoding {v['encode_seconds']:.0f} s; on "
+                  f"{ran_on(v)}):", "", markdown_table(header, rows)]
     return "\n".join(lines) if lines else None
 
 
