@@ -301,7 +301,7 @@ def epoch_metrics(state: WorkerState, epoch: int, stats) -> dict:
             "train/samples_per_s": counts["samples"] / max(counts["seconds"], 1e-9),
             "train/epoch_s": counts["seconds"],
             "train/torch_threads": torch.get_num_threads(),
-            "train/skipped_rows": sum(skipped.values()), **placement(state),
+            "train/skipped_rows": sum(skipped.values()),
             **{f"train/skipped/{k}": v for k, v in skipped.items()},
             **{f"train/{k}": v for k, v in summary.items()}}
 
@@ -317,7 +317,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         val_shard = ray.train.get_dataset_shard("validation")
         for epoch in range(state.start_epoch, state.cfg.train.epochs):
             stats = train_epoch(state, train_shard, epoch, loop_config["steps_per_epoch"], attempt)
-            metrics = epoch_metrics(state, epoch, stats)
+            metrics = {**epoch_metrics(state, epoch, stats), **placement(state)}
             metrics.update(validate_epoch(state, val_shard) or {})
             save(state, epoch, metrics, loop_config["tokenizer"], loop_config.get("concepts"))
     except Exception as exc:

@@ -10,13 +10,13 @@ import pytest
 
 def reference_metrics(run: str, data) -> dict:
     from core.batch import collate
-    from core.checkpoint import load_checkpoint
+    from core.checkpoint import load_checkpoint, resolve_checkpoint
     from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import read_split
     from core.evaluation import encode_batches, score_matrix
     from core.metrics import evaluate_scores
 
-    loaded = load_checkpoint(run)
+    loaded = load_checkpoint(resolve_checkpoint(run))  # the run's best checkpoint, as scored
     batch = collate(build_preprocessor(loaded.config.model, loaded.tokenizer)(
         read_split(data, "test")))
     enc = encode_batches(loaded.model, [batch])
