@@ -172,7 +172,7 @@ def encode(job, kind: str, block: int) -> Gallery:
     if cfg.max_items is not None:
         ds = ds.limit(cfg.max_items)
     t0 = time.perf_counter()
-    refs, host, skipped, pending, encoded_rows = {"text": [], "image": []}, [], {}, [], 0
+    refs, host, skipped, pending = {"text": [], "image": []}, [], {}, []
     progress = Progress(f"{kind} gallery: encoded rows", total=job.rows, every=5.0)
 
     def flush(final: bool = False) -> None:
@@ -191,7 +191,6 @@ def encode(job, kind: str, block: int) -> Gallery:
         skipped = merge_counts(skipped, count_skips(skip))
         progress.update(len(skip))
         keep = skip == 0
-        encoded_rows += int(keep.sum())
         if keep.any():
             host.append({k: batch[k][keep] for k in HOST_COLUMNS if k in batch})
             pending.append({k: v[keep] for k, v in batch.items()
@@ -203,10 +202,10 @@ def encode(job, kind: str, block: int) -> Gallery:
                         f"rows (skipped: {skipped or 'none'})")
     table = outputs.write_gallery(root, *(np.concatenate([h[k] for h in host])
                                           if k in host[0] else None for k in HOST_COLUMNS))
-    # every decoded row went through both towers once (rows skipped before encoding did not)
+    # every gallery row went through both towers once (rows skipped before encoding did not)
     meta = {"n": table.num_rows, "blocks": len(refs["text"]), "block": block, "skipped": skipped,
             "encode_s": time.perf_counter() - t0, "complete": True,
-            "encoder_passes": {"text": encoded_rows, "image": encoded_rows}}
+            "encoder_passes": {"text": table.num_rows, "image": table.num_rows}}
     store.write_meta(meta)
     log.info("%s gallery: encoded %d items in %d blocks (%.1fs); skipped %s", kind, meta["n"],
              meta["blocks"], meta["encode_s"], skipped or "none")
