@@ -28,7 +28,13 @@ def test_tiny_model_overfits_32_pairs(kind, synthetic_dir, tiny_tokenizer):
     opt = build_optimizer(loss_module, cfg.train)
     inputs = batch.to("cpu").inputs
     result = None
-    for step in range(300):
+
+    def learned(result):
+        ranks = result["t2i"]["R@1"] == 1.0 and result["i2t"]["R@1"] == 1.0
+        # The fusion match head must also separate positives from in-batch negatives.
+        return ranks and (kind != "fusion" or result["match_acc"] > 0.95)
+
+    for step in range(400):
         model.train()
         loss, _ = loss_module(**inputs)
         opt.zero_grad()
@@ -37,8 +43,6 @@ def test_tiny_model_overfits_32_pairs(kind, synthetic_dir, tiny_tokenizer):
         if step % 25 == 24:
             model.eval()
             result = validate(model, encode_batches(model, [batch]))
-            if result["t2i"]["R@1"] == 1.0 and result["i2t"]["R@1"] == 1.0:
+            if learned(result):
                 break
-    assert result["t2i"]["R@1"] == 1.0 and result["i2t"]["R@1"] == 1.0, result
-    if kind == "fusion":
-        assert result["match_acc"] > 0.95
+    assert learned(result), result
