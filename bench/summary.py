@@ -119,6 +119,23 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
                          f"{ray['score_head_pairs_per_s']:,.0f} pairs/s = {100 * share:.0f}% of "
                          "the plain-PyTorch best", ">= 80%", "met" if share >= 0.8 else "missed"))
         return rows
+    if b == "serve_latency":
+        rows, t = [], r["target"]
+        for g in r["rows"]:
+            lat = g["latency"]
+            text, rerank = lat["text"]["p50_ms"], lat["text+rerank"]["p50_ms"]
+            one, two = (g[f"throughput_{n}_replicas"]["requests_per_s"] for n in (1, 2))
+            measured = ("; ".join(f"{m} p50 {v['p50_ms']:.0f} / p99 {v['p99_ms']:.0f} ms"
+                                  for m, v in lat.items())
+                        + f"; text queries {one:.0f} req/s at 1 replica, {two:.0f} at 2 "
+                          f"({g['replica_speedup']:.2f}x; {r['clients']} clients)")
+            rows.append((f"case search, {g['gallery']} ({g['gallery_size']} cases), rerank "
+                         f"k={r['rerank_k']}", measured,
+                         f"text p50 < {t['text_p50_ms']:.0f} ms, rerank p50 < "
+                         f"{t['rerank_p50_ms']:.0f} ms",
+                         "met" if text < t["text_p50_ms"] and rerank < t["rerank_p50_ms"]
+                         else "missed"))
+        return rows
     if b == "roofline":
         return [("fusion head roofline", f"{r['head_gflops']:.0f} GFLOP/s = "
                  f"{100 * r['fraction_of_matmul']:.0f}% of measured matmul {r['matmul_gflops']:.0f} GFLOP/s",

@@ -4,6 +4,7 @@ its tokens shaded by their attribution (HTML)."""
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 
 import matplotlib
@@ -45,6 +46,20 @@ def overlay_figure(images: list[np.ndarray], boxes: list, maps: list[dict], path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def overlay_png(image: np.ndarray, maps: dict[str, np.ndarray]) -> bytes:
+    """One row, as PNG bytes: the greyscale image, then each named map over it (the case
+    search service's explanation)."""
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.6 * (len(maps) + 1), 2.8),
+                             squeeze=False)
+    for c, (title, heat) in enumerate([("image", None), *maps.items()]):
+        draw_overlay(axes[0][c], image, heat, None, title)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=110)
+    plt.close(fig)
+    return out.getvalue()
 
 
 def shaded_caption(tokens: list[str], scores: np.ndarray) -> str:

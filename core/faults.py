@@ -8,8 +8,9 @@ it to its workers, see ``ray_jobs.runtime.init_ray``) and never written into a c
 checkpoint.
 
 Points: ``train.step`` (a Ray Train worker process dies after n optimizer steps),
-``score.item`` (a scoring actor raises after n work items), ``tune.trial=1`` (the first trial
-driver to get there raises).
+``score.item`` (a scoring actor raises after n work items), ``score.pause`` (a scoring
+actor, at its n-th item, writes its node id into the marker and sleeps: a test removes that
+node meanwhile), ``tune.trial=1`` (the first trial driver to get there raises).
 """
 
 from __future__ import annotations
@@ -56,3 +57,18 @@ def maybe_fail(point: str, count: int, hard: bool = False) -> None:
     if hard:
         os._exit(1)
     raise InjectedFault(f"injected fault at {point} #{count} (test hook {ENV})")
+
+
+def maybe_pause(point: str, count: int, detail: str, seconds: float = 60.0) -> None:
+    """At ``point``'s armed event, once across processes: write ``detail`` into the marker
+    and sleep ``seconds`` (the test acts meanwhile, e.g. removes this process's node)."""
+    spec = _spec()
+    if spec is None or spec[0].get(point) != count:
+        return
+    marker = spec[1] / f"fault-{point}"
+    if not _claim(marker):
+        return
+    import time
+
+    marker.with_suffix(".detail").write_text(detail)
+    time.sleep(seconds)

@@ -19,6 +19,9 @@ from ray_jobs.gallery import Gallery, actor_resources, pool_size, torch_device
 from ray_jobs.runtime import Progress
 
 
+ACTOR_RESTARTS = 3  # as cluster.yaml's Train max_failures
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -47,6 +50,7 @@ class ScoringActor:
         t0 = time.perf_counter()
         self.done += 1
         faults.maybe_fail("score.item", self.done)
+        faults.maybe_pause("score.pause", self.done, ray.get_runtime_context().get_node_id())
         result = self.worker.run(item, context)
         return item, result, time.perf_counter() - t0, peak_rss_mb()
 
@@ -59,7 +63,11 @@ class ActorExecutor:
         from ray.util import ActorPool
 
         cfg = job.cfg
-        actor = ScoringActor.options(**actor_resources(cfg))
+        # A node lost (a spot instance reclaimed) takes its actors: Ray restarts each on a
+        # node with room and re-runs the item it held. Items are pure functions of the
+        # blocks, whose primary copies live with the driver, so a retry gives the same result.
+        actor = ScoringActor.options(max_restarts=ACTOR_RESTARTS,
+                                     max_task_retries=ACTOR_RESTARTS, **actor_resources(cfg))
         self.pool = ActorPool([actor.remote(job.checkpoints[kind], kind, plan, gallery.refs,
                                             job.device, job.precision)
                                 for _ in range(pool_size(cfg))])

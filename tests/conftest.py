@@ -79,3 +79,24 @@ def tiny_tokenizer(synthetic_dir):
     from core.data.tokenizer import load_tokenizer
 
     return load_tokenizer(synthetic_dir / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(synthetic_dir, tiny_tokenizer, tmp_path_factory):
+    """Randomly initialised tiny fusion and two-tower checkpoints on the synthetic data:
+    correctness of scoring and search needs no training."""
+    import torch
+
+    from core.checkpoint import save_checkpoint
+    from core.config import load_config
+    from core.models import build_model
+
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for kind in ("fusion", "two_tower"):
+        torch.manual_seed(1)
+        cfg = load_config("tiny", [f"model.kind={kind}", f"data.path={synthetic_dir}"])
+        cfg.model.text.vocab_size = len(tiny_tokenizer)
+        out[kind] = str(save_checkpoint(root / kind, build_model(cfg.model).eval(), cfg,
+                                        tiny_tokenizer))
+    return out

@@ -79,6 +79,62 @@ def test_two_workers_on_two_nodes_stay_in_step_and_count_every_rank(cluster, syn
 
 
 @pytest.mark.timeout(420)
+def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, checkpoints, synthetic_dir,
+                                                            tmp_path):
+    """The fusion scoring job with one actor per node (1 CPU each); the node of the actor
+    that holds its 2nd tile is removed while it works on it, and a replacement joins. Ray
+    restarts that actor and re-runs its item: the job finishes, its top-K lists and exact
+    ranks equal an undisturbed run's, and every tile is accepted exactly once."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from ray.util.state import list_actors
+
+    from core import faults
+    from ray_jobs.runtime import init_ray
+    from ray_jobs.score import ScoreConfig, run
+
+    sim, _ = cluster
+    init_ray(sim.address)
+    common = dict(model="fusion", checkpoint=checkpoints["fusion"], data=str(synthetic_dir),
+                  block=8, k=10, actors=2, cpus_per_actor=1.0, address=sim.address)
+    reference = run(ScoreConfig(**common, out=str(tmp_path / "reference")))
+    markers = tmp_path / "markers"
+    argv = [part for name, value in common.items()
+            for part in (f"--{name.replace('_', '-')}", str(value))]
+    proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.score", *argv, "--out",
+                             str(tmp_path / "disturbed")],
+                            env={**os.environ, faults.ENV: f"score.pause=2@{markers}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        detail = markers / "fault-score.pause.detail"
+        deadline = time.time() + 240
+        while time.time() < deadline and not detail.exists() and proc.poll() is None:
+            time.sleep(0.2)
+        assert detail.exists(), "no actor reached its 2nd tile"
+        victim = next(n for n in sim.list_all_nodes() if n.node_id == detail.read_text())
+        sim.add_node(num_cpus=1)  # the replacement joins as the preempted node goes
+        sim.remove_node(victim)
+        log, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log[-3000:]
+    restarted = [a for a in list_actors(filters=[("class_name", "=", "ScoringActor")],
+                                        detail=True, limit=1000) if a.num_restarts > 0]
+    assert restarted, "no scoring actor was restarted: the node loss did not hit the run"
+    for name in ("t2i.parquet", "i2t.parquet"):
+        assert pq.read_table(tmp_path / "disturbed" / name).equals(
+            pq.read_table(tmp_path / "reference" / name)), name
+    disturbed = json.loads((tmp_path / "disturbed" / "scoring.json").read_text())
+    assert disturbed["timings"]["done"] == reference["timings"]["done"] > 2
+    assert disturbed["timings"]["cached"] == 0
+
+
+@pytest.mark.timeout(420)
 def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_dir, tmp_path):
     """Spot preemption: the node running the worker disappears after the first checkpoint and
     a fresh node joins; Ray Train restarts the worker there (train.max_failures) and rocoray

@@ -6,32 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from core.checkpoint import save_checkpoint
-from core.config import load_config
 from core.batch import collate
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
 from core.evaluation import encode_batches, score_matrix
 from core.metrics import evaluate_scores, ranks_from_scores
-from core.models import build_model
 
 N_TEST = 64
-
-
-@pytest.fixture(scope="module")
-def checkpoints(synthetic_dir, tiny_tokenizer, tmp_path_factory):
-    """Randomly initialised tiny models: correctness of scoring needs no training."""
-    root = tmp_path_factory.mktemp("ckpt")
-    out = {}
-    for kind in ("fusion", "two_tower"):
-        torch.manual_seed(1)
-        cfg = load_config("tiny", [f"model.kind={kind}", f"data.path={synthetic_dir}"])
-        cfg.model.text.vocab_size = len(tiny_tokenizer)
-        out[kind] = str(save_checkpoint(root / kind, build_model(cfg.model).eval(), cfg,
-                                        tiny_tokenizer))
-    return out
 
 
 def reference(checkpoint, synthetic_dir):
