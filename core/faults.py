@@ -70,5 +70,5 @@ def maybe_pause(point: str, count: int, detail: str, seconds: float = 60.0) -> N
         return
     import time
 
-    marker.with_suffix(".detail").write_text(detail)
+    (marker.parent / f"{marker.name}.detail").write_text(detail)
     time.sleep(seconds)

@@ -5,6 +5,7 @@ so that a rerun after a crash skips them."""
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 
@@ -19,7 +20,11 @@ from ray_jobs.gallery import Gallery, actor_resources, pool_size, torch_device
 from ray_jobs.runtime import Progress
 
 
-ACTOR_RESTARTS = 3  # as cluster.yaml's Train max_failures
+log = logging.getLogger("rocoray.score")
+
+# Actors lost (with their node) that one run replaces before it gives up: as cluster.yaml's
+# Train max_failures, per actor of the pool.
+REPLACEMENTS_PER_ACTOR = 3
 
 
 def peak_rss_mb() -> float:
@@ -60,20 +65,48 @@ class ActorExecutor:
     keyed cache dir by the driver (results travel through Ray) and skipped on a rerun."""
 
     def __init__(self, job, kind: str, plan: ScoringPlan, gallery: Gallery, key: dict):
-        from ray.util import ActorPool
-
         cfg = job.cfg
-        # A node lost (a spot instance reclaimed) takes its actors: Ray restarts each on a
-        # node with room and re-runs the item it held. Items are pure functions of the
-        # blocks, whose primary copies live with the driver, so a retry gives the same result.
-        actor = ScoringActor.options(max_restarts=ACTOR_RESTARTS,
-                                     max_task_retries=ACTOR_RESTARTS, **actor_resources(cfg))
-        self.pool = ActorPool([actor.remote(job.checkpoints[kind], kind, plan, gallery.refs,
-                                            job.device, job.precision)
-                                for _ in range(pool_size(cfg))])
+        actor = ScoringActor.options(**actor_resources(cfg))
+        self.new_actor = lambda: actor.remote(job.checkpoints[kind], kind, plan, gallery.refs,
+                                              job.device, job.precision)
+        self.actors = [self.new_actor() for _ in range(pool_size(cfg))]
+        self.max_replacements = REPLACEMENTS_PER_ACTOR * len(self.actors)
         self.items_dir, _ = keyed_dir(job.cache, "items", key)
         self.stats = {"done": 0, "cached": 0, "actor_seconds": 0.0, "actor_peak_rss_mb": 0.0,
-                      "actor_seconds_by_kind": {}, "cache_write_s": 0.0}
+                      "actor_seconds_by_kind": {}, "cache_write_s": 0.0, "actors_replaced": 0}
+
+    def run_all(self, items, ctx):
+        """(item, result, seconds, rss) as items finish, one in flight per actor. A node lost
+        (a spot instance reclaimed) takes its actors: each is replaced by a new actor, which
+        Ray places on a node with room, and the item it held is queued again. Items are
+        pure functions of the feature blocks, whose primary copies live with the driver, so
+        a re-run gives the same result; a finished item is never run again."""
+        from ray.exceptions import RayActorError
+
+        queue, idle, running = list(items)[::-1], list(self.actors), {}
+        while queue or running:
+            while queue and idle:
+                actor, item = idle.pop(), queue.pop()
+                running[actor.run.remote(item, ctx)] = (actor, item)
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            actor, item = running.pop(ready)
+            try:
+                out = ray.get(ready)
+            except RayActorError as exc:
+                self.stats["actors_replaced"] += 1
+                if self.stats["actors_replaced"] > self.max_replacements:
+                    raise
+                reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                log.warning("scoring actor lost (%s): %s queued again on a new actor (%d/%d "
+                            "replacements)", reason or type(exc).__name__, item.name,
+                            self.stats["actors_replaced"], self.max_replacements)
+                queue.append(item)
+                fresh = self.new_actor()
+                self.actors[self.actors.index(actor)] = fresh  # later passes use it too
+                idle.append(fresh)
+                continue
+            idle.append(actor)
+            yield out
 
     def __call__(self, items, context):
         ctx = ray.put(context)
@@ -87,8 +120,7 @@ class ActorExecutor:
                 todo.append(item)
         progress = Progress(f"{items[0].kind.value} items" if items else "items", len(items), 5.0)
         progress.update(len(items) - len(todo))
-        for item, result, seconds, rss in self.pool.map_unordered(
-                lambda a, it: a.run.remote(it, ctx), todo):
+        for item, result, seconds, rss in self.run_all(todo, ctx):
             t0 = time.perf_counter()
             storage.write_arrays(self.items_dir, f"{item.name}.npz", result)
             self.stats["cache_write_s"] += time.perf_counter() - t0

@@ -13,8 +13,8 @@ JOBS = {
     "score": "score a gallery (fusion tiles / two-tower / rerank) on Ray",
     "evaluate": "compare fusion, two-tower and rerank; write metrics.json and the report",
     "prepare": "generate synthetic data / fit the tokenizer / dataset statistics",
-    "serve": "case search: a Ray Serve app and web page over the trained models",
     "ablation": "two-tower ablation: AbM / MbA x masked contrastive reconstruction modes",
+    "serve": "case search: a Ray Serve app and web page over the trained models",
 }
 
 

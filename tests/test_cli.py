@@ -24,13 +24,13 @@ def test_unknown_job_and_version():
     bad = rocoray("nonsense")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip() == ("rocoray: error: unknown job 'nonsense'; choose one of: demo, "
-                                  "train, tune, score, evaluate, prepare, ablation")
+                                  "train, tune, score, evaluate, prepare, ablation, serve")
     version = rocoray("--version")
     assert version.returncode == 0 and version.stdout.startswith("rocoray 0.")
 
 
 @pytest.mark.parametrize("job", ["score", "evaluate", "train", "demo", "tune", "prepare",
-                                 "ablation"])
+                                 "ablation", "serve"])
 def test_every_option_has_help_and_a_shown_default(job):
     out = rocoray(job, "--help")
     assert out.returncode == 0
@@ -39,7 +39,7 @@ def test_every_option_has_help_and_a_shown_default(job):
     module = __import__(f"ray_jobs.{job}", fromlist=["x"])
     cls = {"score": "ScoreConfig", "evaluate": "EvaluateConfig", "train": "TrainArgs",
            "demo": "DemoConfig", "tune": "TuneArgs", "prepare": "PrepareConfig",
-           "ablation": "AblationConfig"}[job]
+           "ablation": "AblationConfig", "serve": "ServeConfig"}[job]
     import dataclasses
 
     for f in dataclasses.fields(getattr(module, cls)):
@@ -68,6 +68,12 @@ def test_score_help_examples_use_the_demos_paths():
      "rocoray ablation: error: ROCOv2 data path does not exist: {tmp}/typo"),
     (("evaluate", "--two-tower", "x", "--fusion", "y", "--ablation", "{tmp}/none", "--out",
       "{tmp}/runs"), "rocoray evaluate: error: --ablation {tmp}/none: no ablation.json there"),
+    (("serve", "--two-tower", "{tmp}/nope"),
+     "rocoray serve: error: checkpoint path does not exist: {tmp}/nope"),
+    (("serve", "--two-tower", "x", "--evaluation", "{tmp}/none"),
+     "rocoray serve: error: --evaluation {tmp}/none: no metrics.json there"),
+    (("serve", "--two-tower", "x", "--port", "70000"),
+     "rocoray serve: error: --port must be in 1..65535, got 70000"),
 ])
 def test_user_errors_are_one_line_exit_2_before_ray(tmp_path, args, expect):
     out = rocoray(*(a.format(tmp=tmp_path) for a in args))
