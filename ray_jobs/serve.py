@@ -24,6 +24,7 @@ Bad input is a 4xx with {"error": "<one line>"}; it binds to 127.0.0.1 unless --
 # No ``from __future__ import annotations``: FastAPI reads the route signatures' types.
 import logging
 import time
+from urllib.parse import quote
 from dataclasses import dataclass
 from importlib import resources
 
@@ -214,6 +215,14 @@ class HitModel(BaseModel):
     first_stage_score: float
     caption: str
     concepts: list[str]
+    thumbnail: str = Field(description="the case's thumbnail: GET this path (JPEG)")
+
+
+def with_thumbnails(result: dict) -> dict:
+    """Each hit with the path of its thumbnail (addressed by gallery id only)."""
+    for hit in result["hits"]:
+        hit["thumbnail"] = f"/api/cases/{quote(hit['image_id'], safe='')}/thumbnail"
+    return result
 
 
 class SearchResponse(BaseModel):
@@ -251,13 +260,14 @@ def deployment():
 
         @api.post("/api/search/text", response_model=SearchResponse)
         def search_text(self, body: TextQuery):
-            return self.index.search_text(body.query, body.k, body.rerank)
+            return with_thumbnails(self.index.search_text(body.query, body.k, body.rerank))
 
         @api.post("/api/search/image", response_model=SearchResponse)
         async def search_image(self, request: Request, k: int = Query(10), rerank: bool = False):
             data = await read_body(request, LIMITS.max_upload_bytes)
             image = await run_in_threadpool(check_image, data)
-            return await run_in_threadpool(self.index.search_image, image, k, rerank)
+            return with_thumbnails(await run_in_threadpool(self.index.search_image, image, k,
+                                                           rerank))
 
         @api.get("/api/cases/{image_id}/thumbnail", response_class=Response)
         def thumbnail(self, image_id: str):

@@ -104,7 +104,9 @@ def test_text_and_image_queries_equal_the_in_process_scores(service, reference):
                          json={"query": reference["caption"][3], "k": 3, "rerank": True}).json()
     assert body["reranked"] and body["rerank_k"] == RERANK_K and body["alpha"] == ALPHA
     hit = body["hits"][0]
-    assert set(hit) == {"rank", "image_id", "score", "first_stage_score", "caption", "concepts"}
+    assert set(hit) == {"rank", "image_id", "score", "first_stage_score", "caption", "concepts",
+                        "thumbnail"}
+    assert requests.get(service + hit["thumbnail"]).headers["content-type"] == "image/jpeg"
     assert hit["caption"] == reference["caption"][ref_ids.index(hit["image_id"])]
 
 
