@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     small = args.smoke
     tokens = 30
     n_matmul = 512 if small else 8192
-    n_enc = 16 if small else 1024
+    n_enc = 4 if small else 1024
     n_head = 32 if small else 2048
     size = 64 if small else 224  # smoke: the code paths, not the sizes
     result = {"bench": "gpu", "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
     result["head_flops_per_pair"] = flops
     head = []
     for precision in ("fp32", "bf16"):
-        for chunk in ((8, 16) if small else (64, 128, 256, 512)):
+        for chunk in ((8,) if small else (64, 128, 256, 512)):
             def run(precision=precision, chunk=chunk):
                 with autocast(device, precision):
                     score_block(fusion, text, image, chunk)
@@ -173,7 +173,7 @@ def main(argv=None) -> dict:
 
     # naive (full forward per pair) vs split
     n_naive = min(n_head, 256 if small else 2048)
-    sample = np.random.default_rng(0).integers(0, n_naive, (32 if small else 4096, 2))
+    sample = np.random.default_rng(0).integers(0, n_naive, (8 if small else 4096, 2))
 
     @torch.no_grad()
     def naive():

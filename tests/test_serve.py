@@ -249,3 +249,17 @@ def test_search_page_in_a_real_browser(service, reference):
         assert browser.save_screenshot(str(ARTIFACTS / "case_search.png"))
     finally:
         browser.quit()
+
+
+def test_serve_run_builder_takes_the_same_options(tmp_path):
+    """``serve run ray_jobs.serve:app_builder key=value ...`` goes through the same parser
+    and checks as ``rocoray serve`` (before Ray or Serve is touched)."""
+    from ray_jobs.options import USER_ERRORS
+    from ray_jobs.serve import app_builder
+
+    with pytest.raises(USER_ERRORS, match="checkpoint path does not exist"):
+        app_builder({"two_tower": str(tmp_path / "nope")})
+    with pytest.raises(USER_ERRORS, match="--port must be in 1..65535"):
+        app_builder({"two_tower": str(tmp_path / "nope"), "port": 0})
+    with pytest.raises(SystemExit):  # argparse names the unknown option
+        app_builder({"two_tower": "x", "colour": "blue"})
