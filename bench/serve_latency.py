@@ -102,6 +102,7 @@ def sequential(url: str, kind: str, payloads: list, rerank: bool) -> dict:
 
 
 def measure(name: str, two_tower: str, fusion: str, data: str, split: str, args) -> dict:
+    import requests
     from ray import serve
 
     from core.data.rocov2 import image_bytes_column, read_split
@@ -121,7 +122,7 @@ def measure(name: str, two_tower: str, fusion: str, data: str, split: str, args)
         row[f"cpus_per_replica_{replicas}"] = cpus / replicas
         try:
             url = start(cfg)
-            info = __import__("requests").get(f"{url}/api/info").json()
+            info = requests.get(f"{url}/api/info").json()
             row["gallery_size"] = info["gallery_size"]
             if replicas == 1:
                 row["latency"] = {mode: sequential(url, kind, captions if kind == "text"

@@ -16,6 +16,7 @@ node meanwhile), ``tune.trial=1`` (the first trial driver to get there raises).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 ENV = "ROCORAY_FAULTS"
@@ -59,16 +60,15 @@ def maybe_fail(point: str, count: int, hard: bool = False) -> None:
     raise InjectedFault(f"injected fault at {point} #{count} (test hook {ENV})")
 
 
-def maybe_pause(point: str, count: int, detail: str, seconds: float = 60.0) -> None:
-    """At ``point``'s armed event, once across processes: write ``detail`` into the marker
-    and sleep ``seconds`` (the test acts meanwhile, e.g. removes this process's node)."""
+def maybe_pause(point: str, count: int, detail, seconds: float = 60.0) -> None:
+    """At ``point``'s armed event, once across processes: write ``detail()`` into the marker
+    and sleep ``seconds`` (the test acts meanwhile, e.g. removes this process's node).
+    ``detail`` is a callable, so unarmed passes cost nothing."""
     spec = _spec()
     if spec is None or spec[0].get(point) != count:
         return
     marker = spec[1] / f"fault-{point}"
     if not _claim(marker):
         return
-    import time
-
-    (marker.parent / f"{marker.name}.detail").write_text(detail)
+    (marker.parent / f"{marker.name}.detail").write_text(detail())
     time.sleep(seconds)

@@ -55,7 +55,8 @@ class ScoringActor:
         t0 = time.perf_counter()
         self.done += 1
         faults.maybe_fail("score.item", self.done)
-        faults.maybe_pause("score.pause", self.done, ray.get_runtime_context().get_node_id())
+        faults.maybe_pause("score.pause", self.done,
+                           lambda: ray.get_runtime_context().get_node_id())
         result = self.worker.run(item, context)
         return item, result, time.perf_counter() - t0, peak_rss_mb()
 

@@ -133,14 +133,16 @@ def load_index(spec: dict) -> CaseIndex:
     """What a replica holds: the models, their gallery features (read from the feature
     store), the cases (captions, concepts, thumbnails)."""
     t0 = time.perf_counter()
-    features, loaded = {}, {}
+    features, loaded, ids = {}, {}, {}
     for kind, where in spec["features"].items():
         store = FeatureStore(where["root"], MODELS[kind].feature_types)
         features[kind] = {side: store.read_all(side, where["blocks"]) for side in ("text", "image")}
         loaded[kind] = load_checkpoint(spec["checkpoints"][kind], expected_kind=kind)
-    gallery_ids = [str(i) for i in storage.read_parquet(
-        spec["features"]["two_tower"]["root"], outputs.GALLERY).column("image_id").to_pylist()]
-    cases = read_cases(resolve_split(spec["data"], spec["split"]), gallery_ids)
+        ids[kind] = [str(i) for i in outputs.read_gallery(where["root"]).column("image_id").to_pylist()]
+    if "fusion" in ids and ids["fusion"] != ids["two_tower"]:
+        # rerank indexes the fusion features by the two-tower candidates' rows
+        raise ValueError("the fusion and two-tower galleries hold different rows")
+    cases = read_cases(resolve_split(spec["data"], spec["split"]), ids["two_tower"])
     index = CaseIndex(loaded["two_tower"], features["two_tower"], cases,
                       reranker=loaded.get("fusion"), fusion_gallery=features.get("fusion"),
                       rerank_k=spec["rerank_k"], alpha=spec["alpha"])

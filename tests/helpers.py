@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +11,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from core.data.rocov2 import ROCOV2_SCHEMA
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,14 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cluster_yaml_passes_ray_validation():
@@ -52,7 +47,7 @@ def test_ray_job_submit_to_a_local_head(synthetic_dir, tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={port}", f"--dashboard-port={dash}",
                              "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",

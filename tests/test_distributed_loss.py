@@ -4,7 +4,6 @@ batch, and the gradients equal the single-process full-batch gradients."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,12 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core.losses import InfoNCELoss
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def _worker(rank, world, port, img, txt, groups, sizes, out):
@@ -39,7 +33,7 @@ def _worker(rank, world, port, img, txt, groups, sizes, out):
 def _run(world, img, txt, groups, sizes):
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(world, _free_port(), img, txt, groups, sizes, out), nprocs=world)
+    mp.spawn(_worker, args=(world, free_port(), img, txt, groups, sizes, out), nprocs=world)
     return dict(out)
 
 

@@ -51,6 +51,27 @@ def with_corrupt_rows(src, dst, rows: list[int]):
     return dst, start
 
 
+def wait_for(path, proc, what: str, seconds: float = 240):
+    """Until ``path`` exists, while the job process ``proc`` runs; its log if it never does."""
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and not path.exists() and proc.poll() is None:
+        time.sleep(0.2)
+    if not path.exists():
+        proc.kill()
+        raise AssertionError(f"{what}:\n" + proc.communicate()[0][-3000:])
+
+
+def preempt(sim, node_id: str, proc) -> str:
+    """Spot preemption of node ``node_id``: a fresh node joins as it goes (from this main
+    thread, as Ray requires); then the job's whole log."""
+    victim = next(n for n in sim.list_all_nodes() if n.node_id == node_id)
+    sim.add_node(num_cpus=1)
+    sim.remove_node(victim)
+    return proc.communicate(timeout=300)[0]
+
+
 @pytest.mark.timeout(300)
 def test_two_workers_on_two_nodes_stay_in_step_and_count_every_rank(cluster, synthetic_dir,
                                                                      tmp_path):
@@ -90,7 +111,6 @@ def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, checkpoint
     import os
     import subprocess
     import sys
-    import time
 
     from core import faults
     from ray_jobs.runtime import init_ray
@@ -110,16 +130,8 @@ def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, checkpoint
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         detail = markers / "fault-score.pause.detail"
-        deadline = time.time() + 240
-        while time.time() < deadline and not detail.exists() and proc.poll() is None:
-            time.sleep(0.2)
-        if not detail.exists():
-            proc.kill()
-            raise AssertionError("no actor reached its 2nd tile:\n" + proc.communicate()[0][-3000:])
-        victim = next(n for n in sim.list_all_nodes() if n.node_id == detail.read_text())
-        sim.add_node(num_cpus=1)  # the replacement joins as the preempted node goes
-        sim.remove_node(victim)
-        log, _ = proc.communicate(timeout=300)
+        wait_for(detail, proc, "no actor reached its 2nd tile")
+        log = preempt(sim, detail.read_text(), proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -144,7 +156,6 @@ def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_di
     import json
     import subprocess
     import sys
-    import time
 
     from ray.util.state import list_actors
 
@@ -162,17 +173,11 @@ def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_di
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = run_dir / "checkpoint_epoch_0001" / HISTORY
-        deadline = time.time() + 240
-        while time.time() < deadline and not first.exists() and proc.poll() is None:
-            time.sleep(0.2)
-        assert first.exists(), "no first checkpoint"
+        wait_for(first, proc, "no first checkpoint")
         written = json.loads(first.read_text())
         workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
                    if a.class_name.endswith("RayTrainWorker")]
-        victim = next(n for n in sim.list_all_nodes() if n.node_id == workers[0].node_id)
-        sim.add_node(num_cpus=1)  # the replacement joins as the preempted node goes
-        sim.remove_node(victim)
-        log, _ = proc.communicate(timeout=300)
+        log = preempt(sim, workers[0].node_id, proc)
     finally:
         if proc.poll() is None:
             proc.kill()

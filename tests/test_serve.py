@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,10 @@ from PIL import Image
 from core.data.rocov2 import image_bytes_column, read_split
 from core.retrieval import fused_scores
 from core.search import LIMITS
+from tests.helpers import encode, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 RERANK_K, ALPHA = 16, 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +126,11 @@ def test_page_info_thumbnail_and_explanation(service, reference):
 
 def bomb() -> bytes:
     """A 7000 x 7000 PNG (49 M pixels, above the limit) that compresses to ~50 kB."""
-    out = io.BytesIO()
-    Image.new("L", (7000, 7000)).save(out, format="PNG")
-    return out.getvalue()
+    return encode(Image.new("L", (7000, 7000)))
 
 
 def png(side: int = 32) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (side, side), (90, 90, 90)).save(out, format="PNG")
-    return out.getvalue()
+    return encode(Image.new("RGB", (side, side), (90, 90, 90)))
 
 
 TEXT, IMAGE = "/api/search/text", "/api/search/image"
@@ -156,7 +146,7 @@ BAD = [
     ("post", IMAGE, {"data": b""}, 422, "the upload is empty"),
     ("post", IMAGE, {"data": b"%PDF-1.4 not an image at all"}, 415, "not an image"),
     ("post", IMAGE, {"data": png(64)[:60]}, 422, "cannot be decoded"),
-    ("post", IMAGE, {"data": "BOMB"}, 413, "the limit is 40000000 pixels"),
+    ("post", IMAGE, {"data": bomb}, 413, "the limit is 40000000 pixels"),
     ("post", IMAGE, {"data": b"\0" * (LIMITS.max_upload_bytes + 1)}, 413, "the limit is 8388608"),
     ("post", IMAGE + "?k=1000", {"data": png()}, 422, "k must be between 1"),
     ("get", "/api/cases/no-such-case/thumbnail", {}, 404, "no case with image_id 'no-such-case'"),
@@ -171,8 +161,8 @@ BAD = [
                          ids=[f"{b[3]}-{b[4][:24]}" for b in BAD])
 def test_bad_input_is_a_4xx_with_one_clear_message(service, method, path, kwargs, status,
                                                    message):
-    if kwargs.get("data") == "BOMB":
-        kwargs = {"data": bomb()}
+    if callable(kwargs.get("data")):  # built when its test runs, not at collection
+        kwargs = {**kwargs, "data": kwargs["data"]()}
     response = getattr(requests, method)(service + path, timeout=60, **kwargs)
     assert response.status_code == status, response.text
     body = response.json()
@@ -263,3 +253,35 @@ def test_serve_run_builder_takes_the_same_options(tmp_path):
         app_builder({"two_tower": str(tmp_path / "nope"), "port": 0})
     with pytest.raises(SystemExit):  # argparse names the unknown option
         app_builder({"two_tower": "x", "colour": "blue"})
+
+
+def test_a_replica_refuses_galleries_of_different_rows(checkpoints, synthetic_dir, tmp_path):
+    """Rerank indexes the fusion features by the two-tower candidates' rows: galleries whose
+    rows differ (another order, a row skipped by one only) must not be served together."""
+    from core.checkpoint import load_checkpoint
+    from core.evaluation import encode_batches
+    from core.feature_store import FeatureStore
+    from core.models import MODELS
+    from core.scoring import outputs
+    from ray_jobs.serve import load_index
+
+    from core.batch import collate
+    from core.data.preprocess import build_preprocessor
+
+    table = read_split(synthetic_dir, "test").slice(0, 8)
+    spec = {"data": str(synthetic_dir), "split": "test", "rerank_k": 4, "alpha": 0.0,
+            "checkpoints": checkpoints, "features": {}}
+    for kind, order in (("two_tower", range(8)), ("fusion", [1, 0, *range(2, 8)])):
+        loaded = load_checkpoint(checkpoints[kind])
+        enc = encode_batches(loaded.model, [collate(build_preprocessor(
+            loaded.config.model, loaded.tokenizer)(table.take(list(order))))])
+        root = tmp_path / kind
+        store = FeatureStore(str(root), MODELS[kind].feature_types)
+        for side in ("text", "image"):
+            store.write_block(side, 0, enc[side])
+        outputs.write_gallery(str(root), enc["image_id"], enc["caption"], enc["group"])
+        spec["features"][kind] = {"root": str(root), "blocks": 1}
+    with pytest.raises(ValueError, match="different rows"):
+        load_index(spec)
+    spec["features"].pop("fusion")  # the two-tower gallery alone is served
+    assert len(load_index(spec)) == 8

@@ -5,11 +5,9 @@ gallery's order."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
-
-from core.data.images import ImageDecodeError, decode_image
+from core.data.images import decode_image
 from core.data.rocov2 import image_bytes_column, read_files
 
 THUMBNAIL_SIDE = 192
@@ -31,19 +29,22 @@ class Cases:
     cuis: list[list[str]]
     image: list[bytes]
     thumbnail: list[bytes]
+    _position: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._position = {image_id: n for n, image_id in enumerate(self.image_id)}
 
     def __len__(self) -> int:
         return len(self.image_id)
 
     def position(self, image_id: str) -> int | None:
-        if not hasattr(self, "_position"):
-            self._position = {i: n for n, i in enumerate(self.image_id)}
         return self._position.get(image_id)
 
 
 def read_cases(files, gallery_ids) -> Cases:
     """The rows of ``files`` (``core.data.rocov2.SplitFiles``) whose ids the encoded gallery
-    holds, in the gallery's order (rows the encoder skipped are not cases)."""
+    holds, in the gallery's order (rows the encoder skipped are not cases; the ones it kept
+    decoded, so each has a thumbnail)."""
     table = read_files(files, columns=["image_id", "caption", "image", "cui"])
     ids = [str(i) for i in table.column("image_id").to_pylist()]
     where = {i: n for n, i in enumerate(ids)}
@@ -51,15 +52,10 @@ def read_cases(files, gallery_ids) -> Cases:
     if missing:
         raise ValueError(f"{len(missing)} gallery id(s) are not in the data (first: "
                          f"{missing[0]!r}): the encoding is not of this split")
-    rows = np.asarray([where[i] for i in gallery_ids], dtype=np.int64)
+    rows = [where[i] for i in gallery_ids]
     captions = table.column("caption").to_pylist()
     cuis = table.column("cui").to_pylist()  # an empty list where the data has none
-    images = image_bytes_column(table)
-    thumbs = []
-    for r in rows:
-        try:
-            thumbs.append(thumbnail(images[r]))
-        except ImageDecodeError:  # the encoder skipped such rows; kept defensive
-            thumbs.append(b"")
+    column = image_bytes_column(table)
+    images = [column[r] for r in rows]
     return Cases([ids[r] for r in rows], [captions[r] or "" for r in rows],
-                 [list(cuis[r] or []) for r in rows], [images[r] for r in rows], thumbs)
+                 [list(cuis[r] or []) for r in rows], images, [thumbnail(b) for b in images])
