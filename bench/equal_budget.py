@@ -26,6 +26,7 @@ def main(argv=None) -> dict:
     from core.checkpoint import load_checkpoint
     from core.config import load_config
     from core.data.rocov2 import read_split
+    from core.comparison import METHODS
     from core.report import encoder_epochs
     from core.scoring import outputs
     from core.significance import bootstrap_ci, per_query
@@ -66,7 +67,7 @@ def main(argv=None) -> dict:
     out["demo"] = {m: {"epochs": epochs.get(m, epochs.get("fusion")),
                        "metrics": metrics["methods"][m]["metrics"],
                        "sibling": (metrics.get("fine_grained") or {}).get("methods", {}).get(m)}
-                   for m in ("two_tower", "fusion", "rerank")}
+                   for m in METHODS}
     write_result(out)
     return out
 

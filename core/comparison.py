@@ -12,6 +12,8 @@ from scipy.special import gammaln
 
 from core.significance import bootstrap_ci, paired_difference, per_query
 
+# the scored methods, in the order every table and chart lists them
+METHODS = ("two_tower", "fusion", "rerank")
 DIRECTIONS = {"t2i": "text → image", "i2t": "image → text"}
 LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank",
           "fusion_itc": "fusion's ITC heads (ablation)"}

@@ -120,7 +120,7 @@ def run(cfg: AblationConfig) -> dict:
               "variants": rows, "note": NOTE, "machine": machine(),
               "figure": str(gap_figure(gaps, figures / "modality_gap.png"))}
     storage.write_json(str(out), RESULT, result)
-    from core.mcr_report import ablation_rows
+    from core.report.tables import ablation_rows
     from core.report import markdown_table
 
     storage.write_text(str(out), "ablation.md", "# rocoray two-tower ablation\n\n"
@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     cfg = parse(AblationConfig, argv, "rocoray ablation", __doc__)
     setup_logging()
     result = run_cli("rocoray ablation", lambda: run(cfg))
-    from core.mcr_report import ablation_rows
+    from core.report.tables import ablation_rows
     from core.report import markdown_table
 
     print("\n" + markdown_table(*ablation_rows(result)))

@@ -25,7 +25,7 @@ from core.checkpoint import load_checkpoint, read_checkpoint_config
 from core import concept_evaluation, fine_grained
 from core.explain_study import explanation_study
 from core.caption_quality import caption_quality
-from core.comparison import LABELS, compare
+from core.comparison import LABELS, METHODS, compare
 from core.metrics import ranks_from_scores
 from core.scoring.rerank_selection import select_rerank
 from core.significance import bootstrap_ci, per_query
@@ -42,7 +42,6 @@ from ray_jobs.runtime import init_ray, setup_logging
 
 log = logging.getLogger("rocoray.evaluate")
 
-METHODS = ("two_tower", "fusion", "rerank")
 
 
 @dataclass

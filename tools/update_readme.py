@@ -40,8 +40,8 @@ def ran_on(result: dict) -> str:
 
 
 def demo_block(demo_dir: Path) -> str | None:
-    from core import concept_report
-    from core.report import cost_rows, fine_grained_rows, markdown_table, metrics_rows
+    from core.report import concepts, explanations, markdown_table
+    from core.report.tables import cost_rows, fine_grained_rows, metrics_rows
 
     summary_path = demo_dir / "summary.json"
     if not summary_path.exists():
@@ -81,10 +81,10 @@ def demo_block(demo_dir: Path) -> str | None:
     if metrics.get("fine_grained"):
         lines += ["", "Fine-grained (the true item ranked above its one-attribute sibling; "
                   "chance 0.5):", "", markdown_table(*fine_grained_rows(metrics["fine_grained"]))]
-    for title, table, _ in concept_report.blocks(metrics.get("concepts")):
+    for title, table, _ in concepts.blocks(metrics.get("concepts")):
         if table:
             lines += ["", f"{title}:", "", markdown_table(*table)]
-    title, table, note, _ = concept_report.explanation_block(metrics.get("explanations"))
+    title, table, note, _ = explanations.explanation_block(metrics.get("explanations"))
     if table and metrics["explanations"].get("mode") == "agreement":
         lines += ["", f"{title} ({metrics['explanations']['cases']} test pairs, no lesion boxes; "
                   "agreement between maps, and deletion / insertion areas beside a random "
@@ -97,7 +97,7 @@ def demo_block(demo_dir: Path) -> str | None:
 
 
 def ablation_block(path: Path) -> str | None:
-    from core.mcr_report import ablation_rows
+    from core.report.tables import ablation_rows
     from core.report import markdown_table
 
     if not path.exists():
