@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     from core.scoring import outputs
     from core.significance import bootstrap_ci, per_query
     from ray_jobs import score, train
-    from ray_jobs.evaluate import load_features
+    from core.evaluation.scored import load_features
     from ray_jobs.runtime import init_ray
 
     demo = Path(args.demo)
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     pairs = fine_grained.sibling_pairs({c: table.column(c).to_pylist() for c in wanted}, ids)
     if pairs is not None and len(pairs["query"]):
         model = load_checkpoint(score.check_checkpoint(run["path"], "two_tower", "run")).model
-        text, image = load_features(score.load_summary(str(work / "score")), "two_tower")
+        text, image = load_features(outputs.read_summary(str(work / "score")), "two_tower")
         wins = fine_grained.score_wins(
             lambda ti, ii: fine_grained.pair_scores(model, text, image, ti, ii), pairs)
         out["two_tower_equal_budget"]["sibling"] = fine_grained.accuracy(wins, pairs)

@@ -72,7 +72,7 @@ def step_seconds(history: list) -> float:
 
 def run(cfg: AblationConfig) -> dict:
     from core.modality_gap import gap_figure, modality_gap
-    from ray_jobs.evaluate import load_features
+    from core.evaluation.scored import load_features
 
     variants = parse_variants(cfg.variants)
     for split in ("train", "validation", cfg.split):

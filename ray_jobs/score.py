@@ -44,22 +44,6 @@ from ray_jobs.runtime import init_ray, setup_logging
 
 log = logging.getLogger("rocoray.score")
 
-# rerank: every candidate's fusion and first-stage score (k and alpha can be re-chosen)
-RERANK_CANDIDATES = "rerank_candidates.npz"
-
-
-def load_summary(out: str) -> dict:
-    return storage.read_json(out, outputs.SUMMARY)
-
-
-def read_rescored(out: str) -> dict:
-    arrays = storage.read_arrays(out, RERANK_CANDIDATES)
-    rescored: dict = {}
-    for key, value in arrays.items():
-        d, name = key.split(".", 1)
-        rescored.setdefault(d, {})[name] = value
-    return rescored
-
 
 @dataclass
 class ScoringOptions:
@@ -216,8 +200,7 @@ def rerank_topk(job: Job, first: Gallery, gallery: Gallery):
     execute = ActorExecutor(job, "fusion", plan, gallery, {
         **fusion_items_key(job, "rerank", gallery.key, plan.chunk), "first_stage": first.key})
     rescored = plan.rescore_candidates(execute, first_stage)
-    storage.write_arrays(job.out, RERANK_CANDIDATES, {f"{d}.{name}": value for d, r in rescored.items()
-                                                      for name, value in r.items()})
+    outputs.write_rescored(job.out, rescored)  # k and alpha can be re-chosen from these
     results = plan.fuse(rescored, job.cfg.alpha)
     return results, {"score_s": time.perf_counter() - t0, **execute.stats,
                      "pairs": sum(plan.pairs_scored.values()), "pairs_by_item": plan.pairs_scored,

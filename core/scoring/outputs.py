@@ -5,6 +5,8 @@
     t2i.parquet         per caption query: top-K image rows, ids, scores, exact rank
     i2t.parquet         per image query: top-K caption rows, ids, scores, exact rank
     scoring.json        metrics, timings, sizes, skipped rows (strict JSON)
+    rerank_candidates.npz   (rerank) each query's first-stage candidates, their two-tower
+                        and fusion scores: every (k, alpha) is a re-ordering of them
 """
 
 from __future__ import annotations
@@ -16,6 +18,26 @@ from core import storage
 
 GALLERY = "gallery.parquet"
 SUMMARY = "scoring.json"
+RERANK_CANDIDATES = "rerank_candidates.npz"
+
+
+def read_summary(root: str) -> dict:
+    return storage.read_json(root, SUMMARY)
+
+
+def write_rescored(root: str, rescored: dict) -> None:
+    storage.write_arrays(root, RERANK_CANDIDATES, {f"{d}.{name}": value
+                                                   for d, r in rescored.items()
+                                                   for name, value in r.items()})
+
+
+def read_rescored(root: str) -> dict:
+    """{direction: {name: array}} as ``write_rescored`` stored it."""
+    rescored: dict = {}
+    for key, value in storage.read_arrays(root, RERANK_CANDIDATES).items():
+        d, name = key.split(".", 1)
+        rescored.setdefault(d, {})[name] = value
+    return rescored
 
 
 def topk_name(direction: str) -> str:
