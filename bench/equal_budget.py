@@ -22,14 +22,14 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--demo", default="runs/demo")
     args = p.parse_args(argv)
-    from core import fine_grained
+    from core.evaluation import fine_grained
     from core.checkpoint import load_checkpoint
     from core.config import load_config
     from core.data.rocov2 import read_split
-    from core.comparison import METHODS
+    from core.evaluation.comparison import METHODS
     from core.report import encoder_epochs
     from core.scoring import outputs
-    from core.significance import bootstrap_ci, per_query
+    from core.evaluation.significance import bootstrap_ci, per_query
     from ray_jobs import score, train
     from core.evaluation.scored import load_features
     from ray_jobs.runtime import init_ray

@@ -202,7 +202,7 @@ def main(argv=None) -> dict:
 def plain_train_steps(device, size: int, tokens: int, small: bool) -> dict:
     """A training step of each model in plain PyTorch, bf16 autocast on GPUs, batch 128."""
     from core.batch import collate
-    from core.training import LossModule, build_optimizer, build_scheduler, train_step
+    from core.training.loop import LossModule, build_optimizer, build_scheduler, train_step
 
     batch_size = 4 if small else 128
     out = {}

@@ -29,7 +29,7 @@ def child(args) -> dict:
 
     from core.config import load_config
     from core.models import build_model
-    from core.training import LossModule, build_optimizer, build_scheduler, train_step
+    from core.training.loop import LossModule, build_optimizer, build_scheduler, train_step
     from core.batch import Batch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

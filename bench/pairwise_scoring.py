@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from bench._common import load_gallery, load_fusion, write_result
-from core.evaluation import encode_batches, score_matrix
-from core.metrics import ranks_from_scores
+from core.evaluation.reference import encode_batches, score_matrix
+from core.evaluation.metrics import ranks_from_scores
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     from core.config import load_config
     from core.data.preprocess import build_preprocessor
     from core.models import build_model
-    from core.training import LossModule, build_optimizer, build_scheduler, train_step
+    from core.training.loop import LossModule, build_optimizer, build_scheduler, train_step
     from ray_jobs.data import HostCollate, read_split_dataset
     from ray_jobs.runtime import init_ray
     from ray_jobs.train import TRAIN_COLUMNS, fit, prepare_run

@@ -3,7 +3,7 @@ ROCO sample (../shared/data/roco-sample: train 2,574 / validation 416 / test 857
 
 Every variant is the `roco_cpu` preset with overrides, trained single-process with core's
 own step (``LossModule``, ``build_optimizer``, ``train_one_epoch``) on the frozen layers'
-outputs encoded once (``core.frozen_features``: exactly what `rocoray train` trains on),
+outputs encoded once (``core.training.frozen_features``: exactly what `rocoray train` trains on),
 for the preset's epochs; the epoch with the best validation mean recall is kept (as the
 Ray Train run keeps its best checkpoint) and scored on the test split: Recall@1/5/10 both
 ways with 95 % bootstrap intervals, group-aware chance beside them.
@@ -49,7 +49,7 @@ def encode(model, data, split, tokenizer, concepts, batch_rows: int = 64,
     """The split's preprocessed rows with the frozen layers' outputs, as numpy batches."""
     from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import read_split
-    from core.frozen_features import encode_frozen
+    from core.training.frozen_features import encode_frozen
 
     table = read_split(data, split, max_rows=max_rows)
     pre = build_preprocessor(model.config, tokenizer, concepts)
@@ -91,7 +91,7 @@ def batches(rows: list, batch_size: int, seed: int | None):
 @torch.no_grad()
 def retrieval(model, rows: list) -> dict:
     from core.features import Embeddings
-    from core.metrics import ranks_from_scores
+    from core.evaluation.metrics import ranks_from_scores
 
     model.eval()
     zi, zt, groups = [], [], []
@@ -113,7 +113,7 @@ def mean_recall(ranks: dict) -> float:
 def run_variant(name, overrides, random_init, cfg_base, cached, epochs, log):
     from core.config import load_config
     from core.models import build_model
-    from core.training import LossModule, build_optimizer, build_scheduler, train_one_epoch
+    from core.training.loop import LossModule, build_optimizer, build_scheduler, train_one_epoch
 
     cfg = load_config("roco_cpu", ["model.kind=two_tower", *overrides])
     cfg.model.concepts.num_concepts = cfg_base.model.concepts.num_concepts
@@ -158,12 +158,12 @@ def main(argv=None) -> dict:
     p.add_argument("--max-rows", type=int, default=None, help="rows per split (a smoke run)")
     p.add_argument("--out", default=None, help="results file (default: bench/results/)")
     args = p.parse_args(argv)
-    from core.comparison import chance_level, positives_per_query
-    from core.concepts import resolve_vocabulary
+    from core.evaluation.comparison import chance_level, positives_per_query
+    from core.concepts.vocabulary import resolve_vocabulary
     from core.config import load_config
     from core.data.tokenizer import resolve_tokenizer
     from core.models import build_model
-    from core.significance import bootstrap_ci, per_query
+    from core.evaluation.significance import bootstrap_ci, per_query
 
     def log(line):
         print(line, flush=True)

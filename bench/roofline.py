@@ -15,7 +15,7 @@ import time
 import torch
 
 from bench._common import load_fusion, load_gallery, write_result
-from core.evaluation import encode_batches, score_matrix
+from core.evaluation.reference import encode_batches, score_matrix
 
 
 def fusion_flops_per_pair(tokens: float, width: int, layers: int, patches: int,

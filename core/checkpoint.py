@@ -108,13 +108,13 @@ class Loaded:
     config: ExperimentConfig
     tokenizer: object | None
     path: Path
-    concepts: object | None = None  # core.concepts.ConceptVocabulary of the concept head
+    concepts: object | None = None  # core.concepts.vocabulary.ConceptVocabulary of the concept head
 
 
 def load_checkpoint(path: str | Path, expected_kind: str | None = None,
                     device: str | torch.device = "cpu") -> Loaded:
     """Rebuild the model from config.yaml and load its safetensors weights."""
-    from core.concepts import ConceptVocabulary
+    from core.concepts.vocabulary import ConceptVocabulary
     from core.data.tokenizer import load_tokenizer
     from core.models import build_model
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core import storage
-from core.caption_quality import caption_quality
+from core.evaluation.caption_quality import caption_quality
 from core.config import load_config
 from core.data.rocov2 import resolve_split
 from core.scoring import outputs
@@ -71,7 +71,7 @@ def step_seconds(history: list) -> float:
 
 
 def run(cfg: AblationConfig) -> dict:
-    from core.modality_gap import gap_figure, modality_gap
+    from core.evaluation.modality_gap import gap_figure, modality_gap
     from core.evaluation.scored import load_features
 
     variants = parse_variants(cfg.variants)

@@ -11,7 +11,8 @@ import time
 
 import ray
 
-from core import faults, storage
+from core import storage
+from ray_jobs import faults
 from core.checkpoint import load_checkpoint
 from core.models import MODELS
 from core.scoring import ScoringPlan, TileWorker

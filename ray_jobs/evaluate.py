@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import storage
-from core.comparison import LABELS, METHODS, compare
+from core.evaluation.comparison import LABELS, METHODS, compare
 from core.evaluation import analyses
 from core.evaluation.scored import Scored
-from core.explain_study import explanation_study
+from core.explain.study import explanation_study
 from core.models import count_parameters
 from core.report import headline_table, write_report
 from core.scoring import outputs
@@ -111,7 +111,7 @@ def cross_split_topk(cfg: EvaluateConfig, jobs: dict, scored: Scored,
                      gallery_jobs: dict) -> tuple[dict, list]:
     """Each method's top-K for the test queries against the --gallery-split items (encoded
     by the Ray Data stage, like any gallery), and those items' image ids."""
-    from core.cross_split import across
+    from core.evaluation.cross_split import across
     from ray_jobs.gallery import encode
 
     queries, gallery, ids = {}, {}, {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core import storage
-from core.concepts import ConceptVocabulary
+from core.concepts.vocabulary import ConceptVocabulary
 from core.config import load_config
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split, resolve_split

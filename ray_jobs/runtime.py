@@ -8,7 +8,7 @@ import re
 import sys
 import time
 
-from core import faults
+from ray_jobs import faults
 
 log = logging.getLogger("rocoray")
 

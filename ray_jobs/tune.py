@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import faults, storage
+from core import storage
+from ray_jobs import faults
 from core.config import save_config
 from core.search_space import SearchSpace, load_search_space
 from ray_jobs.options import opt, parse, run_cli

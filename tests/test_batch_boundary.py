@@ -18,10 +18,10 @@ import torch
 
 from core.batch import Batch, collate
 from core.config import load_config
-from core.evaluation import encode_batches, in_memory_blocks
+from core.evaluation.reference import encode_batches, in_memory_blocks
 from core.models import build_model
 from core.scoring import ScoringPlan, TileWorker, local_executor
-from core.training import LossModule, build_optimizer, build_scheduler, train_one_epoch
+from core.training.loop import LossModule, build_optimizer, build_scheduler, train_one_epoch
 
 
 def numpy_batch(n=6, seed=0, skip_row=2, vocab=300, concepts=0):

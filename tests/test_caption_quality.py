@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.caption_quality import caption_quality, meteor_unavailable, nlg_at_k, normalise
+from core.evaluation.caption_quality import caption_quality, meteor_unavailable, nlg_at_k, normalise
 
 CAPTIONS = ["Small nodule in the left upper lung.", "Large mass in the right lower abdomen.",
             "Normal chest radiograph without any finding.", "Small cyst in the left lower kidney.",

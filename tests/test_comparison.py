@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.comparison import chance_level, compare, positives_per_query
+from core.evaluation.comparison import chance_level, compare, positives_per_query
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-sample"
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.concept_evaluation import detection, retrieval
-from core.concept_metrics import choose_threshold, detection_metrics, per_image_f1, prior_scores
-from core.concept_retrieval import concept_retrieval, jaccard, per_query
-from core.concepts import ConceptVocabulary, resolve_vocabulary
+from core.concepts.evaluation import detection, retrieval
+from core.concepts.detection import choose_threshold, detection_metrics, per_image_f1, prior_scores
+from core.concepts.retrieval import concept_retrieval, jaccard, per_query
+from core.concepts.vocabulary import ConceptVocabulary, resolve_vocabulary
 from core.config import load_config
 from core.data.preprocess import build_preprocessor
 from core.losses import ConceptLoss
 from core.models import build_model
-from core.training import LossModule
+from core.training.loop import LossModule
 
 
 def test_vocabulary_counts_orders_and_counts_what_it_leaves_out(tmp_path):

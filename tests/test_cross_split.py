@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from core.config import load_config
-from core.cross_split import across, topk_rows
+from core.evaluation.cross_split import across, topk_rows
 from core.models import build_model
 
 

@@ -208,7 +208,7 @@ def test_demo_pipeline_on_the_real_sample(ray_session, real_sample, tmp_path, ca
     assert "Explanations: agreement and faithfulness" in html
     # the report names exactly the (method, direction) results the comparison found at
     # chance, and warns about none when none is
-    from core.comparison import DIRECTIONS, LABELS
+    from core.evaluation.comparison import DIRECTIONS, LABELS
     at_chance = metrics["comparison"]["at_chance"]
     named = [f"{LABELS[m]} ({d})" for m in at_chance for d in DIRECTIONS if at_chance[m][d]]
     if named:

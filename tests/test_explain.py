@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.config import load_config
-from core.explain import explain, localisation, localisation_study
+from core.explain.attribution import explain, localisation, localisation_study
 from core.models import build_model
 
 
@@ -48,7 +48,7 @@ def test_every_map_is_a_distribution_over_the_patch_grid(kind):
 def test_fusion_attention_is_the_model_s_own_attention():
     model = tiny("fusion")
     px, ids, mask = pair()
-    from core.explain import fusion_attention
+    from core.explain.attribution import fusion_attention
 
     found = fusion_attention(model, px, ids, mask)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.explain_agreement import deletion_insertion, map_agreement
+from core.explain.agreement import deletion_insertion, map_agreement
 
 
 def test_agreement_of_identical_and_opposite_maps():

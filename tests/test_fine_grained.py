@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import fine_grained
+from core.evaluation import fine_grained
 from core.checkpoint import CheckpointError, init_fusion_from_two_tower, save_checkpoint
 from core.config import load_config
 from core.data.rocov2 import read_split
@@ -139,7 +139,7 @@ def test_swapped_word_negatives(tiny_tokenizer):
         after = tiny_tokenizer.decode([int(negative[i]) for i in diff])
         assert len(diff) == 1  # exactly ONE attribute word changed
         assert {before, after} in ({"left", "right"}, {"upper", "lower"})
-    from core.training import LossModule
+    from core.training.loop import LossModule
 
     cfg = load_config("tiny", ["model.kind=fusion"])
     cfg.model.text.vocab_size = len(tiny_tokenizer)
@@ -153,8 +153,8 @@ def test_swapped_word_negatives(tiny_tokenizer):
 def test_sibling_intervals_resample_sibling_pairs_not_comparisons():
     """Each sibling pair gives 4 comparisons that move together: the interval must be as
     wide as one value per pair gives, not half as wide (4x the units, falsely)."""
-    from core.fine_grained import accuracy
-    from core.significance import bootstrap_ci
+    from core.evaluation.fine_grained import accuracy
+    from core.evaluation.significance import bootstrap_ci
 
     rng = np.random.default_rng(0)
     n = 200  # sibling pairs (a, b): both orderings as queries, both directions

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from core.config import load_config
 from core.models import build_model, masking
 from core.models.encoders import trim_padding
-from core.training import LossModule
+from core.training.loop import LossModule
 
 
 def test_image_masking_zeroes_whole_grid_cells():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.modality_gap import gap_figure, modality_gap
+from core.evaluation.modality_gap import gap_figure, modality_gap
 
 
 def unit(x):

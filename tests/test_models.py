@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from core.config import load_config
-from core.evaluation import encode_batches, stream_retrieval
+from core.evaluation.reference import encode_batches, stream_retrieval
 from core.models import build_model
 from core.models.encoders import ImageEncoder, TextEncoder
-from core.training import LossModule
+from core.training.loop import LossModule
 
 
 def tiny(kind, vocab=500):

@@ -112,7 +112,7 @@ def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, checkpoint
     import subprocess
     import sys
 
-    from core import faults
+    from ray_jobs import faults
     from ray_jobs.runtime import init_ray
     from ray_jobs.score import ScoreConfig, run
 

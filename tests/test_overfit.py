@@ -9,9 +9,9 @@ from core.config import load_config
 from core.batch import collate
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
-from core.evaluation import encode_batches, validate
+from core.evaluation.reference import encode_batches, validate
 from core.models import build_model
-from core.training import LossModule, build_optimizer
+from core.training.loop import LossModule, build_optimizer
 
 
 @pytest.mark.timeout(300)

@@ -126,8 +126,8 @@ def test_a_checkpoint_rebuilds_without_reading_pretrained_weights(tmp_path, monk
 def test_training_on_frozen_layers_encoded_once_is_the_same_step(kind):
     """The loss (and its gradients) from the frozen layers' outputs encoded in advance equal
     those of the whole model on pixels and ids: caching changes the cost, not the step."""
-    from core.frozen_features import encode_frozen
-    from core.training import LossModule
+    from core.training.frozen_features import encode_frozen
+    from core.training.loop import LossModule
 
     cfg = load_config("roco_cpu", [f"model.kind={kind}", "model.image.image_size=64",
                                    "model.image.freeze_stages=7", "model.text.freeze_layers=4",

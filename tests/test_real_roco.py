@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.comparison import chance_level, positives_per_query
+from core.evaluation.comparison import chance_level, positives_per_query
 from core.data.preprocess import clean_caption, group_key
 from core.data.rocov2 import read_split
 

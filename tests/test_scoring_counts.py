@@ -4,7 +4,7 @@ workers computed, not written as formulas: a model that counts its own calls agr
 import numpy as np
 import torch
 
-from core.evaluation import in_memory_blocks
+from core.evaluation.reference import in_memory_blocks
 from core.features import Embeddings
 from core.scoring.plan import ScoringPlan
 from core.scoring.worker import TileWorker, local_executor

@@ -47,7 +47,7 @@ def reference(checkpoints, synthetic_dir):
     from core.batch import collate
     from core.checkpoint import load_checkpoint
     from core.data.preprocess import build_preprocessor
-    from core.evaluation import encode_batches, score_matrix
+    from core.evaluation.reference import encode_batches, score_matrix
 
     table = read_split(synthetic_dir, "test")
     out = {"image_id": [str(i) for i in table.column("image_id").to_pylist()],
@@ -259,7 +259,7 @@ def test_a_replica_refuses_galleries_of_different_rows(checkpoints, synthetic_di
     """Rerank indexes the fusion features by the two-tower candidates' rows: galleries whose
     rows differ (another order, a row skipped by one only) must not be served together."""
     from core.checkpoint import load_checkpoint
-    from core.evaluation import encode_batches
+    from core.evaluation.reference import encode_batches
     from core.feature_store import FeatureStore
     from core.models import MODELS
     from core.scoring import outputs

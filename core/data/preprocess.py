@@ -59,7 +59,7 @@ class Preprocessor:
     def __init__(self, tokenizer, image_size: int, max_length: int, max_logged: int = 20,
                  concepts=None):
         self.tokenizer = tokenizer
-        self.concepts = concepts  # core.concepts.ConceptVocabulary or None
+        self.concepts = concepts  # core.concepts.vocabulary.ConceptVocabulary or None
         self.image_size = int(image_size)
         self.max_length = int(max_length)
         self.max_logged = max_logged

@@ -14,17 +14,18 @@ from typing import Callable
 
 import numpy as np
 
-from core import concept_evaluation, fine_grained
+from core.concepts import evaluation as concept_evaluation
+from core.evaluation import fine_grained
 from core.checkpoint import read_checkpoint_config
-from core.comparison import METHODS
+from core.evaluation.comparison import METHODS
 from core.config import to_dict
 from core.data.rocov2 import image_bytes_column, read_split
 from core.evaluation.reference import rerank_retrieval, stream_retrieval
 from core.evaluation.scored import Scored
-from core.metrics import ranks_from_scores
+from core.evaluation.metrics import ranks_from_scores
 from core.report import fit_exponent
 from core.scoring import outputs, tile_shape
-from core.significance import bootstrap_ci, per_query
+from core.evaluation.significance import bootstrap_ci, per_query
 
 log = logging.getLogger("rocoray.evaluate")
 DIRECTIONS = ("t2i", "i2t")
@@ -171,7 +172,7 @@ ALIGNMENT_LABELS = {"abm": "AbM", "mba": "MbA"}
 def modality_gaps(scored: Scored, figures_dir: Path) -> dict:
     """The modality gap of the two-tower model and of the fusion model's ITC heads on the test
     embeddings the scoring jobs encoded, with their PCA / t-SNE figure."""
-    from core.modality_gap import gap_figure, modality_gap
+    from core.evaluation.modality_gap import gap_figure, modality_gap
 
     alignment = scored.loaded("two_tower").config.model.two_tower.alignment
     t_text, t_image = scored.features("two_tower")
@@ -186,7 +187,7 @@ def modality_gaps(scored: Scored, figures_dir: Path) -> dict:
 
 def retrieved_caption_quality(scored: Scored) -> dict:
     """NLG@K (BLEU-4, METEOR, ROUGE-L, CIDEr) of each method's retrieved captions."""
-    from core.caption_quality import caption_quality
+    from core.evaluation.caption_quality import caption_quality
 
     captions = scored.gallery().column("caption").to_pylist()
     log.info("report quality of the retrieved captions (BLEU-4, METEOR, ROUGE-L, CIDEr @K)")

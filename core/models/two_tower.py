@@ -4,7 +4,7 @@ L2-normalised embeddings, a fixed or learnable temperature. Retrieval is a matri
 Alignment (``model.two_tower.alignment``): ``abm`` pools each encoder's outputs, then
 projects (CLIP); ``mba`` projects every patch and token into the shared space, then pools
 them with learned attention (Mapping-before-Aggregation). With ``model.mcr.mode`` on, the
-model also carries the masked-reconstruction heads (``core.training`` uses them)."""
+model also carries the masked-reconstruction heads (``core.training.loop`` uses them)."""
 
 from __future__ import annotations
 

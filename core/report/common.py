@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.comparison import METHODS
+from core.evaluation.comparison import METHODS
 
 KS = (1, 5, 10)
 

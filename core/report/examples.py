@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from core.comparison import LABELS, METHODS
+from core.evaluation.comparison import LABELS, METHODS
 from core.report.figures import thumbnail
 from core.report.render import png_b64
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from core.comparison import COLORS, DIRECTIONS, LABELS, METHODS  # noqa: E402
+from core.evaluation.comparison import COLORS, DIRECTIONS, LABELS, METHODS  # noqa: E402
 from core.report.common import fit_exponent, ks_of, methods_of, slope_text  # noqa: E402
 
 

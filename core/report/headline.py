@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.comparison import DIRECTIONS, LABELS
+from core.evaluation.comparison import DIRECTIONS, LABELS
 from core.report.common import cost_seconds, ks_of, methods_of
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.comparison import DIRECTIONS, LABELS
+from core.evaluation.comparison import DIRECTIONS, LABELS
 from core.report import concepts, explanations, figures, tables
 from core.report.common import slope_text
 from core.report.document import Callout, Figure, Markup, Paragraph, Section, Table

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.comparison import DIRECTIONS, LABELS
+from core.evaluation.comparison import DIRECTIONS, LABELS
 from core.report.common import cost_seconds, encoder_epochs, fmt as _f, ks_of, methods_of
 
 

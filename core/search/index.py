@@ -163,8 +163,8 @@ class CaseIndex:
         """Grad-CAM of the score of (``caption`` or the case's own caption, the gallery image
         ``image_id``), with the fusion model when the service has one: {"png", "score",
         "model", "caption"}."""
-        from core import explain as attribution
-        from core.explain_figure import overlay_png
+        from core.explain import attribution
+        from core.explain.figure import overlay_png
 
         pos = self._position(image_id)
         caption = self.cases.caption[pos] if caption in (None, "") else check_query(caption,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core import explain
+from core.explain import attribution as explain
 
 STEPS = 10  # 0 %, 10 %, ... 100 % of the pixels
 TOP = (0.05, 0.20)

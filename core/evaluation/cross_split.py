@@ -1,22 +1,22 @@
 """Retrieval across splits: queries from one split (the test split), the gallery from another
 (the training split), as disease-aware retrieval work searches a case database. No query's
 own pair is in the gallery, so only concept-aware relevance can judge the lists
-(``core.concept_retrieval``). Each method's top-K, for both directions, in this process:
+(``core.concepts.retrieval``). Each method's top-K, for both directions, in this process:
 
     t2i: query captions  x gallery images        i2t: query images x gallery captions
 
 The same methods as on one split: the two-tower cosine, the fusion logit over all pairs, and
 rerank (two-tower top-``first_k`` re-scored by fusion logit + alpha x cosine). Ties go to the
-lower gallery index, as everywhere in rocoray (``core.metrics.order_keys``)."""
+lower gallery index, as everywhere in rocoray (``core.evaluation.metrics.order_keys``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from core.evaluation import score_matrix
+from core.evaluation.reference import score_matrix
 from core.features import Features
-from core.metrics import keys_to_index, order_keys
+from core.evaluation.metrics import keys_to_index, order_keys
 from core.retrieval import fused_scores, topk_keys
 
 

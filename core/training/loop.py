@@ -20,7 +20,7 @@ from torch import nn
 from core.batch import Batch
 from core.config import ModelConfig, TrainConfig
 from core.data.preprocess import merge_counts
-from core.distributed import all_ranks_agree
+from core.training.distributed import all_ranks_agree
 from core.losses import ConceptLoss, InfoNCELoss, MatchLoss
 from core.losses.swap import swap_each_attribute
 from core.models import masking
@@ -31,7 +31,7 @@ from core.precision import autocast
 class LossModule(nn.Module):
     """``swap``: (P, 2) token ids of attribute word pairs (``core.losses.swap``): the fusion
     match head also learns from captions with one of them swapped. ``concept_pos_weight``:
-    the concept loss's positive weights (``core.concepts.ConceptVocabulary.pos_weight``);
+    the concept loss's positive weights (``core.concepts.vocabulary.ConceptVocabulary.pos_weight``);
     with a concept head and ``concepts`` targets in the batch, ``model.concepts.weight`` x
     the concept loss is added to the objective."""
 

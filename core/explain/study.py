@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import explain
+from core.explain import attribution as explain
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
-from core.explain_figure import overlay_figure, retrieved_figure, shaded_caption
-from core.significance import bootstrap_ci
+from core.explain.figure import overlay_figure, retrieved_figure, shaded_caption
+from core.evaluation.significance import bootstrap_ci
 
 NO_BOXES = "n/a: no lesion boxes in this data (the synthetic set states them)"
 COLUMNS = ["image_id", "image", "caption", "cui", "lesion_box"]
@@ -76,8 +76,8 @@ def _cases(sub, loaded: dict):
 
 def box_free_study(table, loaded: dict, cases_wanted: int, figures: Path, examples) -> dict:
     """Real figures have no lesion boxes: the maps of the first ``cases_wanted`` test pairs
-    scored by agreement between methods and by deletion / insertion (``core.explain_agreement``)."""
-    from core.explain_agreement import agreement_study
+    scored by agreement between methods and by deletion / insertion (``core.explain.agreement``)."""
+    from core.explain.agreement import agreement_study
 
     sub = table.slice(0, cases_wanted)
     batches, keep = _cases(sub, loaded)

@@ -1,15 +1,15 @@
 """The concept sections of an evaluation: detection by each model's image-only concept head,
-and concept-aware retrieval of each method's stored top-K lists (see ``core.concept_metrics``
-and ``core.concept_retrieval``). Inputs are arrays; the evaluate job reads them."""
+and concept-aware retrieval of each method's stored top-K lists (see ``core.concepts.detection``
+and ``core.concepts.retrieval``). Inputs are arrays; the evaluate job reads them."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from core.concept_metrics import choose_threshold, detection_metrics, prior_scores, probabilities
-from core.concept_retrieval import per_query
-from core.concepts import ConceptVocabulary
-from core.significance import bootstrap_ci
+from core.concepts.detection import choose_threshold, detection_metrics, prior_scores, probabilities
+from core.concepts.retrieval import per_query
+from core.concepts.vocabulary import ConceptVocabulary
+from core.evaluation.significance import bootstrap_ci
 
 NO_CONCEPTS = "n/a: no concept ids in this data"
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from scipy.special import gammaln
 
-from core.significance import bootstrap_ci, paired_difference, per_query
+from core.evaluation.significance import bootstrap_ci, paired_difference, per_query
 
 # the scored methods, in the order every table and chart lists them
 METHODS = ("two_tower", "fusion", "rerank")

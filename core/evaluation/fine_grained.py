@@ -10,7 +10,7 @@ are siblings. Each sibling pair is asked in both directions:
     image -> text   image q: is caption q ranked above caption s?
 
 Accuracy per attribute and overall, with 95 % bootstrap intervals over the comparisons
-(``core.significance``). Chance is 0.5.
+(``core.evaluation.significance``). Chance is 0.5.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.retrieval import fused_scores
-from core.significance import bootstrap_ci, paired_difference
+from core.evaluation.significance import bootstrap_ci, paired_difference
 from core.synthetic.attributes import SIBLING_ATTRIBUTES
 
 FAMILY = "family_id"
@@ -59,7 +59,7 @@ def sibling_pairs(attributes: dict[str, list], gallery_ids: list[str]) -> dict |
 
 def ranked_above(score_true, score_other, index_true, index_other) -> np.ndarray:
     """Whether the true item is ordered before the other one: by score, ties to the lower
-    gallery index (``core.metrics``' rule)."""
+    gallery index (``core.evaluation.metrics``' rule)."""
     score_true, score_other = np.asarray(score_true), np.asarray(score_other)
     return (score_true > score_other) | ((score_true == score_other)
                                          & (np.asarray(index_true) < np.asarray(index_other)))
