@@ -84,13 +84,13 @@ def run(cfg: AblationConfig) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     experiments = []
     for align, mode in variants:
-        overrides = ["model.kind=two_tower", f"data.path={cfg.data}",
-                     f"model.two_tower.alignment={align}", f"model.mcr.mode={mode}",
-                     f"train.storage_path={out / 'train'}", f"train.name={align}-{mode}-{stamp}",
-                     *cfg.set]
+        exp = load_config(cfg.config, cfg.set)  # the user's --set, checked at load (errors now)
+        exp.model.kind, exp.data.path = "two_tower", cfg.data
+        exp.model.two_tower.alignment, exp.model.mcr.mode = align, mode  # parse_variants checked
+        exp.train.storage_path, exp.train.name = str(out / "train"), f"{align}-{mode}-{stamp}"
         if cfg.epochs is not None:
-            overrides.append(f"train.epochs={cfg.epochs}")
-        experiments.append((align, mode, load_config(cfg.config, overrides)))  # errors now
+            exp.train.epochs = cfg.epochs
+        experiments.append((align, mode, exp))
     init_ray(cfg.address)
     rows, gaps = [], {}
     for align, mode, experiment in experiments:

@@ -18,6 +18,7 @@ from core.models import MODELS
 from core.scoring import ScoringPlan, TileWorker
 from core.work_cache import keyed_dir
 from ray_jobs.gallery import Gallery, actor_resources, pool_size, torch_device
+from ray_jobs.options import UserError
 from ray_jobs.runtime import Progress
 
 
@@ -26,6 +27,7 @@ log = logging.getLogger("rocoray.score")
 # Actors lost (with their node) that one run replaces before it gives up: as cluster.yaml's
 # Train max_failures, per actor of the pool.
 REPLACEMENTS_PER_ACTOR = 3
+WAIT_LOG_S = 30.0  # while the whole pool waits for a node, a log line this often
 
 
 def peak_rss_mb() -> float:
@@ -68,47 +70,88 @@ class ActorExecutor:
 
     def __init__(self, job, kind: str, plan: ScoringPlan, gallery: Gallery, key: dict):
         cfg = job.cfg
-        actor = ScoringActor.options(**actor_resources(cfg))
+        self.resources = actor_resources(cfg)
+        actor = ScoringActor.options(**self.resources)
         self.new_actor = lambda: actor.remote(job.checkpoints[kind], kind, plan, gallery.refs,
                                               job.device, job.precision)
         self.actors = [self.new_actor() for _ in range(pool_size(cfg))]
         self.max_replacements = REPLACEMENTS_PER_ACTOR * len(self.actors)
+        self.placement_timeout = cfg.placement_timeout
+        self.pending: dict = {}  # ready ref -> a replacement actor Ray has not placed yet
         self.items_dir, _ = keyed_dir(job.cache, "items", key)
         self.stats = {"done": 0, "cached": 0, "actor_seconds": 0.0, "actor_peak_rss_mb": 0.0,
                       "actor_seconds_by_kind": {}, "cache_write_s": 0.0, "actors_replaced": 0}
 
     def run_all(self, items, ctx):
         """(item, result, seconds, rss) as items finish, one in flight per actor. A node lost
-        (a spot instance reclaimed) takes its actors: each is replaced by a new actor, which
-        Ray places on a node with room, and the item it held is queued again. Items are
-        pure functions of the feature blocks, whose primary copies live with the driver, so
-        a re-run gives the same result; a finished item is never run again."""
+        (a spot instance reclaimed) takes its actors: the item each held is queued again and
+        a replacement actor is requested, which Ray places on a node with room. Until it is
+        placed the pool runs on the actors it has left (the run shrinks); with none left it
+        waits for a node, saying so, for ``placement_timeout`` seconds. Items are pure
+        functions of the feature blocks, whose primary copies live with the driver, so a
+        re-run gives the same result; a finished item is never run again."""
         from ray.exceptions import RayActorError
 
-        queue, idle, running = list(items)[::-1], list(self.actors), {}
+        pending = self.pending  # replacements not placed yet, kept across passes
+        queue, running = list(items)[::-1], {}
+        idle = [a for a in self.actors if not any(a is p for p in pending.values())]
+        waited = 0.0
         while queue or running:
             while queue and idle:
                 actor, item = idle.pop(), queue.pop()
                 running[actor.run.remote(item, ctx)] = (actor, item)
-            (ready,), _ = ray.wait(list(running), num_returns=1)
-            actor, item = running.pop(ready)
-            try:
-                out = ray.get(ready)
-            except RayActorError as exc:
-                self.stats["actors_replaced"] += 1
-                if self.stats["actors_replaced"] > self.max_replacements:
-                    raise
-                reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-                log.warning("scoring actor lost (%s): %s queued again on a new actor (%d/%d "
-                            "replacements)", reason or type(exc).__name__, item.name,
-                            self.stats["actors_replaced"], self.max_replacements)
-                queue.append(item)
-                fresh = self.new_actor()
-                self.actors[self.actors.index(actor)] = fresh  # later passes use it too
+            ready, _ = ray.wait(list(running) + list(pending), num_returns=1,
+                                timeout=WAIT_LOG_S)
+            if not ready:
+                waited += WAIT_LOG_S
+                if pending and not running:
+                    self._no_node(len(pending), len(queue), waited)
+                continue
+            waited = 0.0
+            if ready[0] in pending:
+                fresh = pending.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                except RayActorError as exc:  # lost before it could start
+                    self._lost(exc, "its replacement", queue, pending, fresh)
+                    continue
                 idle.append(fresh)
+                log.info("replacement scoring actor placed: the pool has %d of %d actors again",
+                         len(self.actors) - len(pending), len(self.actors))
+                continue
+            actor, item = running.pop(ready[0])
+            try:
+                out = ray.get(ready[0])
+            except RayActorError as exc:
+                queue.append(item)
+                self._lost(exc, item.name, queue, pending, actor)
                 continue
             idle.append(actor)
             yield out
+
+    def _lost(self, exc, what: str, queue: list, pending: dict, actor) -> None:
+        """An actor died with its node: request a replacement (placed when a node has room)."""
+        self.stats["actors_replaced"] += 1
+        if self.stats["actors_replaced"] > self.max_replacements:
+            raise exc
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        fresh = self.new_actor()
+        self.actors[self.actors.index(actor)] = fresh  # later passes use it too
+        pending[fresh.__ray_ready__.remote()] = fresh
+        log.warning("scoring actor lost (%s): %s queued again on a new actor (%d/%d "
+                    "replacements); the pool continues with %d of %d actors until a node can "
+                    "take it", reason or type(exc).__name__, what, self.stats["actors_replaced"],
+                    self.max_replacements, len(self.actors) - len(pending), len(self.actors))
+
+    def _no_node(self, missing: int, queued: int, waited: float) -> None:
+        if waited >= self.placement_timeout:
+            raise UserError(f"scoring: every actor of the pool was lost and no node could take "
+                            f"a replacement in {waited:.0f} s ({queued} work items left): add "
+                            "nodes, or raise --placement-timeout")
+        log.warning("scoring: every actor of the pool was lost; waiting for a node with room "
+                    "for %d replacement actor(s) (%s each), %d work items queued (%.0f of "
+                    "%.0f s, --placement-timeout)", missing, self.resources, queued, waited,
+                    self.placement_timeout)
 
     def __call__(self, items, context):
         ctx = ray.put(context)

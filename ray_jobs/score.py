@@ -63,6 +63,9 @@ class ScoringOptions:
     precision: str | None = opt(None, "fp32 or bf16 autocast (default: the checkpoint's "
                                 "train.precision on GPUs, fp32 on CPUs)", choices=["fp32", "bf16"])
     cache: str | None = opt(None, "cached encoded galleries and work items (default: <out>/cache)")
+    placement_timeout: float = opt(600.0, "seconds the job waits for a node when every actor of "
+                                   "its pool is lost and none can be replaced (spot clusters: "
+                                   "the autoscaler adds one) before it stops")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 

@@ -63,11 +63,12 @@ def wait_for(path, proc, what: str, seconds: float = 240):
         raise AssertionError(f"{what}:\n" + proc.communicate()[0][-3000:])
 
 
-def preempt(sim, node_id: str, proc) -> str:
-    """Spot preemption of node ``node_id``: a fresh node joins as it goes (from this main
-    thread, as Ray requires); then the job's whole log."""
+def preempt(sim, node_id: str, proc, replace: bool = True) -> str:
+    """Spot preemption of node ``node_id``: a fresh node joins as it goes (unless not
+    ``replace``), from this main thread, as Ray requires; then the job's whole log."""
     victim = next(n for n in sim.list_all_nodes() if n.node_id == node_id)
-    sim.add_node(num_cpus=1)
+    if replace:
+        sim.add_node(num_cpus=1)
     sim.remove_node(victim)
     return proc.communicate(timeout=300)[0]
 
@@ -99,20 +100,9 @@ def test_two_workers_on_two_nodes_stay_in_step_and_count_every_rank(cluster, syn
     assert np.isfinite(final["val/mean_recall"])
 
 
-@pytest.mark.timeout(420)
-def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, checkpoints, synthetic_dir,
-                                                            tmp_path):
-    """The fusion scoring job with one actor per node (1 CPU each); the node of the actor
-    that holds its 2nd tile is removed while it works on it, and a replacement joins. The
-    job replaces the lost actor (placed on the new node) and queues its item again: it
-    finishes, its top-K lists and exact ranks equal an undisturbed run's, and every tile is
-    accepted exactly once."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from ray_jobs import faults
+@pytest.fixture(scope="module")
+def scoring_reference(cluster, checkpoints, synthetic_dir, tmp_path_factory):
+    """The fusion scoring job on the undisturbed cluster: one actor per node (1 CPU each)."""
     from ray_jobs.runtime import init_ray
     from ray_jobs.score import ScoreConfig, run
 
@@ -120,7 +110,23 @@ def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, checkpoint
     init_ray(sim.address)
     common = dict(model="fusion", checkpoint=checkpoints["fusion"], data=str(synthetic_dir),
                   block=8, k=10, actors=2, cpus_per_actor=1.0, address=sim.address)
-    reference = run(ScoreConfig(**common, out=str(tmp_path / "reference")))
+    out = tmp_path_factory.mktemp("scoring") / "reference"
+    return common, out, run(ScoreConfig(**common, out=str(out)))
+
+
+def disturbed_scoring(sim, reference, tmp_path, replace: bool) -> tuple[str, dict]:
+    """The reference's job as a `rocoray score` process joined to the cluster; the node of
+    the actor that holds its 2nd tile is removed while it works on it (a replacement node
+    joining if ``replace``). Its log and scoring.json, after checking its output equals the
+    reference's (top-K lists and exact ranks) and every tile was accepted exactly once."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ray_jobs import faults
+
+    common, ref_out, ref = reference
     markers = tmp_path / "markers"
     argv = [part for name, value in common.items()
             for part in (f"--{name.replace('_', '-')}", str(value))]
@@ -131,7 +137,7 @@ def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, checkpoint
     try:
         detail = markers / "fault-score.pause.detail"
         wait_for(detail, proc, "no actor reached its 2nd tile")
-        log = preempt(sim, detail.read_text(), proc)
+        log = preempt(sim, detail.read_text(), proc, replace=replace)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -139,11 +145,39 @@ def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, checkpoint
     assert "scoring actor lost" in log and "queued again on a new actor" in log, log[-3000:]
     for name in ("t2i.parquet", "i2t.parquet"):
         assert pq.read_table(tmp_path / "disturbed" / name).equals(
-            pq.read_table(tmp_path / "reference" / name)), name
+            pq.read_table(ref_out / name)), name
     disturbed = json.loads((tmp_path / "disturbed" / "scoring.json").read_text())
-    assert disturbed["timings"]["done"] == reference["timings"]["done"] > 2
+    assert disturbed["timings"]["done"] == ref["timings"]["done"] > 2
     lost = [line for line in log.splitlines() if "scoring actor lost" in line]
     assert disturbed["timings"]["cached"] == 0 and disturbed["timings"]["actors_replaced"] == 1, lost
+    return log, disturbed
+
+
+@pytest.mark.timeout(300)
+def test_scoring_survives_a_node_lost_while_tiles_are_scored(cluster, scoring_reference,
+                                                            tmp_path):
+    """Spot preemption under the scoring job, a replacement node joining: the job replaces
+    the lost actor (placed on the new node), queues its item again and finishes with the
+    undisturbed run's output."""
+    sim, _ = cluster
+    log, _ = disturbed_scoring(sim, scoring_reference, tmp_path, replace=True)
+    assert "continues with 1 of 2 actors" in log  # until the replacement is placed
+
+
+@pytest.mark.timeout(300)
+def test_scoring_shrinks_when_a_lost_node_is_not_replaced(cluster, scoring_reference, tmp_path):
+    """The node lost and NO node joining: the pool goes on with the actor it has left (one
+    log line says so), the requeued item runs there, and the output equals the undisturbed
+    run's; the replacement it requested is never placed. The module's cluster gets its
+    second node back afterwards."""
+    sim, _ = cluster
+    try:
+        log, _ = disturbed_scoring(sim, scoring_reference, tmp_path, replace=False)
+        assert "the pool continues with 1 of 2 actors until a node can take it" in log
+        assert "replacement scoring actor placed" not in log, log[-2000:]
+    finally:
+        sim.add_node(num_cpus=1)
+        sim.wait_for_nodes()
 
 
 @pytest.mark.timeout(420)
