@@ -103,8 +103,8 @@ class ActorExecutor:
             ready, _ = ray.wait(list(running) + list(pending), num_returns=1,
                                 timeout=WAIT_LOG_S)
             if not ready:
-                waited += WAIT_LOG_S
-                if pending and not running:
+                if pending and not running:  # the whole pool waits for a node
+                    waited += WAIT_LOG_S
                     self._no_node(len(pending), len(queue), waited)
                 continue
             waited = 0.0
@@ -113,7 +113,7 @@ class ActorExecutor:
                 try:
                     ray.get(ready[0])
                 except RayActorError as exc:  # lost before it could start
-                    self._lost(exc, "its replacement", queue, pending, fresh)
+                    self._lost(exc, "its replacement", pending, fresh)
                     continue
                 idle.append(fresh)
                 log.info("replacement scoring actor placed: the pool has %d of %d actors again",
@@ -124,12 +124,12 @@ class ActorExecutor:
                 out = ray.get(ready[0])
             except RayActorError as exc:
                 queue.append(item)
-                self._lost(exc, item.name, queue, pending, actor)
+                self._lost(exc, item.name, pending, actor)
                 continue
             idle.append(actor)
             yield out
 
-    def _lost(self, exc, what: str, queue: list, pending: dict, actor) -> None:
+    def _lost(self, exc, what: str, pending: dict, actor) -> None:
         """An actor died with its node: request a replacement (placed when a node has room)."""
         self.stats["actors_replaced"] += 1
         if self.stats["actors_replaced"] > self.max_replacements:

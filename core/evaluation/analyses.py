@@ -17,18 +17,17 @@ import numpy as np
 from core.concepts import evaluation as concept_evaluation
 from core.evaluation import fine_grained
 from core.checkpoint import read_checkpoint_config
-from core.evaluation.comparison import METHODS
+from core.evaluation.comparison import DIRECTIONS, METHODS
 from core.config import to_dict
 from core.data.rocov2 import image_bytes_column, read_split
 from core.evaluation.reference import rerank_retrieval, stream_retrieval
 from core.evaluation.scored import Scored
 from core.evaluation.metrics import ranks_from_scores
-from core.report import fit_exponent
+from core.report.common import fit_exponent
 from core.scoring import outputs, tile_shape
 from core.evaluation.significance import bootstrap_ci, per_query
 
 log = logging.getLogger("rocoray.evaluate")
-DIRECTIONS = ("t2i", "i2t")
 
 
 def scaling_curve(scored: Scored, points: int, rerank_k: int) -> dict:
