@@ -187,6 +187,12 @@ class TrainConfig:
     seed: int = 0
     # Ray Train scaling.
     num_workers: int = 1
+    # Elastic training (None: off): with min_workers < num_workers Ray Train starts, and
+    # restarts after a failure, with as many workers as the cluster can place between the
+    # two; a node lost and not replaced, the run goes on with fewer workers from the last
+    # checkpoint (each keeps batch_size, so the global batch shrinks with them) and grows
+    # back when nodes join. Without it a lost node's workers wait for a replacement node.
+    min_workers: int | None = None
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0

@@ -272,14 +272,15 @@ class StageClock:
 
 
 def storage_reach(path: str, nodes: list[dict] | None = None) -> str | None:
-    """A one-line warning when ``path`` (a run's storage) is a local path while the cluster's
-    live nodes sit on more than one machine: checkpoints written there by one node are not
-    read by another unless the path is a shared file system mounted alike on every node.
+    """A one-line warning when ``path`` (a run's storage) is a local path (or a ``file://``
+    URL) while the cluster's live nodes sit on more than one machine: checkpoints written
+    there by one node are not read by another unless the path is a shared file system
+    mounted alike on every node.
     None when there is nothing to say. ``nodes``: ``ray.nodes()`` (read here by default)."""
     from core import storage
 
-    if storage.is_url(path):
-        return None
+    if storage.is_url(path) and not str(path).startswith("file://"):
+        return None  # object storage every node reaches
     if nodes is None:
         import ray
 

@@ -132,6 +132,10 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
     """Check the data and fill in what the run needs before it starts: a name, the tokenizer
     and its vocabulary size, the concept vocabulary and the concept head's size. Raises user
     errors (a wrong path, a missing split) before Ray."""
+    t = cfg.train
+    if t.min_workers is not None and not 1 <= t.min_workers <= t.num_workers:
+        raise UserError(f"train.min_workers must be between 1 and train.num_workers "
+                        f"({t.num_workers}), got {t.min_workers}")
     for split in (cfg.data.train_split, cfg.data.val_split):
         resolve_split(cfg.data.path, split, cfg.data.storage_options)
     if cfg.model.kind == "fusion" and cfg.model.fusion.init_from:
@@ -182,14 +186,15 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     datasets, rows = datasets or build_datasets(cfg, tokenizer, concepts)
     t = cfg.train
     steps_per_epoch = max(1, math.ceil(rows / (t.batch_size * t.num_workers)))
+    workers = (t.min_workers, t.num_workers) if t.min_workers is not None else t.num_workers
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "concepts": concepts,
-                           "steps_per_epoch": steps_per_epoch, "run_dir": run_dir(cfg)},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                           "rows": rows, "run_dir": run_dir(cfg)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=t.placement_strategy),
         run_config=RunConfig(
@@ -202,8 +207,10 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
                                                checkpoint_score_attribute="val/mean_recall",
                                                checkpoint_score_order="max")),
         datasets=datasets)
-    log.info("training %s on %d rows: %d worker(s) x batch %d, %d steps/epoch, %d epochs",
-             cfg.model.kind, rows, t.num_workers, t.batch_size, steps_per_epoch, t.epochs)
+    log.info("training %s on %d rows: %d worker(s)%s x batch %d, %d steps/epoch, %d epochs",
+             cfg.model.kind, rows, t.num_workers,
+             f" (elastic: down to {t.min_workers})" if t.min_workers is not None else "",
+             t.batch_size, steps_per_epoch, t.epochs)
     started = time.time()
     result = trainer.fit()
     out = run_dir(cfg)

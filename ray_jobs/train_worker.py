@@ -60,6 +60,7 @@ class WorkerState:
     device: torch.device
     rank: int
     world: int
+    steps_per_epoch: int = 1
     start_epoch: int = 0
     step: int = 0
     history: list | None = None
@@ -86,13 +87,16 @@ def setup(loop_config: dict) -> WorkerState:
         mask_token_id=getattr(loop_config["tokenizer"], "mask_token_id", None),
         mask_seed=cfg.train.seed * 1000 + rank))
     optimizer = build_optimizer(loss_module, cfg.train)
-    scheduler = build_scheduler(optimizer, loop_config["steps_per_epoch"] * cfg.train.epochs,
+    # from the world size Ray Train started: an elastic run (train.min_workers) may have
+    # fewer workers than train.num_workers
+    steps_per_epoch = max(1, math.ceil(loop_config["rows"] / (cfg.train.batch_size * world)))
+    scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.train.epochs,
                                 cfg.train.warmup_fraction)
     if rank == 0:
         log.info("%s model: %.1fM parameters, on %s", cfg.model.kind,
                  count_parameters(model) / 1e6, ray.train.torch.get_device())
     return WorkerState(cfg, loss_module, unwrap(loss_module).model, optimizer, scheduler,
-                       ray.train.torch.get_device(), rank, world, history=[])
+                       ray.train.torch.get_device(), rank, world, steps_per_epoch, history=[])
 
 
 def restore(state: WorkerState) -> None:
@@ -109,14 +113,27 @@ def restore(state: WorkerState) -> None:
         history_file = Path(ckpt_dir) / HISTORY
         state.history = json.loads(history_file.read_text()) if history_file.exists() else []
     state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
     state.start_epoch, state.step = saved["epoch"] + 1, saved["step"]
+    saved_world = int(saved.get("world", state.world))
+    if saved_world != state.world:
+        # an elastic restart on another number of workers: the schedule ends with the run's
+        # last step at this world size
+        remaining = (state.cfg.train.epochs - state.start_epoch) * state.steps_per_epoch
+        state.scheduler = build_scheduler(state.optimizer, state.step + remaining,
+                                          state.cfg.train.warmup_fraction)
+    state.scheduler.load_state_dict(saved["scheduler"])
     unwrap(state.loss_module).mask_step = state.step  # MCR masks continue where they were
     if state.rank == 0:
         # epochs count from 1 here as in the epoch lines: the checkpoint of epoch N resumes
         # at epoch N + 1
         log.info("resumed from the checkpoint of epoch %d (step %d)", state.start_epoch,
                  state.step)
+        if saved_world != state.world:
+            t = state.cfg.train
+            log.warning("the run continues on %d of %d workers (it ran on %d; the cluster "
+                        "holds %d now, train.min_workers=%s): global batch %d x %d",
+                        state.world, t.num_workers, saved_world, state.world, t.min_workers,
+                        state.world, t.batch_size)
 
 
 def batches(shard, batch_size: int, device, **kwargs):
@@ -206,7 +223,7 @@ def save(state: WorkerState, epoch: int, metrics: dict, tokenizer, concepts=None
             save_checkpoint(tmp, state.model, state.cfg, tokenizer,
                             {"optimizer": state.optimizer.state_dict(),
                              "scheduler": state.scheduler.state_dict(), "epoch": epoch,
-                             "step": state.step}, concepts=concepts)
+                             "step": state.step, "world": state.world}, concepts=concepts)
             state.history.append(metrics)
             (Path(tmp) / HISTORY).write_text(storage.dumps_json(state.history))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -267,7 +284,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train_shard = ray.train.get_dataset_shard("train")
         val_shard = ray.train.get_dataset_shard("validation")
         for epoch in range(state.start_epoch, state.cfg.train.epochs):
-            stats = train_epoch(state, train_shard, epoch, loop_config["steps_per_epoch"], attempt)
+            stats = train_epoch(state, train_shard, epoch, state.steps_per_epoch, attempt)
             metrics = {**epoch_metrics(state, epoch, stats), **placement(state)}
             metrics.update(validate_epoch(state, val_shard) or {})
             save(state, epoch, metrics, loop_config["tokenizer"], loop_config.get("concepts"))

@@ -24,6 +24,11 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
+    # Ray Train waits this long for a worker group to start before it decides again (60 s by
+    # default): after a lost node, the first restart asks for the workers that were there.
+    # Read by the controller, which inherits it from the raylets started here.
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
     sim = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         nodes = [sim.add_node(num_cpus=1) for _ in range(2)]
@@ -32,6 +37,7 @@ def cluster():
     finally:
         ray.shutdown()
         sim.shutdown()
+        monkeypatch.undo()
 
 
 def with_corrupt_rows(src, dst, rows: list[int]):
@@ -82,12 +88,18 @@ def test_two_workers_on_two_nodes_stay_in_step_and_count_every_rank(cluster, syn
     sim, _ = cluster
     corrupt = [3, 130, 250]  # in both shards of the split: read by whichever rank gets them
     data, n_train = with_corrupt_rows(synthetic_dir, tmp_path / "data", corrupt)
-    cfg = load_config("tiny", [f"data.path={data}", "model.kind=two_tower", "train.epochs=1",
-                               "train.num_workers=2", "train.cpus_per_worker=0.5",
+    # data and storage as fsspec URLs: the filesystem reaches every Ray Data task and worker
+    cfg = load_config("tiny", [f"data.path=file://{data}", "model.kind=two_tower",
+                               "train.epochs=1", "train.num_workers=2",
+                               "train.cpus_per_worker=0.5",
                                "train.placement_strategy=STRICT_SPREAD",
-                               f"train.storage_path={tmp_path / 'runs'}", "train.name=spread",
-                               *SMALL])
-    final = run(cfg, sim.address)["final"]
+                               f"train.storage_path=file://{tmp_path / 'runs'}",
+                               "train.name=spread", *SMALL])
+    summary = run(cfg, sim.address)
+    final = summary["final"]
+    written = tmp_path / "runs" / "spread"
+    assert summary["path"] == f"file://{written}" and (written / "result.json").exists()
+    assert (written / summary["best_checkpoint"] / "model.safetensors").exists()
     assert final["train/world_size"] == 2 and final["train/nodes"] == 2  # one rank per node
     assert final["train/replicas_identical"] is True  # DDP kept both replicas in step
     # counted on every rank and summed: each corrupt row once, every other row trained on
@@ -180,6 +192,91 @@ def test_scoring_shrinks_when_a_lost_node_is_not_replaced(cluster, scoring_refer
         sim.wait_for_nodes()
 
 
+def train_process(sim, data, runs, name: str, workers: int, epochs: int, *overrides: str):
+    """`rocoray train` (two-tower, ``workers`` workers) as a process joined to the cluster."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray_jobs.train", "--data", str(data), "--model", "two_tower",
+         "--epochs", str(epochs), "--num-workers", str(workers), "--storage-path", str(runs),
+         "--name", name, "--address", sim.address, "--set", *SMALL, "train.max_failures=3",
+         *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(run_dir, proc, condition, seconds: float = 240) -> int:
+    """The epoch of the first checkpoint of ``run_dir`` whose epoch record meets
+    ``condition``, waiting while the job process ``proc`` runs; its log if none does."""
+    import json
+    import time
+
+    from ray_jobs.train import HISTORY
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        for history in sorted(run_dir.glob(f"checkpoint_epoch_*/{HISTORY}")):
+            try:
+                last = json.loads(history.read_text())[-1]
+            except (ValueError, IndexError):
+                continue  # being written
+            if condition(last):
+                return last["epoch"]
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("no checkpoint as expected:\n" + proc.communicate()[0][-3000:])
+
+
+def train_workers() -> list:
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+            if a.class_name.endswith("RayTrainWorker")]
+
+
+@pytest.mark.timeout(420)
+def test_an_elastic_run_shrinks_when_a_lost_node_is_not_replaced(cluster, synthetic_dir,
+                                                                 tmp_path):
+    """train.min_workers: two workers, one per node; one node is removed after the first
+    checkpoint and none joins. Ray Train restarts the run with the one worker the cluster
+    can still place, it resumes from the checkpoint, says so in one line, and finishes every
+    epoch; the history shows the world size going from 2 to 1. The module's cluster gets its
+    second node back afterwards."""
+    import json
+    import time
+
+    from ray_jobs.runtime import init_ray
+
+    sim, _ = cluster
+    init_ray(sim.address)
+    run_dir = tmp_path / "runs" / "elastic"
+    # 0.6 CPU per worker: one worker per 1-CPU node, the rest for Ray Data's tasks
+    proc = train_process(sim, synthetic_dir, tmp_path / "runs", "elastic", 2, 4,
+                         "train.min_workers=1", "train.cpus_per_worker=0.6",
+                         "train.preprocess_num_cpus=0.2", "train.placement_strategy=SPREAD")
+    try:
+        try:
+            # an elastic run starts with the workers the cluster can place at that moment (Ray
+            # Data's reservations may hold one back; it grows within a minute): wait for an
+            # epoch trained on two nodes
+            wait_for_checkpoint(run_dir, proc, lambda h: h["train/nodes"] == 2)
+            time.sleep(3)  # Ray Train registers the checkpoint after it is written
+            log = preempt(sim, sorted({w.node_id for w in train_workers()})[0], proc,
+                          replace=False)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, log[-3000:]
+        history = json.loads((run_dir / "result.json").read_text())["history"]
+        assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+        assert any(h["train/world_size"] == 2 for h in history), history
+        assert history[-1]["train/world_size"] == history[-1]["train/nodes"] == 1
+        assert "the run continues on 1 of 2 workers" in log, log[-3000:]
+    finally:
+        sim.add_node(num_cpus=1)
+        sim.wait_for_nodes()
+
+
 @pytest.mark.timeout(420)
 def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_dir, tmp_path):
     """Spot preemption: the node running the worker disappears after the first checkpoint and
@@ -188,10 +285,6 @@ def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_di
     cluster (nodes are added and removed from this test's main thread, as Ray requires).
     Runs last: it changes the module's cluster."""
     import json
-    import subprocess
-    import sys
-
-    from ray.util.state import list_actors
 
     from ray_jobs.runtime import init_ray
     from ray_jobs.train import HISTORY
@@ -199,19 +292,13 @@ def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_di
     sim, _ = cluster
     init_ray(sim.address)
     run_dir = tmp_path / "runs" / "preempted"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_jobs.train", "--data", str(synthetic_dir), "--model",
-         "two_tower", "--epochs", "3", "--num-workers", "1", "--storage-path",
-         str(tmp_path / "runs"), "--name", "preempted", "--address", sim.address, "--set",
-         *SMALL, "train.cpus_per_worker=0.5", "train.max_failures=3"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = train_process(sim, synthetic_dir, tmp_path / "runs", "preempted", 1, 3,
+                         "train.cpus_per_worker=0.5")
     try:
         first = run_dir / "checkpoint_epoch_0001" / HISTORY
         wait_for(first, proc, "no first checkpoint")
         written = json.loads(first.read_text())
-        workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                   if a.class_name.endswith("RayTrainWorker")]
-        log = preempt(sim, workers[0].node_id, proc)
+        log = preempt(sim, train_workers()[0].node_id, proc)
     finally:
         if proc.poll() is None:
             proc.kill()

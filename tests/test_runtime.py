@@ -48,3 +48,4 @@ def test_a_local_storage_path_on_a_multi_machine_cluster_is_named():
     assert storage_reach("s3://bucket/runs", two) is None
     warning = storage_reach("runs", two)
     assert "runs is a local path" in warning and "2 machines" in warning and "\n" not in warning
+    assert "file:///data/runs is a local path" in storage_reach("file:///data/runs", two)

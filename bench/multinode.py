@@ -1,0 +1,154 @@
+"""Training and scoring on 1, 2 and 3 simulated nodes, side by side in one run.
+
+Each size is a fresh ``ray.cluster_utils.Cluster`` on this machine (a head without CPUs and
+N nodes of 1 logical CPU, each its own raylet, as ``tests/test_multinode.py`` uses):
+
+- training: the two-tower ``tiny`` model on the demo's synthetic data, the SAME global batch
+  split over N workers (one per node, ``STRICT_SPREAD``), the same seed, epochs and
+  learning-rate schedule. Reported per N: wall time of the fit, the slowest rank's
+  training-step seconds per epoch, the time outside the steps (start-up, validation,
+  checkpoints: what grows with nodes), the bytes created in Ray's object stores (and spilled), and the
+  final validation recall. Data parallelism is correct when N workers x batch B/N reach the
+  recall of 1 worker x batch B within noise; the noise is the spread of 1 worker x B over
+  ``--seeds`` seeds, measured in the same run.
+- scoring: the fusion scoring job with one actor per node over the same gallery: wall time
+  and whether the top-K lists equal the 1-node run's.
+
+The nodes share this machine's 2 cores: more nodes add processes, not compute, so the
+step seconds here show the overhead of coordination, not a speed-up. ``bench.cost_model``
+turns these figures into a projection for ROCOv2 on GPU clusters.
+
+    python -m bench.multinode            # ~15 min on 2 CPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench._common import write_result
+
+GLOBAL_BATCH = 48  # divides over 1, 2 and 3 workers
+
+
+def object_store_stats() -> dict:
+    """Cumulative object-store figures summed over the live cluster's nodes (what Ray's
+    `ray memory --stats-only` prints)."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    stats = get_memory_info_reply(get_state_from_address()).store_stats
+    return {"created_mib": stats.cumulative_created_bytes / 2**20,
+            "spilled_mib": stats.spilled_bytes_total / 2**20}
+
+
+def cluster(nodes: int):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    sim = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(nodes):
+        sim.add_node(num_cpus=1)
+    sim.wait_for_nodes()
+    return sim
+
+
+def train(sim, data: str, nodes: int, seed: int, epochs: int, storage: str) -> dict:
+    from core.config import load_config
+    from ray_jobs.train import run
+
+    cfg = load_config("tiny", [
+        f"data.path={data}", "model.kind=two_tower", f"train.epochs={epochs}",
+        f"train.seed={seed}", f"train.num_workers={nodes}",
+        f"train.batch_size={GLOBAL_BATCH // nodes}", "train.cpus_per_worker=0.5",
+        "train.placement_strategy=STRICT_SPREAD", f"train.storage_path={storage}",
+        f"train.name=n{nodes}-s{seed}", "train.eval_batch_size=64"])
+    before = object_store_stats()
+    t0 = time.perf_counter()
+    summary = run(cfg, sim.address)
+    wall = time.perf_counter() - t0
+    after = object_store_stats()
+    history = summary["history"]
+    step_s = [h["train/epoch_s"] for h in history]
+    final = summary["final"]
+    return {"nodes": nodes, "seed": seed, "workers": final["train/world_size"],
+            "nodes_used": final["train/nodes"], "batch_per_worker": GLOBAL_BATCH // nodes,
+            "wall_s": wall, "step_s_per_epoch": statistics.median(step_s[1:] or step_s),
+            "outside_steps_s": wall - sum(step_s), "samples": final["train/samples"],
+            "steps": final["step"], "val_mean_recall": final["val/mean_recall"],
+            "replicas_identical": final["train/replicas_identical"],
+            "object_store_created_mib": after["created_mib"] - before["created_mib"],
+            "object_store_spilled_mib": after["spilled_mib"] - before["spilled_mib"]}
+
+
+def score(sim, checkpoint: str, data: str, nodes: int, out: str) -> dict:
+    import pyarrow.parquet as pq
+
+    from ray_jobs.score import ScoreConfig, run
+
+    t0 = time.perf_counter()
+    run(ScoreConfig(model="fusion", checkpoint=checkpoint, data=data, split="test", block=32,
+                    k=10, actors=nodes, cpus_per_actor=1.0, address=sim.address, out=out))
+    wall = time.perf_counter() - t0
+    return {"nodes": nodes, "wall_s": wall,
+            "t2i": pq.read_table(Path(out) / "t2i.parquet"),
+            "i2t": pq.read_table(Path(out) / "i2t.parquet")}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--fusion", default="runs/demo/train/fusion")
+    p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=2, help="seeds of the 1-node run (noise)")
+    args = p.parse_args(argv)
+    import ray
+
+    storage = tempfile.mkdtemp(prefix="rocoray-bench-multinode-")
+    training, scoring, reference = [], [], None
+    for nodes in args.nodes:
+        sim = cluster(nodes)
+        try:
+            seeds = range(args.seeds) if nodes == 1 else range(1)
+            for seed in seeds:
+                row = train(sim, args.data, nodes, seed, args.epochs, storage)
+                print(json.dumps(row), flush=True)
+                training.append(row)
+            if Path(args.fusion).exists():
+                row = score(sim, args.fusion, args.data, nodes, f"{storage}/score-n{nodes}")
+                tables = (row.pop("t2i"), row.pop("i2t"))
+                reference = reference or tables
+                row["identical_to_1_node"] = all(a.equals(b) for a, b in zip(tables, reference))
+                print(json.dumps(row), flush=True)
+                scoring.append(row)
+        finally:
+            ray.shutdown()
+            sim.shutdown()
+
+    one = [r for r in training if r["nodes"] == 1]
+    base = one[0]
+    noise = (max(r["val_mean_recall"] for r in one) - min(r["val_mean_recall"] for r in one)
+             if len(one) > 1 else None)
+    ratios = [{"nodes": r["nodes"],
+               "wall": r["wall_s"] / base["wall_s"],
+               "step_s": r["step_s_per_epoch"] / base["step_s_per_epoch"],
+               "outside_steps": r["outside_steps_s"] / base["outside_steps_s"],
+               "recall_diff": r["val_mean_recall"] - base["val_mean_recall"]}
+              for r in training if r["seed"] == 0]
+    result = {"bench": "multinode", "global_batch": GLOBAL_BATCH, "epochs": args.epochs,
+              "data": args.data, "training": training, "scoring": scoring,
+              "training_ratios_vs_1_node": ratios, "seed_noise_mean_recall": noise,
+              "equivalent_within_noise": (noise is not None and all(
+                  abs(r["recall_diff"]) <= noise for r in ratios if r["nodes"] > 1))}
+    write_result(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
