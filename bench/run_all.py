@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 BENCHES = ["synthetic_generation", "pairwise_scoring", "roofline", "input_pipeline",
-           "ray_overhead", "scaling", "rerank", "equal_budget", "mcr_efficiency"]
+           "ray_overhead", "scaling", "rerank", "equal_budget", "mcr_efficiency", "multinode",
+           "cost_model"]
 
 
 def main(argv=None) -> None:

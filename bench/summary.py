@@ -119,6 +119,39 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
                          f"{ray['score_head_pairs_per_s']:,.0f} pairs/s = {100 * share:.0f}% of "
                          "the plain-PyTorch best", ">= 80%", "met" if share >= 0.8 else "missed"))
         return rows
+    if b == "multinode":
+        ratios = {v["nodes"]: v for v in r["training_ratios_vs_1_node"]}
+        one = next(t for t in r["training"] if t["nodes"] == 1 and t["seed"] == 0)
+        noise = r["seed_noise_mean_recall"]
+        rows = [(f"training on 1/2/3 simulated nodes (two-tower tiny, global batch "
+                 f"{r['global_batch']}, {r['epochs']} epochs, one 1-CPU node per worker)",
+                 "; ".join(f"{n} node(s): wall x{v['wall']:.2f}, steps x{v['step_s']:.2f}, "
+                           f"outside the steps x{v['outside_steps']:.2f}, mean recall "
+                           f"{v['recall_diff']:+.3f}" for n, v in ratios.items())
+                 + f" (1 node: {one['wall_s']:.0f} s, mean recall {one['val_mean_recall']:.3f}"
+                 + (f"; seed-to-seed spread {noise:.3f})" if noise is not None else ")"),
+                 "N workers x batch B/N = 1 x B within the seed noise",
+                 "met" if r["equivalent_within_noise"] else "missed")]
+        if r["scoring"]:
+            first = r["scoring"][0]["wall_s"]
+            rows.append(("fusion scoring job, one actor per simulated node",
+                         "; ".join(f"{s['nodes']} node(s) {s['wall_s']:.0f} s (x"
+                                   f"{s['wall_s'] / first:.2f})" for s in r["scoring"])
+                         + "; top-K identical to 1 node: "
+                         + str(all(s["identical_to_1_node"] for s in r["scoring"])),
+                         "identical output on every size", "met" if all(
+                             s["identical_to_1_node"] for s in r["scoring"]) else "missed"))
+        return rows
+    if b == "cost_model":
+        by = {row["gpus"]: row for row in r["rows"]}
+        return [(f"PROJECTION: `base` two-tower on ROCOv2, {r['epochs']} epochs, g5.2xlarge "
+                 "workers (inputs named in bench/results/cost_model.json)",
+                 "; ".join(f"{n} GPU(s) {by[n]['run_h']:.2f} h, ${by[n]['run_usd']:.2f}, "
+                           f"efficiency {100 * by[n]['efficiency']:.0f}%"
+                           for n in (1, 8, 64) if n in by)
+                 + f" ({by[1]['bound']}-bound per GPU; gradient all-reduce over the "
+                   "network not overlapped with compute: an upper bound on time)",
+                 "no target", "projection (not measured)")]
     if b == "serve_latency":
         rows, t = [], r["target"]
         for g in r["rows"]:

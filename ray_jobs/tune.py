@@ -88,7 +88,12 @@ def trial_driver(config: dict) -> None:
         raise result.error
 
 
-def build_tuner(space: SearchSpace, experiment_path: str, overrides: list):
+def build_tuner(space: SearchSpace, experiment_path: str, overrides: list,
+                max_failures: int = 0):
+    """The Tuner. ``max_failures`` (the trials' ``train.max_failures``): a trial whose driver
+    is lost with its node is started again that many times, and its Ray Train run (the same
+    name and storage) resumes from its last checkpoint; a lost training worker alone is
+    Ray Train's to restart, inside the trial."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -116,7 +121,7 @@ def build_tuner(space: SearchSpace, experiment_path: str, overrides: list):
             num_samples=1 if space.search == "grid" else space.num_samples,
             max_concurrent_trials=space.max_concurrent_trials),
         run_config=tune.RunConfig(name=name, storage_path=parent,
-                                  failure_config=tune.FailureConfig(max_failures=0)))
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)))
 
 
 def short_trial_name(dirname: str) -> str:
@@ -135,7 +140,9 @@ def summarize(results, space: SearchSpace, experiment_path: Path, overrides: lis
                      "status": "ERROR" if r.error else "OK",
                      **{k: r.config.get(k) for k in keys},
                      space.metric: m.get(space.metric),
-                     "epochs": m.get("training_iteration"),
+                     # the run's own epoch: Tune's training_iteration counts the reports of
+                     # the trial's last start, not epochs resumed from a checkpoint
+                     "epochs": m.get("epoch", m.get("training_iteration")),
                      "time_s": round(m.get("time_total_s", 0.0), 1)})
     ranked = [r for r in rows if r[space.metric] is not None]
     ranked.sort(key=lambda r: r[space.metric], reverse=space.mode == "max")
@@ -199,7 +206,7 @@ def run(args: TuneArgs) -> dict:
         tuner = tune.Tuner.restore(experiment_path, trainable=tune.with_resources(
             trial_driver, {"CPU": 0.25}), resume_errored=True, restart_errored=False)
     else:
-        tuner = build_tuner(space, experiment_path, overrides)
+        tuner = build_tuner(space, experiment_path, overrides, probe.train.max_failures)
     t0 = time.perf_counter()
     results = tuner.fit()
     # Summaries go beside the trials; with remote storage, into a local folder of that name.

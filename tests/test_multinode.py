@@ -5,7 +5,9 @@ a dead cluster; small data, fractional CPUs, timeouts."""
 
 from __future__ import annotations
 
+import csv
 import shutil
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -277,35 +279,74 @@ def test_an_elastic_run_shrinks_when_a_lost_node_is_not_replaced(cluster, synthe
         sim.wait_for_nodes()
 
 
-@pytest.mark.timeout(420)
-def test_a_node_lost_mid_run_resumes_on_a_replacement_node(cluster, synthetic_dir, tmp_path):
-    """Spot preemption: the node running the worker disappears after the first checkpoint and
-    a fresh node joins; Ray Train restarts the worker there (train.max_failures) and rocoray
-    resumes from the last checkpoint. The run is a `rocoray train` process joined to the
-    cluster (nodes are added and removed from this test's main thread, as Ray requires).
-    Runs last: it changes the module's cluster."""
+TUNE_SPACE = """
+model: two_tower
+config: tiny
+search: random
+num_samples: 2
+max_concurrent_trials: 2
+epochs: 3
+metric: val/mean_recall
+mode: max
+overrides: [train.cpus_per_worker=0.5, train.preprocess_num_cpus=0.2, train.max_failures=2]
+params:
+  model.two_tower.temperature: {choice: [0.05, 0.1]}
+"""
+
+
+@pytest.mark.timeout(480)
+def test_a_node_lost_under_a_tune_trial_resumes_on_a_replacement_node(cluster, synthetic_dir,
+                                                                      tmp_path):
+    """Spot preemption under Tune: two concurrent trials (each a Ray Train run) on the two
+    nodes; the node of a trial's training worker disappears after that trial's first
+    checkpoint and a fresh node joins. The trial recovers on the new node (Ray Train restarts
+    its worker, or Tune its driver, `train.max_failures` for both) and resumes its run from
+    the last checkpoint; the experiment ends with every trial finished, every epoch in the
+    trial's history and what was written before the loss kept as it was. The run is a
+    `rocoray tune` process joined to the cluster (nodes are added and removed from this
+    test's main thread, as Ray requires). Runs last: it changes the module's cluster."""
     import json
+    import subprocess
+    import sys
 
     from ray_jobs.runtime import init_ray
     from ray_jobs.train import HISTORY
 
     sim, _ = cluster
     init_ray(sim.address)
-    run_dir = tmp_path / "runs" / "preempted"
-    proc = train_process(sim, synthetic_dir, tmp_path / "runs", "preempted", 1, 3,
-                         "train.cpus_per_worker=0.5")
+    space = tmp_path / "space.yaml"
+    space.write_text(TUNE_SPACE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_jobs.tune", "--space", str(space), "--data",
+         str(synthetic_dir), "--storage-path", str(tmp_path / "tune"), "--name", "exp",
+         "--address", sim.address, "--set", *SMALL],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runs = tmp_path / "tune" / "exp" / "trainer_runs"
     try:
-        first = run_dir / "checkpoint_epoch_0001" / HISTORY
-        wait_for(first, proc, "no first checkpoint")
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not list(
+                runs.glob(f"*/checkpoint_epoch_0001/{HISTORY}")):
+            time.sleep(0.2)
+        first = next(iter(runs.glob(f"*/checkpoint_epoch_0001/{HISTORY}")), None)
+        if first is None:
+            proc.kill()
+            raise AssertionError("no first checkpoint:\n" + proc.communicate()[0][-3000:])
         written = json.loads(first.read_text())
-        log = preempt(sim, train_workers()[0].node_id, proc)
+        trial_run = first.parent.parent
+        time.sleep(1)  # Ray Train registers the checkpoint after it is written
+        # the training worker of that trial: the one whose run directory it writes
+        workers = train_workers()
+        log = preempt(sim, workers[0].node_id, proc)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, log[-3000:]
-    summary = json.loads((run_dir / "result.json").read_text())
-    final = summary["final"]
-    assert final["epoch"] == 3 and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
-    assert final["start_epoch"] >= 1  # the last attempt resumed from a checkpoint
-    assert summary["history"][0] == written[0]  # what epoch 1 wrote is kept as it was
-    assert "resumed from the checkpoint of epoch" in log
+    trials = list(csv.DictReader(open(tmp_path / "tune" / "exp" / "trials.csv")))
+    assert len(trials) == 2 and all(t["status"] == "OK" for t in trials), trials
+    assert all(t["epochs"] == "3" for t in trials), trials
+    assert "resumed from the checkpoint of epoch" in log, log[-3000:]
+    histories = {run.name: json.loads(sorted(run.glob(f"checkpoint_epoch_*/{HISTORY}"))[-1]
+                                      .read_text()) for run in runs.iterdir() if run.is_dir()}
+    assert len(histories) == 2
+    assert all([h["epoch"] for h in history] == [1, 2, 3] for history in histories.values())
+    assert histories[trial_run.name][0] == written[0]  # what epoch 1 wrote is kept as it was
