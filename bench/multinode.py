@@ -18,7 +18,7 @@ The nodes share this machine's 2 cores: more nodes add processes, not compute, s
 step seconds here show the overhead of coordination, not a speed-up. ``bench.cost_model``
 turns these figures into a projection for ROCOv2 on GPU clusters.
 
-    python -m bench.multinode            # ~15 min on 2 CPUs
+    python -m bench.multinode            # 24 min on 2 CPUs (2026-12-02)
 """
 
 from __future__ import annotations

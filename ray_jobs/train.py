@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import resolve_split
 from core.data.tokenizer import resolve_tokenizer
 from core.training.frozen_features import encode_frozen
+from core.training.loop import steps_per_epoch
 from core.precision import training_precision
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import format_epoch, init_ray, setup_logging, storage_reach
@@ -185,7 +185,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
 
     datasets, rows = datasets or build_datasets(cfg, tokenizer, concepts)
     t = cfg.train
-    steps_per_epoch = max(1, math.ceil(rows / (t.batch_size * t.num_workers)))
+    steps = steps_per_epoch(rows, t.batch_size, t.num_workers)
     workers = (t.min_workers, t.num_workers) if t.min_workers is not None else t.num_workers
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
@@ -210,7 +210,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     log.info("training %s on %d rows: %d worker(s)%s x batch %d, %d steps/epoch, %d epochs",
              cfg.model.kind, rows, t.num_workers,
              f" (elastic: down to {t.min_workers})" if t.min_workers is not None else "",
-             t.batch_size, steps_per_epoch, t.epochs)
+             t.batch_size, steps, t.epochs)
     started = time.time()
     result = trainer.fit()
     out = run_dir(cfg)

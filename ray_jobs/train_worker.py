@@ -29,7 +29,8 @@ from core.losses.swap import swap_pairs
 from core.evaluation.metrics import flat_metrics
 from core.models import build_model, count_parameters
 from core.precision import training_precision
-from core.training.loop import LossModule, build_optimizer, build_scheduler, train_one_epoch
+from core.training.loop import (LossModule, build_optimizer, build_scheduler, steps_per_epoch,
+                                 train_one_epoch)
 from ray_jobs.runtime import Progress, format_epoch
 
 log = logging.getLogger("rocoray.train")
@@ -89,14 +90,14 @@ def setup(loop_config: dict) -> WorkerState:
     optimizer = build_optimizer(loss_module, cfg.train)
     # from the world size Ray Train started: an elastic run (train.min_workers) may have
     # fewer workers than train.num_workers
-    steps_per_epoch = max(1, math.ceil(loop_config["rows"] / (cfg.train.batch_size * world)))
-    scheduler = build_scheduler(optimizer, steps_per_epoch * cfg.train.epochs,
+    steps = steps_per_epoch(loop_config["rows"], cfg.train.batch_size, world)
+    scheduler = build_scheduler(optimizer, steps * cfg.train.epochs,
                                 cfg.train.warmup_fraction)
     if rank == 0:
         log.info("%s model: %.1fM parameters, on %s", cfg.model.kind,
                  count_parameters(model) / 1e6, ray.train.torch.get_device())
     return WorkerState(cfg, loss_module, unwrap(loss_module).model, optimizer, scheduler,
-                       ray.train.torch.get_device(), rank, world, steps_per_epoch, history=[])
+                       ray.train.torch.get_device(), rank, world, steps, history=[])
 
 
 def restore(state: WorkerState) -> None:
@@ -130,10 +131,9 @@ def restore(state: WorkerState) -> None:
                  state.step)
         if saved_world != state.world:
             t = state.cfg.train
-            log.warning("the run continues on %d of %d workers (it ran on %d; the cluster "
-                        "holds %d now, train.min_workers=%s): global batch %d x %d",
-                        state.world, t.num_workers, saved_world, state.world, t.min_workers,
-                        state.world, t.batch_size)
+            log.warning("the run continues on %d of %d workers (it ran on %d; "
+                        "train.min_workers=%s): global batch %d x %d", state.world,
+                        t.num_workers, saved_world, t.min_workers, state.world, t.batch_size)
 
 
 def batches(shard, batch_size: int, device, **kwargs):
@@ -146,9 +146,9 @@ def batches(shard, batch_size: int, device, **kwargs):
                                     **kwargs)
 
 
-def train_epoch(state: WorkerState, shard, epoch: int, steps_per_epoch: int, attempt: dict):
+def train_epoch(state: WorkerState, shard, epoch: int, attempt: dict):
     cfg = state.cfg
-    progress = Progress(f"epoch {epoch + 1}/{cfg.train.epochs} steps", steps_per_epoch,
+    progress = Progress(f"epoch {epoch + 1}/{cfg.train.epochs} steps", state.steps_per_epoch,
                         every=10.0) if state.rank == 0 else None
 
     def on_step(n: int, loss: torch.Tensor) -> None:
@@ -284,7 +284,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train_shard = ray.train.get_dataset_shard("train")
         val_shard = ray.train.get_dataset_shard("validation")
         for epoch in range(state.start_epoch, state.cfg.train.epochs):
-            stats = train_epoch(state, train_shard, epoch, state.steps_per_epoch, attempt)
+            stats = train_epoch(state, train_shard, epoch, attempt)
             metrics = {**epoch_metrics(state, epoch, stats), **placement(state)}
             metrics.update(validate_epoch(state, val_shard) or {})
             save(state, epoch, metrics, loop_config["tokenizer"], loop_config.get("concepts"))

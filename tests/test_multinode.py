@@ -61,8 +61,6 @@ def with_corrupt_rows(src, dst, rows: list[int]):
 
 def wait_for(path, proc, what: str, seconds: float = 240):
     """Until ``path`` exists, while the job process ``proc`` runs; its log if it never does."""
-    import time
-
     deadline = time.time() + seconds
     while time.time() < deadline and not path.exists() and proc.poll() is None:
         time.sleep(0.2)
@@ -207,23 +205,21 @@ def train_process(sim, data, runs, name: str, workers: int, epochs: int, *overri
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_checkpoint(run_dir, proc, condition, seconds: float = 240) -> int:
-    """The epoch of the first checkpoint of ``run_dir`` whose epoch record meets
+def wait_for_checkpoint(root, proc, condition=lambda record: True,
+                        pattern: str = "checkpoint_epoch_*/history.json", seconds: float = 240):
+    """The first checkpoint history under ``root`` (``pattern``) whose last epoch record meets
     ``condition``, waiting while the job process ``proc`` runs; its log if none does."""
     import json
-    import time
-
-    from ray_jobs.train import HISTORY
 
     deadline = time.time() + seconds
     while time.time() < deadline and proc.poll() is None:
-        for history in sorted(run_dir.glob(f"checkpoint_epoch_*/{HISTORY}")):
+        for history in sorted(root.glob(pattern)):
             try:
                 last = json.loads(history.read_text())[-1]
             except (ValueError, IndexError):
                 continue  # being written
             if condition(last):
-                return last["epoch"]
+                return history
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("no checkpoint as expected:\n" + proc.communicate()[0][-3000:])
@@ -245,7 +241,6 @@ def test_an_elastic_run_shrinks_when_a_lost_node_is_not_replaced(cluster, synthe
     epoch; the history shows the world size going from 2 to 1. The module's cluster gets its
     second node back afterwards."""
     import json
-    import time
 
     from ray_jobs.runtime import init_ray
 
@@ -323,20 +318,13 @@ def test_a_node_lost_under_a_tune_trial_resumes_on_a_replacement_node(cluster, s
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = tmp_path / "tune" / "exp" / "trainer_runs"
     try:
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline and not list(
-                runs.glob(f"*/checkpoint_epoch_0001/{HISTORY}")):
-            time.sleep(0.2)
-        first = next(iter(runs.glob(f"*/checkpoint_epoch_0001/{HISTORY}")), None)
-        if first is None:
-            proc.kill()
-            raise AssertionError("no first checkpoint:\n" + proc.communicate()[0][-3000:])
+        first = wait_for_checkpoint(runs, proc, pattern=f"*/checkpoint_epoch_0001/{HISTORY}",
+                                    seconds=300)
         written = json.loads(first.read_text())
         trial_run = first.parent.parent
         time.sleep(1)  # Ray Train registers the checkpoint after it is written
-        # the training worker of that trial: the one whose run directory it writes
-        workers = train_workers()
-        log = preempt(sim, workers[0].node_id, proc)
+        # a training worker's node (either trial's): its trial recovers, the other runs on
+        log = preempt(sim, train_workers()[0].node_id, proc)
     finally:
         if proc.poll() is None:
             proc.kill()

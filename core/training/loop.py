@@ -161,6 +161,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
          for (encoder, no_decay), params in sorted(groups.items())], lr=config.lr)
 
 
+def steps_per_epoch(rows: int, batch_size: int, workers: int) -> int:
+    """Optimizer steps in one epoch of ``rows`` split over ``workers``, each at ``batch_size``."""
+    return max(1, math.ceil(rows / (batch_size * workers)))
+
+
 def build_scheduler(optimizer, total_steps: int, warmup_fraction: float):
     """Linear warm-up then cosine decay to 0, stepped once per optimizer step."""
     warmup = max(1, int(total_steps * warmup_fraction))
