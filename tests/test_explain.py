@@ -103,3 +103,19 @@ def test_lesion_boxes_sit_where_the_stated_attributes_say_and_pixels_are_unchang
         assert (cy < 0.5) == (case.position == "upper") or case.region == "head", (case, box)
     normal = sample_case(np.random.default_rng(0), 1.0)
     assert render_case(normal, np.random.default_rng(1), 64)[1] is None
+
+
+@pytest.mark.parametrize("kind", ["two_tower", "fusion"])
+def test_every_method_explains_a_model_whose_parameters_are_all_frozen(kind):
+    """roco_cpu freezes both towers (and a model loaded for inference may freeze all): the
+    maps are gradients with respect to activations, never to parameters, so they must not
+    depend on any parameter's requires_grad. Frozen Grad-CAM crashed the real demo."""
+    model = tiny(kind)
+    px, ids, mask = pair()
+    expected = explain(model, px, ids, mask, steps=8)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    frozen = explain(model, px, ids, mask, steps=8)
+    assert set(frozen) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(frozen[name], value, rtol=1e-4, atol=1e-6, err_msg=name)

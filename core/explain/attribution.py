@@ -59,7 +59,10 @@ def fusion_attention(model, pixels, input_ids, attention_mask) -> dict:
     """Last-layer cross-attention and its Grad-CAM, per token and over the caption:
     {"attention": (h, w), "gradcam": (h, w), "attention_tokens": (T, h, w),
     "gradcam_tokens": (T, h, w), "logit": float}."""
-    x = _standardised(model, pixels).detach()
+    # The input requires grad, so the attention weights do whatever the parameters'
+    # requires_grad (frozen towers, a model loaded for inference); the gradient is taken
+    # from the logit to the weights only, never back into the encoders.
+    x = _standardised(model, pixels).detach().requires_grad_(True)
     with torch.enable_grad():
         logit, maps = model(x, input_ids, attention_mask, return_attention=True)
         weights = maps[-1]  # (1, heads, T, P)
@@ -82,7 +85,11 @@ def grid_gradcam(model, pixels, input_ids, attention_mask) -> np.ndarray:
     store = {}
 
     def keep(_module, _inputs, output):
-        store["fmap"] = output
+        # The feature map becomes a leaf that requires grad and the forward continues from
+        # it: its gradient exists whatever the encoder's parameters' requires_grad (a frozen
+        # tower has none of its own).
+        store["fmap"] = output.detach().requires_grad_(True)
+        return store["fmap"]
 
     handle = model.image_encoder.backbone.register_forward_hook(keep)
     try:
