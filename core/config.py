@@ -211,10 +211,14 @@ class TrainConfig:
     fusion_val_max_items: int = 256
     eval_batch_size: int = 128
     # With frozen encoder layers (model.image.freeze_stages, model.text.freeze_layers): run
-    # them once over the training split before the first epoch and train on their outputs
-    # (no per-epoch augmentation is lost: the pipeline has none). Validation runs the whole
-    # model.
+    # them once over the training and validation splits before the first epoch and train
+    # and validate on their outputs (no per-epoch augmentation is lost: the pipeline has
+    # none).
     encode_frozen_once: bool = True
+    # Where the frozen layers' outputs are kept, keyed on what produced them (weights,
+    # split, preprocessing: ``core.frozen_store``), for every later run and job to reuse.
+    # None: <storage_path>/cache.
+    cache: str | None = None
     # Storage: local path or s3://; a run re-launched with the same name resumes.
     storage_path: str = "runs"
     name: str | None = None

@@ -92,6 +92,10 @@ def run(cfg: DemoConfig) -> dict:
     if out.exists() and cfg.overwrite:
         shutil.rmtree(out)  # asked for explicitly, and only after every input checked out
     out.mkdir(parents=True, exist_ok=True)
+    # one cache for every stage: the frozen encoders' outputs of a split are computed once
+    # and reused by both trainings, the scoring jobs and the analyses
+    cache = str((out / "cache").resolve())
+    overrides.append(f"train.cache={cache}")
     clock = StageClock()
     with clock.stage("ray start"):
         init_ray(cfg.address)
@@ -149,7 +153,7 @@ def run(cfg: DemoConfig) -> dict:
     log.info("stage %d/%d: score the test split (fusion, two-tower, rerank) and evaluate",
              stages - 1, stages)
     options = dataclasses.replace(score.ScoringOptions(), rerank_k=cfg.rerank_k, block=cfg.block,
-                                  use_gpu=cfg.use_gpu)
+                                  use_gpu=cfg.use_gpu, cache=cache)
     with clock.stage("score and evaluate"):
         metrics = evaluate.run(evaluate.EvaluateConfig(
             **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],

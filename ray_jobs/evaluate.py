@@ -20,6 +20,7 @@ from pathlib import Path
 from core import storage
 from core.evaluation.comparison import LABELS, METHODS, compare
 from core.evaluation import analyses
+from core.evaluation.analyses import guarded
 from core.evaluation.scored import Scored
 from core.explain.study import explanation_study
 from core.models import count_parameters
@@ -86,7 +87,7 @@ def conclude(metrics: dict) -> None:
         log.warning("indistinguishable from chance (Recall@10 interval includes %.3f): %s; "
                     "these models have not learnt this data", comparison["chance"].get("R@10", 0.0),
                     ", ".join(flat))
-    if metrics["fine_grained"]:
+    if metrics["fine_grained"] and not analyses.is_unavailable(metrics["fine_grained"]):
         acc = metrics["fine_grained"]["methods"]
         log.info("sibling accuracy (true item above its one-attribute sibling; chance 0.5): %s",
                  ", ".join(f"{LABELS.get(m, m)} {a['overall']['value']:.3f}"
@@ -183,7 +184,8 @@ def run(cfg: EvaluateConfig) -> dict:
                         "parameters": params[m], "checkpoints": s["checkpoints"],
                         **({"rerank_k": s["rerank_k"], "alpha": s["alpha"]} if m == "rerank" else {})}
                     for m, s in summaries.items()},
-        "scaling": analyses.scaling_curve(scored, cfg.scaling_points, cfg.rerank_k),
+        "scaling": guarded("the scaling curve", analyses.scaling_curve, scored,
+                           cfg.scaling_points, cfg.rerank_k),
         "training": {kind: analyses.training_record(path)
                      for kind, path in scored.checkpoints.items()},
         "comparison": compare({m: {d: scored.topk(m, d)[2] for d in ("t2i", "i2t")}
@@ -191,18 +193,23 @@ def run(cfg: EvaluateConfig) -> dict:
         "rerank_selection": selection,
     }
     alpha = jobs["rerank"].cfg.alpha
-    metrics["fine_grained"] = analyses.sibling_accuracy(scored, data, cfg.split, alpha)
-    metrics["caption_quality"] = analyses.retrieved_caption_quality(scored)
+    metrics["fine_grained"] = guarded("sibling accuracy", analyses.sibling_accuracy, scored,
+                                      data, cfg.split, alpha)
+    metrics["caption_quality"] = guarded("report quality of the retrieved captions",
+                                         analyses.retrieved_caption_quality, scored)
     cross = (cfg.gallery_split, lambda: cross_split_topk(cfg, jobs, scored, gallery_jobs)
              ) if gallery_jobs else None
-    metrics["concepts"] = analyses.concept_sections(scored, data, cfg.split, cfg.val_split,
-                                                    val_features, cross)
+    metrics["concepts"] = guarded("the concept analyses", analyses.concept_sections, scored,
+                                  data, cfg.split, cfg.val_split, val_features, cross)
     examples = analyses.pick_examples(scored, cfg.examples)
-    log.info("explaining test pairs with lesion boxes (attention, Grad-CAM, Integrated Gradients)")
-    metrics["explanations"] = explanation_study(
-        data, cfg.split, {k: scored.loaded(k) for k in ("two_tower", "fusion")},
-        cfg.explain_cases, figures, examples["rerank"]["t2i"])
-    metrics["modality_gap"] = analyses.modality_gaps(scored, figures)
+    log.info("explaining %d test pairs (attention, Grad-CAM, Integrated Gradients)",
+             cfg.explain_cases)
+    metrics["explanations"] = guarded(
+        "the explanations", explanation_study, data, cfg.split,
+        {k: scored.loaded(k) for k in ("two_tower", "fusion")}, cfg.explain_cases, figures,
+        examples["rerank"]["t2i"])
+    metrics["modality_gap"] = guarded("the modality gap", analyses.modality_gaps, scored,
+                                      figures)
     metrics["ablation"] = ablation
     conclude(metrics)
     storage.write_json(out, "metrics.json", metrics)

@@ -8,6 +8,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import ray
@@ -19,7 +20,9 @@ from core.batch import collate
 from core.checkpoint import checkpoint_identity, load_checkpoint
 from core.data.preprocess import build_preprocessor, count_skips, merge_counts
 from core.data.rocov2 import columns_to_read, read_row_group, row_groups, split_identity
+from core.evaluation.reference import encode_inputs
 from core.feature_store import FeatureStore
+from core.frozen_store import frozen_identity, model_batch
 from core.models import MODELS
 from core.precision import autocast
 from core.scoring import outputs
@@ -82,10 +85,10 @@ class GalleryEncoder:
         if not len(batch):
             return out | {"empty": np.ones(len(keep), bool)}
         inputs = batch.to(self.device).inputs
+        texts = []
         with autocast(self.device, self.precision):
-            image, concepts = self.model.encode_image_with_concepts(inputs["pixel_values"])
-            feats = {"text": self.model.encode_text(inputs["input_ids"], inputs["attention_mask"]),
-                     "image": image}
+            image, concepts = encode_inputs(self.model, inputs, texts)
+        feats = {"text": texts[0], "image": image}
         if concepts is not None:
             value = concepts.float().cpu().numpy()
             out["concept_logits"] = np.zeros((len(keep), value.shape[1]), np.float32)
@@ -154,6 +157,9 @@ def encode(job, kind: str, block: int) -> Gallery:
         return Gallery(kind, key, storage.read_parquet(root, outputs.GALLERY), refs, block, store,
                        meta)
 
+    loaded = load_checkpoint(checkpoint)
+    if frozen_identity(loaded.model) is not None:
+        return encode_from_frozen(job, kind, block, key, store, loaded)
     units = row_groups(job.files, cfg.max_items)
     ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
                              override_num_blocks=len(units))
@@ -210,3 +216,67 @@ def encode(job, kind: str, block: int) -> Gallery:
     log.info("%s gallery: encoded %d items in %d blocks (%.1fs); skipped %s", kind, meta["n"],
              meta["blocks"], meta["encode_s"], skipped or "none")
     return Gallery(kind, key, table, refs, block, store, meta)
+
+
+def _load_model(checkpoint: str):
+    return load_checkpoint(checkpoint).model
+
+
+def encode_from_frozen(job, kind: str, block: int, key: dict, store: FeatureStore,
+                       loaded) -> Gallery:
+    """A model with frozen encoder layers: their outputs over the split come from the frozen
+    store (``ray_jobs.frozen``: encoded once by a Ray Data stage, or reused from training,
+    the other model or an earlier job), and only the trainable rest of the model runs here,
+    block by block, on them."""
+    from ray_jobs.frozen import ensure_store
+
+    cfg = job.cfg
+    frozen, meta = ensure_store(
+        job.cache, loaded.model, loaded.config.model, loaded.tokenizer, job.files, cfg.max_items,
+        build_model=partial(_load_model, job.checkpoints[kind]),
+        preprocessor=build_preprocessor(loaded.config.model, loaded.tokenizer),
+        actors=pool_size(cfg), cpus=cfg.actors * cfg.cpus_per_actor,  # the pool's CPUs
+        gpus_per_actor=cfg.gpus_per_actor if cfg.use_gpu else 0)
+    t0 = time.perf_counter()
+    model, device = loaded.model.eval(), "cpu"
+    refs, host, pending, skipped, left = {"text": [], "image": []}, [], [], {}, meta["limit"]
+    for b in range(meta["blocks"]):
+        if left is not None and left <= 0:
+            break
+        rows = model_batch(frozen.read_block(b))
+        if left is not None:
+            rows = {k: v[:left] for k, v in rows.items()}
+            left -= len(rows["skip"])
+        batch = collate(rows)
+        skipped = merge_counts(skipped, batch.skipped)
+        if not len(batch):
+            continue
+        texts = []
+        with torch.no_grad(), autocast(device, job.precision):
+            image, concepts = encode_inputs(model, batch.inputs, texts)
+        host.append({"image_id": batch.image_id, "caption": batch.caption, "group": batch.group,
+                     **({"concept_logits": concepts.float().numpy()} if concepts is not None else {})})
+        pending.append({"text": texts[0], "image": image})
+    if not host:
+        raise UserError(f"the gallery is empty: split {cfg.split!r} of {cfg.data} has no usable "
+                        f"rows (skipped: {skipped or 'none'})")
+    for side in ("text", "image"):
+        features = store.types[side].cat([p[side] for p in pending])
+        for i, start in enumerate(range(0, len(features), block)):
+            part = features.index(slice(start, start + block))
+            store.write_block(side, i, part)
+            refs[side].append(ray.put(part.numpy()))
+    table = outputs.write_gallery(store.root, *(np.concatenate([h[k] for h in host])
+                                                if k in host[0] else None for k in HOST_COLUMNS))
+    gallery_meta = {"n": table.num_rows, "blocks": len(refs["text"]), "block": block,
+                    "skipped": skipped, "complete": True,
+                    # the frozen layers' share: what encoding them cost (once, maybe earlier)
+                    "frozen_encode_s": meta["encode_s"], "frozen_store": frozen.root,
+                    "encode_s": time.perf_counter() - t0 + (0.0 if meta["reused"] else meta["encode_s"]),
+                    "encoder_passes": {"text": 0 if meta["reused"] else table.num_rows,
+                                       "image": 0 if meta["reused"] else table.num_rows}}
+    store.write_meta(gallery_meta)
+    log.info("%s gallery: %d items from the frozen encoders' outputs (%s) in %.1fs; skipped %s",
+             kind, gallery_meta["n"], "reused" if meta["reused"] else "encoded now",
+             gallery_meta["encode_s"], skipped or "none")
+    return Gallery(kind, key, table, refs, block, store, gallery_meta)

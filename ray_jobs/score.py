@@ -57,7 +57,8 @@ class ScoringOptions:
     chunk: int | None = opt(None, "sub-block side inside a tile (default: sized for the device)")
     max_items: int | None = opt(None, "score only the first N rows of the split")
     actors: int = opt(2, "actors of the encode and scoring pools")
-    cpus_per_actor: float = opt(0.5, "CPUs per actor (fractional on small machines)")
+    cpus_per_actor: float = opt(0.75, "CPUs per actor (fractional on small machines; the "
+                                "frozen encoders' stage shares actors x this among its actors)")
     gpus_per_actor: float = opt(1.0, "GPUs per actor, with --use-gpu")
     use_gpu: bool = opt(False, "encode and score on GPUs")
     precision: str | None = opt(None, "fp32 or bf16 autocast (default: the checkpoint's "

@@ -20,16 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from core import storage
 from core.concepts.vocabulary import resolve_vocabulary
 from core.checkpoint import RUN_RESULT, read_checkpoint_config, resolve_checkpoint
-from core.config import ExperimentConfig, config_from_dict, load_config, save_config, to_dict
+from core.config import ExperimentConfig, load_config, save_config, to_dict
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import resolve_split
 from core.data.tokenizer import resolve_tokenizer
-from core.training.frozen_features import encode_frozen
 from core.training.loop import steps_per_epoch
 from core.precision import training_precision
 from ray_jobs.options import UserError, opt, parse, run_cli
@@ -39,38 +37,6 @@ from ray_jobs.train_worker import FATAL, HISTORY, initial_model, train_loop_per_
 log = logging.getLogger("rocoray.train")
 
 TRAIN_COLUMNS = ["pixel_values", "input_ids", "attention_mask", "group", "skip"]
-
-
-class FrozenEncoder:
-    """Ray Data actor: the run's initial model (the worker builds the same one), applied to
-    each row's frozen encoder layers once (``core.training.frozen_features``)."""
-
-    def __init__(self, config: dict):
-        import os
-
-        # Alone on the node while this stage runs (training starts after it): all its cores.
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        self.model = initial_model(config_from_dict(config)).eval()
-
-    def __call__(self, rows: dict) -> dict:
-        return encode_frozen(self.model, rows)
-
-
-def encode_frozen_once(ds, cfg: ExperimentConfig, rows: int):
-    """The training split with the frozen encoder layers' outputs in place of their inputs,
-    computed once and held in the object store for every epoch."""
-    import ray.data
-
-    t0 = time.time()
-    ds = ds.map_batches(FrozenEncoder, fn_constructor_args=(to_dict(cfg),),
-                        compute=ray.data.ActorPoolStrategy(size=1), batch_size=64,
-                        batch_format="numpy", num_cpus=1,
-                        num_gpus=cfg.train.gpus_per_worker if cfg.train.use_gpu else 0)
-    ds = ds.materialize()
-    log.info("frozen encoder layers (image stages %s, text layers %s) encoded once for %d "
-             "training rows in %.0f s", cfg.model.image.freeze_stages,
-             cfg.model.text.freeze_layers, rows, time.time() - t0)
-    return ds
 
 
 # --- the worker: plain PyTorch plus get_dataset_shard / prepare_model / report ---------------
@@ -110,6 +76,9 @@ def build_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[dic
     from ray_jobs.data import read_split_dataset, split_rows
 
     pre = build_preprocessor(cfg.model, tokenizer, concepts)
+    if (cfg.train.encode_frozen_once and cfg.model.mcr.mode == "off"
+            and (cfg.model.image.freeze_stages or cfg.model.text.freeze_layers)):
+        return frozen_datasets(cfg, tokenizer, pre.concepts)
     keep = TRAIN_COLUMNS + (["concepts"] if pre.concepts is not None else [])
     datasets, rows = {}, 0
     for name, split in (("train", cfg.data.train_split), ("validation", cfg.data.val_split)):
@@ -122,9 +91,36 @@ def build_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[dic
             shuffle_seed=cfg.train.seed if name == "train" else None)
         if name == "train":
             rows = split_rows(files, cfg.data.max_rows)  # from the Parquet footers
-            if (cfg.train.encode_frozen_once and cfg.model.mcr.mode == "off"
-                    and (cfg.model.image.freeze_stages or cfg.model.text.freeze_layers)):
-                datasets[name] = encode_frozen_once(datasets[name], cfg, rows)
+    return datasets, rows
+
+
+def frozen_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[dict, int]:
+    """The training and validation splits as the frozen encoder layers' outputs (with the
+    token ids and targets), from the frozen store under ``train.cache``: encoded once per
+    (weights, split, preprocessing) by a Ray Data stage, and reused by every later run and
+    job with the same frozen layers (the fusion model trained on the two-tower's frozen
+    encoders finds the two-tower's)."""
+    from functools import partial
+
+    from ray_jobs.frozen import ensure_store, store_dataset
+
+    model = initial_model(cfg)  # the frozen layers' weights key the store
+    t = cfg.train
+    cache = storage.absolute(t.cache or storage.join(t.storage_path, "cache"))
+    datasets, rows = {}, 0
+    for name, split in (("train", cfg.data.train_split), ("validation", cfg.data.val_split)):
+        files = resolve_split(cfg.data.path, split, cfg.data.storage_options)
+        store, meta = ensure_store(
+            cache, model, cfg.model, tokenizer, files, cfg.data.max_rows,
+            build_model=partial(initial_model, cfg),
+            preprocessor=build_preprocessor(cfg.model, tokenizer),
+            actors=t.num_workers, cpus=t.num_workers * t.cpus_per_worker,  # training's CPUs
+            gpus_per_actor=t.gpus_per_worker if t.use_gpu else 0)
+        datasets[name] = store_dataset(store, meta, concepts,
+                                       shuffle_seed=t.seed if name == "train" else None,
+                                       num_cpus=t.preprocess_num_cpus)
+        if name == "train":
+            rows = meta["rows"] if meta["limit"] is None else min(meta["rows"], meta["limit"])
     return datasets, rows
 
 

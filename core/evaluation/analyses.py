@@ -30,6 +30,27 @@ from core.evaluation.significance import bootstrap_ci, per_query
 log = logging.getLogger("rocoray.evaluate")
 
 
+def unavailable(reason: str) -> dict:
+    """What an analysis that cannot run on this data returns; the report prints ``reason``."""
+    return {"available": False, "reason": reason if reason.startswith("n/a") else f"n/a: {reason}"}
+
+
+def is_unavailable(value) -> bool:
+    return isinstance(value, dict) and value.get("available") is False
+
+
+def guarded(label: str, analysis: Callable, *args, **kwargs):
+    """Run one analysis of the report; if it fails on this data, the report says so ("n/a:
+    <label> failed: <error>") and the evaluation goes on: a late analysis never throws away
+    the scoring the run already did. The traceback goes to the log."""
+    try:
+        return analysis(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported in the report and the log, not dropped
+        log.warning("%s failed; the report says n/a: %s: %s", label, type(exc).__name__, exc,
+                    exc_info=True)
+        return unavailable(f"{label} failed on this data ({type(exc).__name__}: {exc})")
+
+
 def scaling_curve(scored: Scored, points: int, rerank_k: int) -> dict:
     """Scoring time of each method at growing gallery sizes, one process, on the features the
     scoring jobs encoded (encoders excluded: they are linear in N)."""

@@ -24,10 +24,22 @@ def default_chunk(model) -> int:
     return default_tile(model)[1]
 
 
+def encode_inputs(model, inputs: dict, texts: list):
+    """Both sides of one batch's model inputs, from the pixels or from the frozen layers'
+    outputs encoded earlier (``image_prefix`` / ``text_prefix``, ``core.frozen_store``):
+    appends the text features to ``texts``, returns (image features, concept logits)."""
+    image = model.encode_image_with_concepts(inputs.get("pixel_values"),
+                                             prefix=inputs.get("image_prefix"))
+    texts.append(model.encode_text(inputs["input_ids"], inputs["attention_mask"],
+                                   prefix=inputs.get("text_prefix")))
+    return image
+
+
 @torch.no_grad()
 def encode_batches(model, batches: Iterable[Batch], device="cpu",
                    precision: str = "fp32") -> dict:
-    """Encode both sides of every batch once (host bookkeeping stays numpy): text / image
+    """Encode both sides of every batch once (host bookkeeping stays numpy; from the frozen
+    layers' outputs where the batches carry them instead of pixels): text / image
     features on ``device``, and the rows' groups, image ids and captions; with a concept
     head and concept targets, also ``concept_logits`` and ``concepts`` (host numpy)."""
     texts, images, groups, ids, captions = [], [], [], [], []
@@ -37,9 +49,8 @@ def encode_batches(model, batches: Iterable[Batch], device="cpu",
             continue
         inputs = batch.to(device).inputs
         with autocast(device, precision):
-            image, concepts = model.encode_image_with_concepts(inputs["pixel_values"])
+            image, concepts = encode_inputs(model, inputs, texts)
             images.append(image)
-            texts.append(model.encode_text(inputs["input_ids"], inputs["attention_mask"]))
         if concepts is not None and "concepts" in batch.inputs:
             logits.append(concepts.float().cpu().numpy())
             targets.append(batch.inputs["concepts"].numpy())  # the host copy, never the device's

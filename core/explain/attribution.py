@@ -49,9 +49,8 @@ def pair_score(model, x: torch.Tensor, input_ids: torch.Tensor,
     """The score explained: fusion's match logit or the two-tower cosine, for standardised
     pixels ``x`` and captions, either side of batch 1 broadcast over the other."""
     mask = attention_mask.expand(len(input_ids), -1)
-    if model.kind == "fusion":
-        n = max(len(x), len(input_ids))
-        return model(x.expand(n, -1, -1, -1), input_ids.expand(n, -1), mask.expand(n, -1))
+    if model.kind == "fusion":  # the model broadcasts a side of batch 1, encoded once
+        return model(x, input_ids, mask)
     return (model.embed_image(x) * model.embed_text(input_ids, mask)).sum(-1)
 
 

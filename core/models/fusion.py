@@ -214,12 +214,16 @@ class FusionModel(nn.Module):
     # --- the plain path ---------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, return_attention: bool = False):
-        """Match logits for aligned (image, caption) pairs, everything computed per pair.
-        With ``return_attention``, also each layer's text-token -> image-patch weights
+        """Match logits for aligned (image, caption) pairs, everything computed per pair;
+        a side of batch 1 is encoded once and broadcast over the other side's batch (one
+        image against many captions, as explanations score it). With
+        ``return_attention``, also each layer's text-token -> image-patch weights
         (B, h, T, P)."""
         x, _ = self._image_tokens(pixels)
         tokens, mask, _ = self.text_encoder(input_ids, attention_mask)
         t = self.text_proj(tokens)
+        n = max(len(x), len(t))
+        x, t, mask = x.expand(n, -1, -1), t.expand(n, -1, -1), mask.expand(n, -1)
         maps = []
         for layer in self.layers:
             t, weights = layer(t, x, need_weights=return_attention)

@@ -84,9 +84,10 @@ class TwoTowerModel(nn.Module):
     def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_features(pixels)[0]
 
-    def encode_image_with_concepts(self, pixels: torch.Tensor):
-        """(Embeddings, concept logits (N, C) or None): one pass of the image encoder."""
-        embed, _, pooled = self.image_features(pixels)
+    def encode_image_with_concepts(self, pixels: torch.Tensor | None, prefix=None):
+        """(Embeddings, concept logits (N, C) or None): one pass of the image encoder (from
+        the frozen stages' ``prefix`` when given)."""
+        embed, _, pooled = self.image_features(pixels, prefix)
         concepts = self.concept_head(pooled) if self.concept_head is not None else None
         return Embeddings(embed), concepts
 
@@ -96,8 +97,9 @@ class TwoTowerModel(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> Embeddings:
         return Embeddings(self.embed_image(pixels))
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Embeddings:
-        return Embeddings(self.embed_text(input_ids, attention_mask))
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    prefix: torch.Tensor | None = None) -> Embeddings:
+        return Embeddings(self.text_features(input_ids, attention_mask, prefix)[0])
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped as CLIP does (at 100 by default)."""

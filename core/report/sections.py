@@ -4,6 +4,7 @@ formats follow. A new section is one function here and one line in ``SECTIONS``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from core.report import concepts, explanations, figures, tables
 from core.report.common import slope_text
 from core.report.document import Callout, Figure, Markup, Paragraph, Section, Table
 from core.report.examples import examples_html, examples_markdown
+
+log = logging.getLogger("rocoray.report")
 
 TITLE = "rocoray retrieval report"
 
@@ -22,6 +25,17 @@ class Inputs:
     examples: dict  # core.evaluation.analyses.pick_examples
     images: dict  # image id -> encoded bytes, for the example thumbnails
     figures_dir: Path  # where this report's own charts are drawn
+
+
+def _why_not(value) -> str | None:
+    """The reason an analysis gave for not running on this data (``analyses.unavailable``)."""
+    if isinstance(value, dict) and value.get("available") is False:
+        return value.get("reason") or "n/a"
+    return None
+
+
+def _available(value):
+    return None if _why_not(value) else value
 
 
 def overview(r: Inputs) -> list[Section]:
@@ -48,7 +62,8 @@ def verdict(r: Inputs) -> list[Section]:
     v = r.metrics["comparison"]["verdict"]
     return [Section("Verdict", "verdict", [Callout([
         v["t2i"], v["i2t"], v["summary"],
-        tables.fine_grained_verdict(r.metrics.get("fine_grained"), r.metrics.get("training"))])])]
+        tables.fine_grained_verdict(_available(r.metrics.get("fine_grained")),
+                                    r.metrics.get("training"))])])]
 
 
 def retrieval_quality(r: Inputs) -> list[Section]:
@@ -79,6 +94,9 @@ NLG_NOTE = ("Report quality of the retrieved captions (pycocoevalcap): each of a
 
 def caption_quality(r: Inputs) -> list[Section]:
     cq = r.metrics.get("caption_quality")
+    if _why_not(cq):
+        return [Section("Report quality of the retrieved captions", "nlg",
+                        [Paragraph(_why_not(cq))])]
     if not cq:
         return []
     note = NLG_NOTE
@@ -98,6 +116,8 @@ GAP_NOTE = ("The modality gap on the test embeddings: the distance between the i
 
 def modality_gap(r: Inputs) -> list[Section]:
     gap = r.metrics.get("modality_gap")
+    if _why_not(gap):
+        return [Section("Modality gap", "modality-gap", [Paragraph(_why_not(gap))])]
     if not gap:
         return []
     return [Section("Modality gap", "modality-gap", [
@@ -153,7 +173,8 @@ FINE_GRAINED_NOTE = (
 
 def fine_grained(r: Inputs) -> list[Section]:
     fg = r.metrics.get("fine_grained")
-    blocks = ([Table(*tables.fine_grained_rows(fg)), Paragraph(FINE_GRAINED_NOTE)] if fg
+    blocks = ([Paragraph(_why_not(fg))] if _why_not(fg) else
+              [Table(*tables.fine_grained_rows(fg)), Paragraph(FINE_GRAINED_NOTE)] if fg
               else [Paragraph(tables.fine_grained_verdict(fg))])
     return [Section("Fine-grained: the true item vs its one-attribute sibling", "fine-grained",
                     blocks)]
@@ -176,10 +197,12 @@ COST_NOTE = ("Encoder passes count images + captions through the encoders; reran
 
 def speed_and_cost(r: Inputs) -> list[Section]:
     scaling = r.metrics["scaling"]
+    blocks = [Table(*tables.cost_rows(r.metrics)), Paragraph(COST_NOTE)]
+    if _why_not(scaling):
+        return [Section("Speed and cost", "cost", blocks + [Paragraph(_why_not(scaling))])]
     slopes = "; ".join(f"{LABELS[m]}: {slope_text(scaling['sizes'], s)}"
                        for m, s in scaling["seconds"].items())
-    return [Section("Speed and cost", "cost", [
-        Table(*tables.cost_rows(r.metrics)), Paragraph(COST_NOTE),
+    return [Section("Speed and cost", "cost", blocks + [
         Paragraph(f"Scoring time vs gallery size: {slopes}."),
         Figure("timing", figures.timing_chart(scaling, r.figures_dir / "time_vs_gallery.png"),
                "time vs gallery size")])]
@@ -197,4 +220,16 @@ SECTIONS = [overview, verdict, retrieval_quality, caption_quality, modality_gap,
 
 
 def build(r: Inputs) -> list[Section]:
-    return [s for section in SECTIONS for s in section(r)]
+    """Every section in order. A section that fails to render (a chart on odd data) becomes
+    an "n/a" paragraph under its name: one section never costs the whole report."""
+    out = []
+    for section in SECTIONS:
+        try:
+            out += section(r)
+        except Exception as exc:  # noqa: BLE001 - shown in the report, logged
+            log.warning("report section %s failed: %s: %s", section.__name__, type(exc).__name__,
+                        exc, exc_info=True)
+            name = section.__name__.replace("_", " ").capitalize()
+            out.append(Section(name, section.__name__.replace("_", "-"), [Paragraph(
+                f"n/a: this section failed on this data ({type(exc).__name__}: {exc})")]))
+    return out

@@ -20,24 +20,25 @@ def frozen_parts(model) -> dict[str, bool]:
 
 
 @torch.no_grad()
-def encode_frozen(model, rows: dict, dtype=torch.float16) -> dict:
+def encode_frozen(model, rows: dict, dtype=torch.float16, device="cpu") -> dict:
     """A preprocessed numpy batch -> the same batch with ``image_prefix`` (B, C, h, w) in
     place of ``pixel_values`` and ``text_prefix`` (B, T, H) beside the token ids, both stored
-    as ``dtype`` (half the bytes; the trainable layers compute in their own precision).
-    Skipped rows keep their place with zeros, as everywhere."""
+    as ``dtype`` (half the bytes; the trainable layers compute in their own precision), run
+    on ``device``. Skipped rows keep their place with zeros, as everywhere."""
     parts = frozen_parts(model)
     out = dict(rows)
     keep = np.asarray(rows["skip"]) == 0
     batch = collate(rows)
     n = len(keep)
     if parts["image"]:
-        prefix = model.image_encoder.frozen_prefix(batch.inputs["pixel_values"]).to(dtype)
+        prefix = model.image_encoder.frozen_prefix(
+            batch.inputs["pixel_values"].to(device)).to(dtype).cpu()
         full = torch.zeros((n, *prefix.shape[1:]), dtype=dtype)
         full[torch.from_numpy(np.nonzero(keep)[0])] = prefix
         out["image_prefix"] = full.numpy()
         del out["pixel_values"]
     if parts["text"]:
-        ids = torch.tensor(np.asarray(rows["input_ids"]))  # a copy: Ray's blocks are read-only
-        mask = torch.tensor(np.asarray(rows["attention_mask"]))
-        out["text_prefix"] = model.text_encoder.frozen_prefix(ids, mask).to(dtype).numpy()
+        ids = torch.tensor(np.asarray(rows["input_ids"]), device=device)  # a copy: Ray's
+        mask = torch.tensor(np.asarray(rows["attention_mask"]), device=device)  # blocks are read-only
+        out["text_prefix"] = model.text_encoder.frozen_prefix(ids, mask).to(dtype).cpu().numpy()
     return out

@@ -1,0 +1,150 @@
+"""Frozen encoders' outputs, encoded once per (weights, split, preprocessing) and reused.
+
+A model whose encoders are frozen whole or in part (``model.image.freeze_stages``,
+``model.text.freeze_layers``, ``model.fusion.freeze_encoders``) computes the same frozen
+outputs for a row whatever it is used for: the two-tower model's training and validation,
+the fusion model's (trained on the two-tower's frozen encoders: the same weights), every
+scoring job, cross-split retrieval and case search. This store holds those outputs once:
+
+    <root>/frozen-<digest>/key.json              what produced them (``store_key``)
+    <root>/frozen-<digest>/block-00000.safetensors  image_prefix (n, C, h, w) fp16 (or the
+        pixels when no image stage is frozen), text_prefix (n, T, H) fp16 (when text layers
+        are frozen), input_ids, attention_mask, group, skip
+        (``core.training.frozen_features.encode_frozen`` computes them)
+    <root>/frozen-<digest>/block-00000.parquet      image_id, caption, cui (host rows)
+    <root>/frozen-<digest>/meta.json             rows, blocks, skipped, seconds; complete
+
+The key is the frozen modules' own tensors (a digest of their bytes: a fusion model
+initialised from a two-tower checkpoint finds the two-tower's entries), the preprocessing
+(image size, normalisation, tokenizer, max length), the split's shards and the rows read.
+Another key gets another directory (``core.work_cache``): nothing is overwritten; an
+incomplete store (a crash mid-way) is encoded again. Blocks are safetensors (no pickle),
+written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from core import storage
+from core.work_cache import digest, keyed_dir
+
+FORMAT = 1  # bump when what a block holds, or how it is computed, changes
+META = "meta.json"
+# What a block may hold: the image side is the frozen stages' output, or the pixels when
+# no image stage is frozen; the text side the frozen layers' token states when there are.
+ARRAYS = ("image_prefix", "pixel_values", "text_prefix", "input_ids", "attention_mask",
+          "group", "skip")
+ROWS = ("image_id", "caption", "cui")
+
+
+def _digest_modules(modules) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                     if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def frozen_identity(model) -> dict | None:
+    """What the model's frozen encoder layers compute with: their number and a digest of
+    their tensors (weights and BatchNorm statistics). None when nothing is frozen."""
+    image, text = model.image_encoder, model.text_encoder
+    if not image.frozen and not text.frozen:
+        return None
+    return {"image": {"stages": len(image.frozen), "of": len(image.backbone),
+                      "weights": _digest_modules(image.frozen) if image.frozen else None},
+            "text": {"modules": len(text.frozen),
+                     "weights": _digest_modules(text.frozen) if text.frozen else None}}
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """A digest of the tokenizer's whole definition (vocabulary, normaliser, template)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def store_key(model, model_config, tokenizer, split: dict, max_rows: int | None) -> dict | None:
+    """Everything a frozen store's content depends on; None when the model has no frozen
+    layers (nothing to store)."""
+    frozen = frozen_identity(model)
+    if frozen is None:
+        return None
+    from core.models.encoders import normalization
+
+    ic = model_config.image
+    return {"format": FORMAT, "frozen": frozen, "arch": ic.arch, "image_size": ic.image_size,
+            "normalization": normalization(ic), "max_length": model_config.text.max_length,
+            "tokenizer": tokenizer_identity(tokenizer), "data": split, "max_rows": max_rows}
+
+
+class FrozenStore:
+    """One keyed store directory: blocks of encoded rows, in the split's order."""
+
+    def __init__(self, root: str):
+        self.root = str(root)
+
+    @classmethod
+    def open(cls, cache: str, key: dict) -> tuple[FrozenStore, bool]:
+        """(the store for ``key`` under ``cache``, created if new; whether it is complete)."""
+        root, _ = keyed_dir(cache, "frozen", key)
+        store = cls(root)
+        meta = store.meta()
+        return store, bool(meta and meta.get("complete"))
+
+    @classmethod
+    def find(cls, cache: str, key: dict) -> FrozenStore | None:
+        """The complete store for ``key`` under ``cache``, or None (nothing is created)."""
+        store = cls(storage.join(cache, f"frozen-{digest(key)}"))
+        meta = store.meta()
+        return store if meta and meta.get("complete") else None
+
+    def meta(self) -> dict | None:
+        return storage.read_json(self.root, META) if storage.exists(self.root, META) else None
+
+    def write_block(self, block: int, arrays: dict) -> None:
+        tensors = {k: np.ascontiguousarray(arrays[k]) for k in ARRAYS if k in arrays}
+        storage.write_bytes(self.root, f"block-{block:05d}.safetensors", st_save(tensors))
+        rows = pa.table({"image_id": [str(v) for v in arrays["image_id"]],
+                         "caption": [str(v) for v in arrays["caption"]],
+                         "cui": pa.array([list(v) if v is not None else [] for v in arrays["cui"]],
+                                         type=pa.list_(pa.string()))})
+        storage.write_parquet(self.root, f"block-{block:05d}.parquet", rows)
+
+    def finish(self, blocks: int, rows: int, skipped: dict, seconds: float) -> dict:
+        meta = {"complete": True, "blocks": blocks, "rows": rows, "skipped": skipped,
+                "encode_s": seconds, "format": FORMAT}
+        storage.write_json(self.root, META, meta)
+        return meta
+
+    def read_block(self, block: int, columns=None) -> dict:
+        """Block ``block`` as numpy columns (the arrays and the host rows)."""
+        arrays = st_load(storage.read_bytes(self.root, f"block-{block:05d}.safetensors"))
+        rows = storage.read_parquet(self.root, f"block-{block:05d}.parquet")
+        out = dict(arrays)
+        out["image_id"] = np.asarray(rows.column("image_id").to_pylist(), dtype=object)
+        out["caption"] = np.asarray(rows.column("caption").to_pylist(), dtype=object)
+        out["cui"] = rows.column("cui").to_pylist()
+        if columns is not None:
+            out = {k: v for k, v in out.items() if k in columns}
+        return out
+
+
+def model_batch(block: dict, concepts=None) -> dict:
+    """A stored block as a model batch (``core.batch.collate`` takes it): the frozen
+    prefixes in place of pixels, and with a concept vocabulary the multi-hot targets of
+    each row's ``cui`` (computed here: the store does not depend on the vocabulary)."""
+    out = {k: v for k, v in block.items() if k != "cui"}
+    if concepts is not None:
+        out["concepts"] = concepts.multi_hot(block["cui"])[0]
+    return out
