@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -14,15 +12,25 @@ HELD_OUT = "data/synthetic-heldout"
 def machine() -> dict:
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    from core.provenance import machine as described
+
+    return {**described(), "threads": torch.get_num_threads()}
 
 
-def write_result(result: dict) -> None:
-    result = {**result, "machine": machine()}
+def write_result(result: dict, data=None) -> Path:
+    """bench/results/<bench>.json with its provenance (commit, time, command, machine, the
+    data read: ``data``, else the result's own ``data`` field); data paths made portable."""
+    from core.provenance import portable_path, provenance
+
+    data = data if data is not None else result.get("data")
+    if isinstance(result.get("data"), str):
+        result = {**result, "data": portable_path(result["data"])}
+    result = {**result, "machine": machine(), "provenance": provenance(data)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{result['bench']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    path = RESULTS / f"{result['bench']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "provenance"})[:2000])
+    return path
 
 
 def load_fusion(checkpoint: str | None, kind: str = "fusion"):

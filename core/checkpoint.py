@@ -167,7 +167,24 @@ def init_fusion_from_two_tower(model: torch.nn.Module, path: str | Path) -> int:
                 f"{tuple(target[name].shape) if name in target else '(absent)'}: the encoders, "
                 "vocabulary or projection settings of the two configs differ")
         copied[name] = value
-    unwrap(model).load_state_dict(copied, strict=False)
+    fusion = unwrap(model)
+    if fusion.config.fusion.token_proj_from_itc:
+        # the fusion layers' token / patch projections start as the ITC heads: the
+        # cross-attention begins in the space the two-tower model aligned (linear heads of
+        # the fusion width only)
+        for side in ("image", "text"):
+            for part in ("weight", "bias"):
+                source = f"{side}_proj.net.0.{part}"
+                found = copied.get(f"itc_{source}")
+                if found is None or f"{side}_proj.{part}" not in target or \
+                        target[f"{side}_proj.{part}"].shape != found.shape:
+                    raise CheckpointError(
+                        f"model.fusion.token_proj_from_itc needs linear two-tower heads "
+                        f"(model.two_tower.proj_layers=1) of the fusion width "
+                        f"(model.two_tower.embed_dim = model.fusion.width); {path} has "
+                        f"{tuple(found.shape) if found is not None else 'none'} for {source}")
+                copied[f"{side}_proj.{part}"] = found
+    fusion.load_state_dict(copied, strict=False)
     return len(copied)
 
 

@@ -96,6 +96,10 @@ class FusionConfig:
     # frozen whole, and so encoded once (train.encode_frozen_once). Resolved at the start of
     # a run into model.image.freeze_stages = model.text.freeze_layers = -1.
     freeze_encoders: bool = False
+    # With init_from: the fusion layers' token and patch projections start as the two-tower
+    # model's (linear) ITC heads, so cross-attention begins in the space the two-tower
+    # model aligned (needs model.two_tower.proj_layers 1 and embed_dim = width).
+    token_proj_from_itc: bool = False
     # Retrieve-and-rerank inside the fusion model, in validation: the ITC top-k re-scored by
     # the match logit + rerank_alpha x the ITC cosine (the fused score).
     rerank_k: int = 16

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.provenance import provenance
 from core import storage
 from core.evaluation.caption_quality import caption_quality
 from core.config import load_config
@@ -118,7 +119,8 @@ def run(cfg: AblationConfig) -> dict:
     figures.mkdir(parents=True, exist_ok=True)
     result = {"data": cfg.data, "split": cfg.split, "config": cfg.config, "k": 10,
               "variants": rows, "note": NOTE, "machine": machine(),
-              "figure": str(gap_figure(gaps, figures / "modality_gap.png"))}
+              "figure": str(gap_figure(gaps, figures / "modality_gap.png")),
+              "provenance": provenance(cfg.data)}
     storage.write_json(str(out), RESULT, result)
     from core.report.tables import ablation_rows
     from core.report import markdown_table

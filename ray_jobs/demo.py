@@ -25,6 +25,7 @@ from pathlib import Path
 
 from core import storage
 from core.config import load_config
+from core.provenance import provenance
 from core.data.rocov2 import resolve_split
 from core.synthetic.generate import SyntheticSpec, existing_synthetic
 from ray_jobs import evaluate, prepare, score, train
@@ -56,6 +57,7 @@ class DemoConfig:
     gallery_split: str | None = opt("train", "concept-aware retrieval also against this split's "
                                     "items (rocoray evaluate --gallery-split)")
     gallery_max_items: int | None = opt(500, "rows of --gallery-split used")
+    explain_cases: int = opt(24, "test pairs explained (rocoray evaluate --explain-cases)")
     ablation: bool = opt(False, "also run the two-tower ablation (AbM / MbA x MCR modes, 4 more "
                          "trainings; rocoray ablation) and put its table in the report")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -159,6 +161,7 @@ def run(cfg: DemoConfig) -> dict:
             **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
             fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval"),
             gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items,
+            explain_cases=cfg.explain_cases,
             ablation=ablation_out))
     log.info("stage %d/%d: report written", stages, stages)
     val_size = {k: r["final"].get("val/gallery_size") for k, r in runs.items()}
@@ -167,13 +170,15 @@ def run(cfg: DemoConfig) -> dict:
         "minutes": (time.perf_counter() - t0) / 60,
         # peak_rss_mb: resident memory summed over the job's processes (the driver, the local
         # Ray's raylet and workers; pages they share are counted in each)
-        "stages": clock.stages, "machine": machine(),
+        "stages": {**clock.stages, **{f"evaluate: {k}": v for k, v in metrics["stages"].items()}},
+        "machine": machine(),
         "training": {k: {"final": r["final"], "path": r["path"], "epochs": r["epochs"],
                          "chance_R@10": min(1.0, 10 / val_size[k]) if val_size[k] else None}
                      for k, r in runs.items()},
         "evaluation": str(out / "eval" / "metrics.json"),
         "report": metrics["report"],
     }
+    summary["provenance"] = provenance(data)
     if tune_summary:
         summary["tune"] = {k: tune_summary[k] for k in ("experiment", "best", "wall_s")}
     storage.write_json(out, "summary.json", summary)

@@ -24,12 +24,13 @@ from core.evaluation.analyses import guarded
 from core.evaluation.scored import Scored
 from core.explain.study import explanation_study
 from core.models import count_parameters
+from core.provenance import provenance
 from core.report import headline_table, write_report
 from core.scoring import outputs
 from core.scoring.rerank_selection import select_rerank
 from ray_jobs import score
 from ray_jobs.options import UserError, opt, parse, run_cli
-from ray_jobs.runtime import init_ray, setup_logging
+from ray_jobs.runtime import StageClock, init_ray, setup_logging
 
 log = logging.getLogger("rocoray.evaluate")
 
@@ -132,15 +133,21 @@ def cross_split_topk(cfg: EvaluateConfig, jobs: dict, scored: Scored,
     return across(models, queries, gallery, cfg.k, rr.rerank_k, rr.alpha), ids["fusion"]
 
 
-def run(cfg: EvaluateConfig) -> dict:
-    ablation = None
-    if cfg.ablation:
-        if not storage.exists(storage.absolute(cfg.ablation), "ablation.json"):
-            raise UserError(f"--ablation {cfg.ablation}: no ablation.json there (run "
-                            "`rocoray ablation --out DIR` first)")
-        ablation = storage.read_json(storage.absolute(cfg.ablation), "ablation.json")
-        # relocatable: the figure is looked up next to ablation.json, wherever it now is
-        ablation["figure"] = storage.join(storage.absolute(cfg.ablation), "figures", "modality_gap.png")
+def read_ablation(cfg: EvaluateConfig) -> dict | None:
+    if not cfg.ablation:
+        return None
+    if not storage.exists(storage.absolute(cfg.ablation), "ablation.json"):
+        raise UserError(f"--ablation {cfg.ablation}: no ablation.json there (run "
+                        "`rocoray ablation --out DIR` first)")
+    ablation = storage.read_json(storage.absolute(cfg.ablation), "ablation.json")
+    # relocatable: the figure is looked up next to ablation.json, wherever it now is
+    ablation["figure"] = storage.join(storage.absolute(cfg.ablation), "figures", "modality_gap.png")
+    return ablation
+
+
+def prepare_jobs(cfg: EvaluateConfig) -> tuple[dict, dict, object, dict | None]:
+    """Every scoring job this evaluation runs, validated before Ray starts: (configs, the
+    three test jobs, the validation selection job or None, the --gallery-split jobs or None)."""
     score.check_checkpoint(cfg.two_tower, "two_tower", "--two-tower")  # this job's own flags
     score.check_checkpoint(cfg.fusion, "fusion", "--fusion")
     configs = score_configs(cfg)
@@ -157,64 +164,105 @@ def run(cfg: EvaluateConfig) -> dict:
         gallery_jobs = {kind: score.prepare(dataclasses.replace(
             configs[kind], split=cfg.gallery_split, max_items=cfg.gallery_max_items, k=1,
             rerank_k=1)) for kind in ("two_tower", "fusion")}
-    init_ray(cfg.address)
+    return configs, jobs, selection_job, gallery_jobs
+
+
+def score_methods(cfg: EvaluateConfig, configs: dict, jobs: dict, selection_job, clock):
+    """Rerank's k and alpha chosen on validation, then the three scoring jobs on the test
+    split: (summaries, selection, validation features)."""
     selection, val_features = None, None
     if selection_job is not None:
-        selection, val_features = select_on_validation(cfg, selection_job)
+        with clock.stage("rerank selection on validation"):
+            selection, val_features = select_on_validation(cfg, selection_job)
         k = min(selection["k"], jobs["rerank"].rows)
         jobs["rerank"] = score.prepare(dataclasses.replace(
             configs["rerank"], k=min(cfg.k, k), rerank_k=k, alpha=selection["alpha"]))
-    summaries = {m: score.execute(jobs[m]) for m in METHODS}
+    summaries = {}
+    for m in METHODS:
+        with clock.stage(f"score {m}"):
+            summaries[m] = score.execute(jobs[m])
     n = summaries["fusion"]["n"]
     for m, s in summaries.items():
         if s["n"] != n:
             raise UserError(f"{m} scored {s['n']} items, fusion {n}: the galleries differ")
-    out = storage.absolute(cfg.out)
-    data = summaries["fusion"]["data"]
-    figures = Path(out) / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    scored = Scored({m: jobs[m].out for m in METHODS},
-                    {kind: jobs[kind].checkpoints[kind] for kind in ("two_tower", "fusion")})
+    return summaries, selection, val_features
+
+
+def headline(cfg: EvaluateConfig, summaries: dict, scored: Scored, selection) -> dict:
+    """metrics.json's scoring part: each method's recall, timings and size, the comparison."""
+    n = summaries["fusion"]["n"]
     params = {kind: count_parameters(scored.model(kind)) for kind in ("two_tower", "fusion")}
     params["rerank"] = params["two_tower"] + params["fusion"]
-    metrics = {
-        "data": data, "split": cfg.split, "gallery_size": n,
+    return {
+        "data": summaries["fusion"]["data"], "split": cfg.split, "gallery_size": n,
         "skipped": summaries["fusion"]["skipped"],
         "methods": {m: {"metrics": s["metrics"], "timings": s["timings"],
                         "parameters": params[m], "checkpoints": s["checkpoints"],
                         **({"rerank_k": s["rerank_k"], "alpha": s["alpha"]} if m == "rerank" else {})}
                     for m, s in summaries.items()},
-        "scaling": guarded("the scaling curve", analyses.scaling_curve, scored,
-                           cfg.scaling_points, cfg.rerank_k),
         "training": {kind: analyses.training_record(path)
                      for kind, path in scored.checkpoints.items()},
         "comparison": compare({m: {d: scored.topk(m, d)[2] for d in ("t2i", "i2t")}
                                for m in METHODS}, n, groups=scored.groups()),
         "rerank_selection": selection,
     }
-    alpha = jobs["rerank"].cfg.alpha
-    metrics["fine_grained"] = guarded("sibling accuracy", analyses.sibling_accuracy, scored,
-                                      data, cfg.split, alpha)
-    metrics["caption_quality"] = guarded("report quality of the retrieved captions",
-                                         analyses.retrieved_caption_quality, scored)
+
+
+def analyse(cfg: EvaluateConfig, metrics: dict, scored: Scored, jobs: dict, gallery_jobs,
+            val_features, figures: Path, clock) -> dict:
+    """Every analysis of the report, each timed and guarded (one that cannot run on this
+    data says n/a and the others go on); returns the example queries."""
+    data, alpha = metrics["data"], jobs["rerank"].cfg.alpha
+
+    def step(key, stage, label, fn, *args):
+        with clock.stage(stage):
+            metrics[key] = guarded(label, fn, *args)
+
+    full = {m: metrics["methods"][m]["timings"]["score_s"] for m in METHODS}
+    step("scaling", "scaling curve", "the scaling curve", analyses.scaling_curve, scored,
+         cfg.scaling_points, cfg.rerank_k, full)
+    step("fine_grained", "sibling accuracy", "sibling accuracy", analyses.sibling_accuracy,
+         scored, data, cfg.split, alpha)
+    step("caption_quality", "caption quality", "report quality of the retrieved captions",
+         analyses.retrieved_caption_quality, scored)
     cross = (cfg.gallery_split, lambda: cross_split_topk(cfg, jobs, scored, gallery_jobs)
              ) if gallery_jobs else None
-    metrics["concepts"] = guarded("the concept analyses", analyses.concept_sections, scored,
-                                  data, cfg.split, cfg.val_split, val_features, cross)
+    step("concepts", "concepts", "the concept analyses", analyses.concept_sections, scored,
+         data, cfg.split, cfg.val_split, val_features, cross)
     examples = analyses.pick_examples(scored, cfg.examples)
     log.info("explaining %d test pairs (attention, Grad-CAM, Integrated Gradients)",
              cfg.explain_cases)
-    metrics["explanations"] = guarded(
-        "the explanations", explanation_study, data, cfg.split,
-        {k: scored.loaded(k) for k in ("two_tower", "fusion")}, cfg.explain_cases, figures,
-        examples["rerank"]["t2i"])
-    metrics["modality_gap"] = guarded("the modality gap", analyses.modality_gaps, scored,
-                                      figures)
+    step("explanations", "explanations", "the explanations", explanation_study, data,
+         cfg.split, {k: scored.loaded(k) for k in ("two_tower", "fusion")}, cfg.explain_cases,
+         figures, examples["rerank"]["t2i"])
+    step("modality_gap", "modality gap", "the modality gap", analyses.modality_gaps, scored,
+         figures)
+    return examples
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    """Validate, score the three methods, analyse, write metrics.json and the report. The
+    returned metrics carry each stage's seconds and peak memory (``stages``)."""
+    ablation = read_ablation(cfg)
+    configs, jobs, selection_job, gallery_jobs = prepare_jobs(cfg)
+    init_ray(cfg.address)
+    clock = StageClock()
+    summaries, selection, val_features = score_methods(cfg, configs, jobs, selection_job, clock)
+    out = storage.absolute(cfg.out)
+    figures = Path(out) / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    scored = Scored({m: jobs[m].out for m in METHODS},
+                    {kind: jobs[kind].checkpoints[kind] for kind in ("two_tower", "fusion")})
+    metrics = headline(cfg, summaries, scored, selection)
+    examples = analyse(cfg, metrics, scored, jobs, gallery_jobs, val_features, figures, clock)
     metrics["ablation"] = ablation
     conclude(metrics)
-    storage.write_json(out, "metrics.json", metrics)
-    images = analyses.example_images(data, cfg.split, examples)
-    metrics["report"] = write_report(metrics, examples, images, out)
+    with clock.stage("report"):
+        images = analyses.example_images(metrics["data"], cfg.split, examples)
+        metrics["stages"] = clock.stages
+        metrics["provenance"] = provenance(metrics["data"])
+        storage.write_json(out, "metrics.json", metrics)
+        metrics["report"] = write_report(metrics, examples, images, out)
     return metrics
 
 

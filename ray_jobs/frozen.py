@@ -1,8 +1,10 @@
 """The frozen encoders' outputs of a split, encoded once (``core.frozen_store``) by a Ray Data
-batch-inference stage, and read back as a Ray Dataset for training.
+batch-inference stage, or reused when a store with the same key exists:
 
-    store = ensure_store(cache, model, config, tokenizer, files, ...)   # encodes, or reuses
-    ds = store_dataset(store, concepts, shuffle_seed)                   # training / validation
+    store, meta = ensure_store(cache, model, config, tokenizer, files, ...)
+
+Training workers hold the stored splits in memory (``core.frozen_store.StoredSplit``); the
+scoring jobs run each model's trainable rest over them (``ray_jobs.gallery``).
 
 The encode stage is one actor stage (read row groups + preprocess + run the frozen layers):
 no read tasks compete with the actors for CPUs, and each actor runs torch on as many
@@ -23,7 +25,7 @@ import torch
 
 from core.data.preprocess import count_skips, merge_counts
 from core.data.rocov2 import SplitFiles, columns_to_read, read_row_group, row_groups, split_identity
-from core.frozen_store import FrozenStore, model_batch, store_key
+from core.frozen_store import FrozenStore, store_key
 from core.training.frozen_features import encode_frozen
 from ray_jobs.runtime import Progress
 
@@ -117,32 +119,3 @@ def _reused(store: FrozenStore, split: str, limit: int | None) -> tuple[FrozenSt
     log.info("%s split: the frozen encoders' outputs of %d rows reused%s (%s)", split,
              meta["rows"], f" (its first {limit})" if limit is not None else "", store.root)
     return store, meta
-
-
-def _read_blocks(batch: dict, root: str, concepts=None, keep: list[str] | None = None,
-                 limit: int | None = None) -> dict:
-    store = FrozenStore(root)
-    parts = []
-    for b in batch["block"]:
-        part = model_batch(store.read_block(int(b)), concepts)
-        if limit is not None:  # rows past the first ``limit`` of the split are not read
-            part = {k: v[:max(0, limit - int(b) * STORE_BLOCK)] for k, v in part.items()}
-        parts.append(part)
-    names = keep or list(parts[0])
-    return {k: np.concatenate([p[k] for p in parts]) for k in names if k in parts[0]}
-
-
-def store_dataset(store: FrozenStore, meta: dict, concepts=None, keep: list[str] | None = None,
-                  shuffle_seed: int | None = None, num_cpus: float = 0.25) -> ray.data.Dataset:
-    """The stored rows as a Ray Dataset of model batches (prefixes in place of pixels), one
-    stored block per read task; ``shuffle_seed``: blocks in a shuffled order."""
-    ds = ray.data.from_items([{"block": b} for b in range(meta["blocks"])],
-                             override_num_blocks=max(1, meta["blocks"]))
-    if meta.get("limit") is not None:  # the first rows only: the blocks that hold them
-        ds = ds.limit(-(-meta["limit"] // STORE_BLOCK))
-    if shuffle_seed is not None:
-        ds = ds.randomize_block_order(seed=shuffle_seed)
-    ds = ds.map_batches(_read_blocks, fn_kwargs={"root": store.root, "concepts": concepts,
-                                                   "keep": keep, "limit": meta.get("limit")},
-                          batch_size=1, batch_format="numpy", num_cpus=num_cpus)
-    return ds

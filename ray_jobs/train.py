@@ -99,10 +99,11 @@ def frozen_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[di
     token ids and targets), from the frozen store under ``train.cache``: encoded once per
     (weights, split, preprocessing) by a Ray Data stage, and reused by every later run and
     job with the same frozen layers (the fusion model trained on the two-tower's frozen
-    encoders finds the two-tower's)."""
+    encoders finds the two-tower's). Returns {split: {"store", "limit"}} (each worker
+    holds its splits in memory: ``core.frozen_store.StoredSplit``) and the training rows."""
     from functools import partial
 
-    from ray_jobs.frozen import ensure_store, store_dataset
+    from ray_jobs.frozen import ensure_store
 
     model = initial_model(cfg)  # the frozen layers' weights key the store
     t = cfg.train
@@ -116,9 +117,7 @@ def frozen_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[di
             preprocessor=build_preprocessor(cfg.model, tokenizer),
             actors=t.num_workers, cpus=t.num_workers * t.cpus_per_worker,  # training's CPUs
             gpus_per_actor=t.gpus_per_worker if t.use_gpu else 0)
-        datasets[name] = store_dataset(store, meta, concepts,
-                                       shuffle_seed=t.seed if name == "train" else None,
-                                       num_cpus=t.preprocess_num_cpus)
+        datasets[name] = {"store": store.root, "limit": meta["limit"]}
         if name == "train":
             rows = meta["rows"] if meta["limit"] is None else min(meta["rows"], meta["limit"])
     return datasets, rows
@@ -180,6 +179,9 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     from ray.train.torch import TorchTrainer
 
     datasets, rows = datasets or build_datasets(cfg, tokenizer, concepts)
+    # the frozen store's splits go to the workers by name; Ray Data streams the others
+    stored = {k: v for k, v in datasets.items() if isinstance(v, dict)}
+    datasets = {k: v for k, v in datasets.items() if not isinstance(v, dict)}
     t = cfg.train
     steps = steps_per_epoch(rows, t.batch_size, t.num_workers)
     workers = (t.min_workers, t.num_workers) if t.min_workers is not None else t.num_workers
@@ -189,7 +191,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "concepts": concepts,
-                           "rows": rows, "run_dir": run_dir(cfg)},
+                           "rows": rows, "run_dir": run_dir(cfg), "stored": stored},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=t.placement_strategy),
@@ -202,7 +204,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
                                                checkpoint_score_attribute="val/mean_recall",
                                                checkpoint_score_order="max")),
-        datasets=datasets)
+        datasets=datasets or None)
     log.info("training %s on %d rows: %d worker(s)%s x batch %d, %d steps/epoch, %d epochs",
              cfg.model.kind, rows, t.num_workers,
              f" (elastic: down to {t.min_workers})" if t.min_workers is not None else "",

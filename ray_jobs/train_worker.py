@@ -22,7 +22,9 @@ from ray_jobs import faults
 from core.concepts.detection import choose_threshold, probabilities
 from core.checkpoint import (WEIGHTS, init_fusion_from_two_tower, load_train_state,
                              save_checkpoint, unwrap)
+from core.batch import collate
 from core.config import ExperimentConfig, config_from_dict
+from core.frozen_store import StoredSplit
 from core.training.distributed import gather_objects, summed_counts
 from core.evaluation.reference import encode_batches, validate
 from core.losses.swap import swap_pairs
@@ -146,7 +148,39 @@ def batches(shard, batch_size: int, device, **kwargs):
                                     **kwargs)
 
 
-def train_epoch(state: WorkerState, shard, epoch: int, attempt: dict):
+class Splits:
+    """Where a worker's batches come from: its Ray Data shards, or the frozen store's splits
+    held in memory (``core.frozen_store.StoredSplit``, rows split equally over the ranks)."""
+
+    def __init__(self, loop_config: dict, rank: int, world: int):
+        import ray.train
+
+        cfg = config_from_dict(loop_config["config"])
+        self.rank, self.world = rank, world
+        self.local_shuffle = cfg.train.local_shuffle_buffer
+        stored = loop_config.get("stored") or {}
+        concepts = loop_config.get("concepts")
+        use = concepts if cfg.model.concepts.num_concepts else None
+        self.stored = {name: StoredSplit(s["store"], s["limit"], use) for name, s in stored.items()}
+        self.shards = {name: ray.train.get_dataset_shard(name)
+                       for name in ("train", "validation") if name not in self.stored}
+
+    def train(self, batch_size: int, device, seed: int):
+        if "train" in self.stored:
+            pin = device.type == "cuda"
+            return (collate(b, pin) for b in self.stored["train"].batches(
+                batch_size, self.rank, self.world, seed))
+        return batches(self.shards["train"], batch_size, device, local_shuffle_seed=seed,
+                       local_shuffle_buffer_size=self.local_shuffle or None)
+
+    def validation(self, batch_size: int, device):
+        if "validation" in self.stored:
+            return (collate(b, device.type == "cuda") for b in self.stored["validation"].batches(
+                batch_size, self.rank, self.world))
+        return batches(self.shards["validation"], batch_size, device)
+
+
+def train_epoch(state: WorkerState, splits: Splits, epoch: int, attempt: dict):
     cfg = state.cfg
     progress = Progress(f"epoch {epoch + 1}/{cfg.train.epochs} steps", state.steps_per_epoch,
                         every=10.0) if state.rank == 0 else None
@@ -158,15 +192,14 @@ def train_epoch(state: WorkerState, shard, epoch: int, attempt: dict):
             progress.update(1, lambda: f"loss {loss.item():.4f}")
         faults.maybe_fail("train.step", state.step, hard=True)  # a worker dying (tests)
 
-    data = batches(shard, cfg.train.batch_size, state.device,
-                   local_shuffle_buffer_size=cfg.train.local_shuffle_buffer or None,
-                   local_shuffle_seed=cfg.train.seed + epoch * 1000 + state.rank)
+    data = splits.train(cfg.train.batch_size, state.device,
+                        seed=cfg.train.seed + epoch * 1000 + state.rank)
     precision = training_precision(cfg.train.precision, state.device.type)
     return train_one_epoch(state.loss_module, state.optimizer, state.scheduler, data,
                            state.device, precision, cfg.train.grad_clip, on_step)
 
 
-def validate_epoch(state: WorkerState, shard) -> dict | None:
+def validate_epoch(state: WorkerState, splits: Splits) -> dict | None:
     """Each rank encodes its shard of the validation split; rank 0 scores the gathered
     gallery (two-tower: all of it; fusion: the first ``fusion_val_max_items``)."""
     cfg = state.cfg
@@ -175,7 +208,7 @@ def validate_epoch(state: WorkerState, shard) -> dict | None:
     state.model.eval()
     precision = training_precision(cfg.train.precision, state.device.type)  # as training runs
     kept, rows, skipped = [], 0, 0
-    for batch in batches(shard, cfg.train.eval_batch_size, state.device):
+    for batch in splits.validation(cfg.train.eval_batch_size, state.device):
         skipped += sum(batch.skipped.values())
         if per_rank is not None and rows >= per_rank:
             break
@@ -281,12 +314,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     try:
         state = setup(loop_config)
         restore(state)
-        train_shard = ray.train.get_dataset_shard("train")
-        val_shard = ray.train.get_dataset_shard("validation")
+        splits = Splits(loop_config, state.rank, state.world)
         for epoch in range(state.start_epoch, state.cfg.train.epochs):
-            stats = train_epoch(state, train_shard, epoch, attempt)
+            stats = train_epoch(state, splits, epoch, attempt)
             metrics = {**epoch_metrics(state, epoch, stats), **placement(state)}
-            metrics.update(validate_epoch(state, val_shard) or {})
+            metrics.update(validate_epoch(state, splits) or {})
             save(state, epoch, metrics, loop_config["tokenizer"], loop_config.get("concepts"))
     except Exception as exc:
         if attempt["steps"]:

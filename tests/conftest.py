@@ -1,5 +1,12 @@
 """Shared fixtures: offline Hugging Face, one Ray session per test module, a small
-synthetic ROCOv2 dataset, and the real chest X-ray sample (skipped when ../shared is absent)."""
+synthetic ROCOv2 dataset, and the real chest X-ray sample (skipped when ../shared is absent).
+
+Tiers (markers registered in pyproject.toml): ``ray`` (starts Ray: a local instance, a
+subprocess job or a simulated cluster), ``multinode`` (a simulated multi-node cluster),
+``browser`` (a real headless Chromium), ``slow`` (a minute or more). A test that uses a
+Ray-starting fixture is marked ``ray`` here; one that starts Ray itself says so in its
+module. ``pytest -m "not ray"`` is the developer's loop; a test that starts Ray in this
+process without the marker fails (the tiers cannot drift)."""
 
 from __future__ import annotations
 
@@ -100,3 +107,26 @@ def checkpoints(synthetic_dir, tiny_tokenizer, tmp_path_factory):
         out[kind] = str(save_checkpoint(root / kind, build_model(cfg.model).eval(), cfg,
                                         tiny_tokenizer))
     return out
+
+
+# Fixtures that start Ray: every test using one (directly or through another) is a Ray test.
+RAY_FIXTURES = {"ray_session", "service", "synthetic_demo"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _ray_tests_are_marked(request):
+    """The fast tier stays fast: a test that starts Ray in this process carries ``ray``."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if (ray is not None and ray.is_initialized()
+            and request.node.get_closest_marker("ray") is None):
+        pytest.fail("this test started Ray but is not marked `ray` (pytest.mark.ray, or a "
+                    "fixture in conftest.RAY_FIXTURES)", pytrace=False)

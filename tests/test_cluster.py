@@ -38,6 +38,8 @@ def test_cluster_yaml_passes_ray_validation():
         validate_config(prepare_config(bad))
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_ray_job_submit_to_a_local_head(synthetic_dir, tmp_path):
     import ray

@@ -16,6 +16,8 @@ import pytest
 
 from tests.helpers import truncated_jpeg
 
+pytestmark = [pytest.mark.ray, pytest.mark.multinode, pytest.mark.slow]
+
 SMALL = ["train.batch_size=32", "train.eval_batch_size=64", "train.fusion_val_max_items=32"]
 
 

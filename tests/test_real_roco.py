@@ -15,6 +15,8 @@ from core.evaluation.comparison import chance_level, positives_per_query
 from core.data.preprocess import clean_caption, group_key
 from core.data.rocov2 import read_split
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 ROCO_CCBY = Path(__file__).resolve().parents[1] / "datasets" / "roco-ccby"
 SLICE = ["data.max_rows=320", "model.image.image_size=160", "train.batch_size=32",
          "train.eval_batch_size=64", "train.cpus_per_worker=1.0", "model.concepts.weight=0",

@@ -201,6 +201,7 @@ def chromium():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+@pytest.mark.browser
 @pytest.mark.timeout(300)
 def test_search_page_in_a_real_browser(service, reference):
     from selenium.webdriver.common.by import By

@@ -51,9 +51,12 @@ def guarded(label: str, analysis: Callable, *args, **kwargs):
         return unavailable(f"{label} failed on this data ({type(exc).__name__}: {exc})")
 
 
-def scaling_curve(scored: Scored, points: int, rerank_k: int) -> dict:
+def scaling_curve(scored: Scored, points: int, rerank_k: int,
+                  full_seconds: dict[str, float] | None = None) -> dict:
     """Scoring time of each method at growing gallery sizes, one process, on the features the
-    scoring jobs encoded (encoders excluded: they are linear in N)."""
+    scoring jobs encoded (encoders excluded: they are linear in N). The full gallery was
+    scored already: with ``full_seconds`` (each method's scoring time there) it is not
+    scored again; only the smaller sizes are measured, and the slopes are fit on them."""
     fusion, two_tower = scored.model("fusion"), scored.model("two_tower")
     f_text, f_image = scored.features("fusion")
     t_text, t_image = scored.features("two_tower")
@@ -61,6 +64,8 @@ def scaling_curve(scored: Scored, points: int, rerank_k: int) -> dict:
     n = len(groups)
     low = max(rerank_k, min(64, n))
     sizes = sorted({int(s) for s in np.geomspace(low, n, points)}) if n > low else [n]
+    if full_seconds is not None:
+        sizes = [s for s in sizes if s < n]
     seconds = {m: [] for m in METHODS}
     for size in sizes:
         head, g = slice(0, size), groups[:size]
@@ -79,8 +84,12 @@ def scaling_curve(scored: Scored, points: int, rerank_k: int) -> dict:
                          k=min(10, kc), block=tile_shape("fusion", "cpu")[0])
         seconds["rerank"].append(seconds["two_tower"][-1] + time.perf_counter() - t0)
         log.info("scaling N=%d: %s", size, {m: round(s[-1], 3) for m, s in seconds.items()})
-    return {"sizes": sizes, "seconds": seconds,
-            "exponents": {m: fit_exponent(sizes, s) for m, s in seconds.items()}}
+    out = {"sizes": sizes, "seconds": seconds,
+           "exponents": {m: fit_exponent(sizes, s) for m, s in seconds.items()}}
+    if full_seconds is not None:
+        out["full"] = {"size": n, "seconds": {m: full_seconds[m] for m in METHODS},
+                       "source": "the scoring jobs (not scored again)"}
+    return out
 
 
 def sibling_accuracy(scored: Scored, data, split: str, alpha: float) -> dict | None:

@@ -72,11 +72,18 @@ def timing_chart(scaling: dict, path: Path) -> Path:
         if m not in scaling["seconds"]:
             continue
         sizes, secs = scaling["sizes"], scaling["seconds"][m]
-        ax.loglog(sizes, secs, "o-", color=COLORS[m], label=f"{LABELS[m]} ({slope_text(sizes, secs)})"
-                  if fit_exponent(sizes, secs) is not None else f"{LABELS[m]} (slope not measured)")
+        if sizes:
+            ax.loglog(sizes, secs, "o-", color=COLORS[m],
+                      label=f"{LABELS[m]} ({slope_text(sizes, secs)})"
+                      if fit_exponent(sizes, secs) is not None else f"{LABELS[m]} (slope not measured)")
+        full = scaling.get("full")
+        if full:  # the full gallery, as the scoring job scored it (not scored again)
+            ax.loglog([full["size"]], [full["seconds"][m]], "s", color=COLORS[m], mfc="none",
+                      label=f"{LABELS[m]}, full gallery (scoring job)")
     ax.set_xlabel("gallery size N (captions = images)")
     ax.set_ylabel("scoring time (s)")
-    ax.set_title("Scoring time vs gallery size (one process, encoders excluded)", fontsize=9)
+    ax.set_title("Scoring time vs gallery size (circles: one process; squares: the scoring "
+                 "job; encoders excluded)", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -202,6 +202,10 @@ def speed_and_cost(r: Inputs) -> list[Section]:
         return [Section("Speed and cost", "cost", blocks + [Paragraph(_why_not(scaling))])]
     slopes = "; ".join(f"{LABELS[m]}: {slope_text(scaling['sizes'], s)}"
                        for m, s in scaling["seconds"].items())
+    full = scaling.get("full")
+    if full:
+        slopes += (f" (fit on the sizes below the full gallery, timed in one process; the full "
+                   f"gallery of {full['size']} is the scoring jobs' own time, not scored again)")
     return [Section("Speed and cost", "cost", blocks + [
         Paragraph(f"Scoring time vs gallery size: {slopes}."),
         Figure("timing", figures.timing_chart(scaling, r.figures_dir / "time_vs_gallery.png"),

@@ -1,0 +1,287 @@
+"""Does the fusion model earn its place on real ROCO? Fusion training recipes side by side, in
+one run, on the ROCO sample (train 2,574 / validation 416 / test 857), chosen on validation,
+reported on test with paired intervals against the two-tower model.
+
+Every variant is the `roco_cpu` fusion model (the two-tower checkpoint's frozen towers and
+ITC heads, as `rocoray demo` trains it) with overrides, trained single-process with core's
+own step (``LossModule``, ``train_one_epoch``) on the frozen towers' outputs that the demo
+stored once (``core.frozen_store``: exactly what `rocoray train` trains on). Each variant is
+scored on the validation split three ways:
+
+  ITM       fusion over all pairs by its match logit alone
+  fused     fusion over all pairs by match logit + a x its ITC cosine (a chosen on validation)
+  rerank    the two-tower top-k re-ordered by match logit + a x two-tower cosine (k, a chosen
+            on validation, as `rocoray evaluate` chooses them)
+
+The variant kept is the one with the best validation mean recall (R@1/5/10, both
+directions) of its best scoring rule; the test split is read once, at the end, for the
+kept variant and the preset.
+
+    python -m bench.fusion_variants --run runs/demo-roco-sample [--epochs-scale 1]
+
+``--run``: a finished `rocoray demo --data <roco-sample> --config roco_cpu` (its frozen store
+and its two-tower checkpoint). Writes bench/results/fusion_variants.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench._common import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = ("train", "validation", "test")
+ALPHAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+RERANK_KS = (16, 32, 64)
+# (name, overrides of the roco_cpu fusion model); the first is the preset as it stands.
+VARIANTS = [
+    ("roco_cpu as it was: random negatives (3 per positive), 4 epochs", []),
+    ("hard negatives by ITC (warm: the two-tower's heads), 3 per positive, 4 epochs",
+     ["model.fusion.negative_mode=hard"]),
+    ("hard negatives, 1 per positive each way (ALBEF), 12 epochs",
+     ["model.fusion.negative_mode=hard", "model.fusion.negatives_per_positive=1",
+      "train.epochs=12"]),
+    ("width 128, MLP x2, hard negatives 1 per positive, 12 epochs",
+     ["model.fusion.width=128", "model.fusion.negative_mode=hard",
+      "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
+    ("width 128, hard negatives 1 per positive, 24 epochs",
+     ["model.fusion.width=128", "model.fusion.negative_mode=hard",
+      "model.fusion.negatives_per_positive=1", "train.epochs=24"]),
+    ("width 128, hardest negatives 1 per positive, 12 epochs",
+     ["model.fusion.width=128", "model.fusion.negative_mode=hardest",
+      "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
+    ("token projections from the ITC heads, hard negatives 1 per positive, 12 epochs",
+     ["model.fusion.token_proj_from_itc=true", "model.fusion.negative_mode=hard",
+      "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
+    ("width 128, hard negatives 1 per positive, ITC weight 0.1, 12 epochs",
+     ["model.fusion.width=128", "model.fusion.negative_mode=hard",
+      "model.fusion.negatives_per_positive=1", "model.fusion.contrastive_weight=0.1",
+      "train.epochs=12"]),
+]
+
+
+def load_split(store, concepts) -> dict:
+    """Every stored block of a split as one dict of numpy columns (prefixes, not pixels)."""
+    from core.frozen_store import model_batch
+
+    parts = [model_batch(store.read_block(b), concepts) for b in range(store.meta()["blocks"])]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def batches(rows: dict, batch_size: int, seed: int | None):
+    from core.batch import collate
+
+    n = len(rows["group"])
+    order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield collate({k: v[idx] for k, v in rows.items()})
+
+
+@torch.no_grad()
+def features(model, rows: dict) -> dict:
+    from core.evaluation.reference import encode_batches
+
+    model.eval()
+    return encode_batches(model, batches(rows, 256, None))
+
+
+@torch.no_grad()
+def matrices(fusion, two_tower_features: dict, rows: dict) -> dict:
+    """ITM, fusion ITC and two-tower cosine (caption x image), and the groups."""
+    from core.evaluation.reference import score_matrix
+
+    enc = features(fusion, rows)
+    tt = two_tower_features
+    assert list(enc["image_id"]) == list(tt["image_id"])
+    return {"itm": score_matrix(fusion, enc["text"], enc["image"]),
+            "itc": (enc["text"].embed @ enc["image"].embed.T).float().numpy(),
+            "tt": (tt["text"].embed @ tt["image"].embed.T).float().numpy(),
+            "group": np.asarray(enc["group"])}
+
+
+def ranks_all_pairs(scores: np.ndarray, groups: np.ndarray) -> dict:
+    from core.evaluation.metrics import ranks_from_scores
+
+    return {"t2i": ranks_from_scores(scores, groups, groups),
+            "i2t": ranks_from_scores(scores.T, groups, groups)}
+
+
+def ranks_rerank(m: dict, k: int, alpha: float) -> dict:
+    """Two-tower top-k re-ordered by ITM + alpha x two-tower cosine (core's rerank rule)."""
+    from core.evaluation.metrics import keys_to_index, order_keys, ranks_from_scores
+    from core.retrieval import fused_scores, rerank, topk_keys
+
+    g, out = m["group"], {}
+    for d, (itm, tt) in (("t2i", (m["itm"], m["tt"])), ("i2t", (m["itm"].T, m["tt"].T))):
+        candidates = keys_to_index(topk_keys(order_keys(tt, np.arange(tt.shape[1])[None, :]), k))
+        fused = fused_scores(np.take_along_axis(itm, candidates, 1),
+                             np.take_along_axis(tt, candidates, 1), alpha)
+        out[d] = rerank(candidates, fused, ranks_from_scores(tt, g, g), g, g, k)[2]
+    return out
+
+
+def mean_recall(ranks: dict) -> float:
+    return float(np.mean([(ranks[d] < k).mean() for d in ("t2i", "i2t") for k in (1, 5, 10)]))
+
+
+def rules(m: dict) -> dict:
+    """Each scoring rule's best setting on these matrices: {rule: (setting, ranks)}."""
+    out = {"itm": ({}, ranks_all_pairs(m["itm"], m["group"]))}
+    fused = [(a, ranks_all_pairs(m["itm"] + a * m["itc"], m["group"])) for a in ALPHAS]
+    a, r = max(fused, key=lambda x: (round(mean_recall(x[1]), 9), -x[0]))
+    out["fused"] = ({"alpha": a}, r)
+    reranked = [((k, a), ranks_rerank(m, min(k, len(m["group"])), a))
+                for k in RERANK_KS for a in ALPHAS]
+    (k, a), r = max(reranked, key=lambda x: (round(mean_recall(x[1]), 9), -x[0][0], -x[0][1]))
+    out["rerank"] = ({"k": k, "alpha": a}, r)
+    return out
+
+
+def apply_rule(m: dict, rule: str, setting: dict) -> dict:
+    if rule == "itm":
+        return ranks_all_pairs(m["itm"], m["group"])
+    if rule == "fused":
+        return ranks_all_pairs(m["itm"] + setting["alpha"] * m["itc"], m["group"])
+    return ranks_rerank(m, min(setting["k"], len(m["group"])), setting["alpha"])
+
+
+def train_variant(overrides: list, two_tower: str, rows: dict, base_cfg, pos_weight, scale: float,
+                  log) -> tuple:
+    from core.checkpoint import init_fusion_from_two_tower
+    from core.config import load_config
+    from core.models import build_model
+    from core.training.loop import LossModule, build_optimizer, build_scheduler, train_one_epoch
+
+    cfg = load_config("roco_cpu", ["model.kind=fusion", *overrides])
+    cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1  # freeze_encoders
+    cfg.model.concepts.num_concepts = base_cfg.model.concepts.num_concepts
+    cfg.train.epochs = max(1, round(cfg.train.epochs * scale))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    init_fusion_from_two_tower(model, two_tower)
+    module = LossModule(model, cfg.model, concept_pos_weight=pos_weight)
+    steps = int(np.ceil(len(rows["group"]) / cfg.train.batch_size)) * cfg.train.epochs
+    optimizer = build_optimizer(module, cfg.train)
+    scheduler = build_scheduler(optimizer, steps, cfg.train.warmup_fraction)
+    t0 = time.perf_counter()
+    for epoch in range(cfg.train.epochs):
+        stats = train_one_epoch(module, optimizer, scheduler,
+                                batches(rows, cfg.train.batch_size, cfg.train.seed + epoch), "cpu")
+        summary = stats.summary()
+        log(f"    epoch {epoch + 1}/{cfg.train.epochs}: loss {summary.get('loss', float('nan')):.4f} "
+            f"match acc {summary.get('match_acc', float('nan')):.3f} "
+            f"({summary['samples_per_s']:.0f} samples/s)")
+    return model.eval(), {"epochs": cfg.train.epochs, "train_seconds": time.perf_counter() - t0,
+                          "samples_per_s": len(rows["group"]) * cfg.train.epochs
+                          / (time.perf_counter() - t0)}
+
+
+def ci_row(ranks: dict, reference: dict | None = None) -> dict:
+    from core.evaluation.significance import bootstrap_ci, paired_difference, per_query
+
+    row = {}
+    for d in ("t2i", "i2t"):
+        for k in (1, 5, 10):
+            mine = per_query(ranks[d], f"R@{k}")
+            row[f"{d}/R@{k}"] = bootstrap_ci(mine).as_dict()
+            if reference is not None:
+                diff = paired_difference(mine, per_query(reference[d], f"R@{k}"))
+                row[f"{d}/R@{k}/minus_two_tower"] = {**diff.as_dict(),
+                                                     "significant": diff.significant}
+    return row
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a finished roco_cpu `rocoray demo` directory")
+    p.add_argument("--epochs-scale", type=float, default=1.0, help="x every variant's epochs "
+                   "(a smoke run: 0.25)")
+    p.add_argument("--out", default=None, help="results file (default: bench/results/)")
+    args = p.parse_args(argv)
+    from core.checkpoint import load_checkpoint, resolve_checkpoint
+    from core.data.rocov2 import resolve_split, split_identity
+    from core.frozen_store import FrozenStore, store_key
+
+    def log(line):
+        print(line, flush=True)
+
+    run = Path(args.run)
+    summary = __import__("json").loads((run / "summary.json").read_text())
+    data = summary["data"]
+    tt_path = resolve_checkpoint(run / "train" / "two_tower")
+    tt = load_checkpoint(tt_path)
+    rows, tt_features = {}, {}
+    for split in SPLITS:
+        key = store_key(tt.model, tt.config.model, tt.tokenizer,
+                        split_identity(resolve_split(data, split)), None)
+        store = FrozenStore.find(str(run / "cache"), key)
+        if store is None:
+            raise SystemExit(f"{run}/cache holds no frozen store of the {split} split for "
+                             f"this two-tower checkpoint: run the demo first")
+        rows[split] = load_split(store, tt.concepts)
+        if split != "train":
+            tt_features[split] = features(tt.model, rows[split])
+        log(f"{split}: {len(rows[split]['group'])} rows from {store.root}")
+    pos_weight = (torch.from_numpy(tt.concepts.pos_weight(tt.config.model.concepts.max_pos_weight))
+                  if tt.concepts is not None and tt.config.model.concepts.num_concepts else None)
+    if pos_weight is None:
+        rows = {s: {k: v for k, v in r.items() if k != "concepts"} for s, r in rows.items()}
+    results, models = [], {}
+    for name, overrides in VARIANTS:
+        log(f"{name}")
+        model, info = train_variant(overrides, tt_path, rows["train"], tt.config, pos_weight,
+                                    args.epochs_scale, log)
+        val = matrices(model, tt_features["validation"], rows["validation"])
+        chosen = rules(val)
+        row = {"variant": name, "overrides": overrides, **info, "validation": {
+            rule: {"setting": setting, "mean_recall": mean_recall(r),
+                   **{f"{d}/R@{k}": float((r[d] < k).mean()) for d in ("t2i", "i2t")
+                      for k in (1, 5, 10)}} for rule, (setting, r) in chosen.items()}}
+        row["best_rule"] = max(row["validation"], key=lambda x: row["validation"][x]["mean_recall"])
+        row["val_mean_recall"] = row["validation"][row["best_rule"]]["mean_recall"]
+        log(f"  validation mean recall: " + ", ".join(
+            f"{rule} {v['mean_recall']:.4f} {v['setting']}" for rule, v in row["validation"].items()))
+        results.append(row)
+        models[name] = copy.deepcopy(model)
+    kept = max(results, key=lambda r: r["val_mean_recall"])
+    kept["kept"] = True
+    v = tt_features["validation"]
+    val_tt = ranks_all_pairs((v["text"].embed @ v["image"].embed.T).float().numpy(),
+                             np.asarray(v["group"]))
+    # the test split, read once: the kept variant and the preset, every rule at its
+    # validation setting, against the two-tower model on the same queries
+    test = {}
+    for row in (results[0], kept):
+        if row["variant"] in test:
+            continue
+        m = matrices(models[row["variant"]], tt_features["test"], rows["test"])
+        two_tower = ranks_all_pairs(m["tt"], m["group"])
+        test[row["variant"]] = {"two_tower": ci_row(two_tower)} | {
+            rule: ci_row(apply_rule(m, rule, v["setting"]), two_tower)
+            for rule, v in row["validation"].items()}
+        row["test"] = test[row["variant"]]
+        log(f"test ({row['variant']}): " + ", ".join(
+            f"{rule} R@10 t2i {r['t2i/R@10']['value']:.3f} i2t {r['i2t/R@10']['value']:.3f}"
+            for rule, r in row["test"].items()))
+    result = {"bench": "fusion_variants", "data": data, "run": str(run),
+              "two_tower_validation_mean_recall": mean_recall(val_tt),
+              "test_items": int(len(rows["test"]["group"])), "epochs_scale": args.epochs_scale,
+              "criterion": "validation mean recall (R@1/5/10, both directions) of the variant's "
+                           "best scoring rule; the test split read once, for the kept variant "
+                           "and the preset", "variants": results, "kept": kept["variant"]}
+    if args.out:
+        Path(args.out).write_text(__import__("json").dumps(result, indent=2))
+    else:
+        write_result(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
