@@ -17,15 +17,17 @@ def machine() -> dict:
     return {**described(), "threads": torch.get_num_threads()}
 
 
-def write_result(result: dict, data=None) -> Path:
+def write_result(result: dict, data=None, provenance: dict | None = None) -> Path:
     """bench/results/<bench>.json with its provenance (commit, time, command, machine, the
-    data read: ``data``, else the result's own ``data`` field); data paths made portable."""
-    from core.provenance import portable_path, provenance
+    data read: ``data``, else the result's own ``data`` field; ``provenance``: a run's own,
+    when the result collects a run made earlier); data paths made portable."""
+    from core.provenance import portable_path
+    from core.provenance import provenance as now
 
     data = data if data is not None else result.get("data")
     if isinstance(result.get("data"), str):
         result = {**result, "data": portable_path(result["data"])}
-    result = {**result, "machine": machine(), "provenance": provenance(data)}
+    result = {"machine": machine(), **result, "provenance": provenance or now(data)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result['bench']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

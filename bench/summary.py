@@ -181,15 +181,17 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
     return []
 
 
-def performance_markdown(results_dir: Path) -> str:
+def performance_markdown(results_dir: Path, stamp=None) -> str:
+    """The table; ``stamp(result, name)`` (the README generator's) says per row which commit
+    and date the row was measured at, and whether its code changed since (STALE)."""
     results = _load(results_dir)
-    rows = [row for v in results.values() for row in _rows(v)]
-    machine = next(iter(results.values()))["machine"] if results else {}
-    lines = [f"Measured by `make bench` on {machine.get('cores')} cores ({machine.get('cpu')}, "
-             f"torch {machine.get('torch')}); regenerated into this table by "
-             "`python tools/update_readme.py`.", "",
-             "| benchmark | measured | target | |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines = ["Each row is one `bench/<name>.py` run, regenerated into this table by "
+             "`python tools/update_readme.py` from its results file, with the commit and date "
+             "it was measured at (STALE: the bench or a module it imports has changed since).", "",
+             "| benchmark | measured | target | | measured at |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        when = stamp(r, name) if stamp else ""
+        lines += [f"| {a} | {b} | {c} | {d} | {when} |" for a, b, c, d in _rows(r)]
     if "gpu" not in results or results["gpu"].get("smoke"):
         lines += ["", "GPU figures: none measured yet (`python -m bench.gpu --with-ray` on a GPU "
                   "machine writes bench/results/gpu.json; no GPU number here comes from a CPU)."]

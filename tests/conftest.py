@@ -130,3 +130,29 @@ def _ray_tests_are_marked(request):
             and request.node.get_closest_marker("ray") is None):
         pytest.fail("this test started Ray but is not marked `ray` (pytest.mark.ray, or a "
                     "fixture in conftest.RAY_FIXTURES)", pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """With ROCORAY_RECORD_TESTS=1, the run writes its own counts and wall time (pytest's) to
+    bench/results/test_suite.json, keyed by its marker selection: the README's test times
+    are generated from this file, never typed."""
+    if not os.environ.get("ROCORAY_RECORD_TESTS"):
+        return
+    import json
+    import sys
+
+    from core.provenance import provenance
+
+    stats = terminalreporter.stats
+    count = {k: len([r for r in stats.get(k, []) if getattr(r, "when", "call") in ("call", "setup")])
+             for k in ("passed", "failed", "skipped", "error")}
+    selection = config.getoption("markexpr") or "all"
+    path = REPO / "bench" / "results" / "test_suite.json"
+    record = json.loads(path.read_text()) if path.exists() else {"bench": "test_suite", "runs": {}}
+    prov = provenance(argv=["pytest", *sys.argv[1:]])
+    record["runs"][selection] = {
+        "command": prov["command"], "passed": count["passed"], "failed": count["failed"] + count["error"],
+        "skipped": count["skipped"], "exit_status": int(exitstatus),
+        "seconds": round(terminalreporter._session_start.elapsed().seconds, 1),  # pytest's own
+        "machine": prov["machine"], "provenance": prov}
+    path.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,11 +1,18 @@
-"""Regenerate the README's result blocks from result files, so no number there is typed.
+"""Regenerate the README's result blocks from the committed results files, so no number
+there is typed, and every block says the commit and date it was measured at; a block whose
+measured code (the script and every project module it imports) has commits since is marked
+STALE automatically.
 
-    python tools/update_readme.py            # after `rocoray demo` and/or `make bench`
+    python tools/update_readme.py            # after `make bench` / `python -m bench.demo_run`
+    python tools/update_readme.py --check    # CI: fails when the README differs
 
 Blocks are delimited by <!-- BEGIN name --> / <!-- END name --> markers:
-  demo-results   from runs/demo/summary.json and runs/demo/eval/metrics.json
-  ablation-results  from runs/ablation/ablation.json (`rocoray ablation`)
-  performance    from bench/results/*.json
+  demo-results      bench/results/demo.json (`python -m bench.demo_run --name demo`)
+  roco-results      bench/results/roco_ccby.json, roco_sample.json, fusion_variants.json,
+                    roco_variants.json
+  ablation-results  bench/results/ablation.json
+  performance       bench/results/*.json (each bench's rows)
+  test-times        bench/results/test_suite.json (written by the test run itself)
 """
 
 from __future__ import annotations
@@ -17,6 +24,70 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+PACKAGES = ("core", "ray_jobs", "bench")
+
+
+def _module_path(name: str) -> Path | None:
+    base = REPO / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def measured_files(entry: str) -> list[str]:
+    """The entry script and every project module it imports, transitively (the code a
+    result measured), as repository-relative paths."""
+    import ast
+
+    todo, seen = [REPO / entry], set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if name.split(".")[0] in PACKAGES:
+                    found = _module_path(name)
+                    if found is not None:
+                        todo.append(found)
+    return sorted(str(p.relative_to(REPO)) for p in seen)
+
+
+def _git(*args: str) -> str:
+    import subprocess
+
+    out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def stamp(result: dict, entry: str) -> str:
+    """"measured at <commit> (<date>)", and STALE when the code the result measured (the
+    entry script and what it imports) has commits after that one, or when the result
+    carries no provenance, or was measured on uncommitted changes."""
+    prov = result.get("provenance") or {}
+    commit = prov.get("commit")
+    if not commit:
+        return "STALE: no provenance recorded (measured before results carried one)"
+    short, date = commit[:7], (prov.get("time_utc") or "")[:10]
+    text = f"measured at {short} ({date})"
+    if not _git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"):
+        return text + "; STALE: that commit is not in this history"
+    later = _git("log", "--format=%h", f"{commit}..HEAD", "--", *measured_files(entry))
+    if later:
+        n = len(later.split())
+        text += f"; STALE: the measured code changed since ({n} commit{'s' if n > 1 else ''})"
+    elif prov.get("dirty"):
+        text += "; measured with uncommitted changes"
+    return text
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -39,28 +110,16 @@ def ran_on(result: dict) -> str:
     return ", ".join(str(p) for p in parts) + "; " + ", ".join(versions)
 
 
-def demo_block(demo_dir: Path) -> str | None:
+def demo_tables(metrics: dict, training: dict) -> list[str]:
+    """The tables of a demo's results file: training finals, test recall, verdict, cost,
+    fine-grained, concepts, explanations (no number typed here)."""
     from core.report import concepts, explanations, markdown_table
     from core.report.tables import cost_rows, fine_grained_rows, metrics_rows
 
-    summary_path = demo_dir / "summary.json"
-    if not summary_path.exists():
-        return None
-    summary = json.loads(summary_path.read_text())
-    metrics = json.loads(Path(summary["evaluation"]).read_text())
-    if "comparison" not in metrics:
-        print(f"{summary_path}: written by an older rocoray (no verdict): run `rocoray demo` again")
-        return None
-    tt = summary["training"]["two_tower"]
-    fu = summary["training"]["fusion"]
+    tt, fu = training["two_tower"], training["fusion"]
     lines = [
-        f"Measured by `rocoray demo` ({summary['minutes']:.1f} min end to end on "
-        f"{ran_on(summary)}), written here by `python tools/update_readme.py`.",
-        "",
-        "Training, on the validation split after the last epoch:",
-        "",
-        "| model | metric | measured | chance |",
-        "|---|---|---|---|",
+        "Training, on the validation split after the last epoch:", "",
+        "| model | metric | measured | chance |", "|---|---|---|---|",
         f"| two-tower | text-to-image Recall@10 ({tt['final']['val/gallery_size']} images) | "
         f"{tt['final']['val/t2i/R@10']:.3f} | {tt['chance_R@10']:.3f} |",
         f"| two-tower | image-to-text Recall@10 | {tt['final']['val/i2t/R@10']:.3f} | "
@@ -69,46 +128,51 @@ def demo_block(demo_dir: Path) -> str | None:
         f"{fu['final']['val/match_acc']:.3f} | 0.500 |",
         f"| fusion | text-to-image Recall@10 ({fu['final']['val/gallery_size']} images) | "
         f"{fu['final']['val/t2i/R@10']:.3f} | {fu['chance_R@10']:.3f} |",
-        "",
-        f"Test split, {metrics['gallery_size']} pairs; 95 % bootstrap intervals over queries:",
-        "",
-        markdown_table(*metrics_rows(metrics)),
-        "",
-        f"Verdict (from the report): {metrics['comparison']['verdict']['summary']}",
-        "",
-        markdown_table(*cost_rows(metrics)),
-    ]
-    if metrics.get("fine_grained"):
+        "", f"Test split, {metrics['gallery_size']} pairs; 95 % bootstrap intervals over queries:",
+        "", markdown_table(*metrics_rows(metrics)), "",
+        f"Verdict (from the report): {metrics['comparison']['verdict']['summary']}", "",
+        markdown_table(*cost_rows(metrics))]
+    fg = metrics.get("fine_grained")
+    if fg and fg.get("available", True):
         lines += ["", "Fine-grained (the true item ranked above its one-attribute sibling; "
-                  "chance 0.5):", "", markdown_table(*fine_grained_rows(metrics["fine_grained"]))]
+                  "chance 0.5):", "", markdown_table(*fine_grained_rows(fg))]
     for title, table, _ in concepts.blocks(metrics.get("concepts")):
         if table:
             lines += ["", f"{title}:", "", markdown_table(*table)]
-    title, table, note, _ = explanations.explanation_block(metrics.get("explanations"))
-    if table and metrics["explanations"].get("mode") == "agreement":
-        lines += ["", f"{title} ({metrics['explanations']['cases']} test pairs, no lesion boxes; "
-                  "agreement between maps, and deletion / insertion areas beside a random "
-                  "map's):", "", markdown_table(*table)]
+    ex = metrics.get("explanations") or {}
+    title, table, note, _ = explanations.explanation_block(ex or None)
+    if table and ex.get("mode") == "agreement":
+        lines += ["", f"{title} ({ex['cases']} test pairs, no lesion boxes; agreement between "
+                  "maps, and deletion / insertion areas beside a random map's):", "",
+                  markdown_table(*table)]
     elif table:
-        lines += ["", f"{title} ({metrics['explanations']['cases']} test pairs with a lesion "
-                  f"box; a random map's energy is about the mean box area, "
-                  f"{metrics['explanations']['mean_box_area']:.3f}):", "", markdown_table(*table)]
-    return "\n".join(lines)
+        lines += ["", f"{title} ({ex['cases']} test pairs with a lesion box; a random map's "
+                  f"energy is about the mean box area, {ex['mean_box_area']:.3f}):", "",
+                  markdown_table(*table)]
+    return lines
 
 
-def ablation_block(path: Path) -> str | None:
-    from core.report.tables import ablation_rows
+def stage_table(stages: dict) -> list[str]:
     from core.report import markdown_table
 
+    return ["Time and memory of each stage (`evaluate: ...` are the parts of `score and "
+            "evaluate`; peak resident memory summed over the job's processes, shared pages "
+            "counted in each):", "",
+            markdown_table(["stage", "seconds", "peak RSS MB"],
+                           [[k, f"{v['seconds']:.0f}", str(v["peak_rss_mb"])]
+                            for k, v in stages.items()])]
+
+
+def demo_block(path: Path) -> str | None:
+    """The demo block: bench/results/demo.json (`python -m bench.demo_run --name demo`)."""
     if not path.exists():
         return None
-    result = json.loads(path.read_text())
-    epochs = {v["epochs"] for v in result["variants"]}
-    return "\n".join([
-        f"Measured by `rocoray ablation` (preset {result['config']}, {', '.join(map(str, epochs))} "
-        f"epochs, {result['data']}, {result['split']} split, on {ran_on(result)}), written "
-        "here by `python tools/update_readme.py`:", "",
-        markdown_table(*ablation_rows(result)), "", result["note"]])
+    r = json.loads(path.read_text())
+    lines = [f"Measured by `rocoray demo` ({r['minutes']:.1f} min end to end on {ran_on(r)}; "
+             f"{stamp(r, 'ray_jobs/demo.py')}), collected by `python -m bench.demo_run --name "
+             f"demo` into {path.relative_to(REPO)} and written here by `python "
+             "tools/update_readme.py`.", ""]
+    return "\n".join(lines + demo_tables(r["metrics"], r["training"]))
 
 
 def _ci(e: dict) -> str:
@@ -118,85 +182,186 @@ def _ci(e: dict) -> str:
 ROCO_LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank"}
 
 
-def roco_block(results_dir: Path) -> str | None:
-    """The real-data section: bench/results/roco_sample.json (the demo on the ROCO sample)
-    and bench/results/roco_variants.json (what moves recall), when they exist."""
+def real_demo_lines(path: Path, command: str) -> list[str]:
+    """A real-data demo's results file (`python -m bench.demo_run --name roco_...`)."""
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    return [f"`{command}`: {r['minutes']:.1f} min end to end on {ran_on(r)} "
+            f"({stamp(r, 'ray_jobs/demo.py')}; {path.relative_to(REPO)}, data "
+            f"{r['data']}).", "", *demo_tables(r["metrics"], r["training"]), "",
+            *stage_table(r["stages"]), ""]
+
+
+def two_tower_variants_lines(path: Path) -> list[str]:
     from core.report import markdown_table
 
-    lines = []
-    sample = results_dir / "roco_sample.json"
-    if sample.exists():
-        r = json.loads(sample.read_text())
-        ks = ("R@1", "R@5", "R@10")
-        header = ["method"] + [f"{d} {k}" for d in ("t2i", "i2t") for k in ks]
-        rows = [[ROCO_LABELS.get(m, m)] + [_ci(r["recall"][m][d][k]) for d in ("t2i", "i2t")
-                                           for k in ks] for m in r["recall"]]
-        rows.append(["chance (group-aware)"] + [f"{r['chance'][k]:.3f}" for _ in ("t2i", "i2t")
-                                                for k in ks])
-        stages = r.get("stages") or {}
-        lines += [
-            f"Measured by `python -m bench.roco_sample` (`rocoray demo --data {r['data']} "
-            f"--config {r['config']}`: "
-            + (f"{r['minutes']:.1f} min end to end" if r.get("minutes") else "time not recorded")
-            + f" on {ran_on({'machine': r.get('ran_on')})}), "
-            "written here by `python tools/update_readme.py` from bench/results/roco_sample.json.",
-            "", f"Test split, {r['test_items']} real figures; 95 % bootstrap intervals over queries:",
-            "", markdown_table(header, rows), "",
-            f"Verdict (from the report): {r['verdict']['summary']}", ""]
-        det = r.get("concept_detection") or {}
-        if det:
-            drow = [[name, _ci(v["per_image_f1"]) if isinstance(v.get("per_image_f1"), dict)
-                     else f"{v.get('per_image_f1', float('nan')):.3f}"]
-                    for name, v in det.items() if isinstance(v, dict) and "per_image_f1" in v]
-            if drow:
-                lines += ["Concept detection on the test figures (ImageCLEF per-image F1, "
-                          "threshold chosen on validation):", "",
-                          markdown_table(["detector", "per-image F1"], drow), ""]
-        if stages:
-            lines += ["Time and memory of each stage (peak resident memory summed over the "
-                      "job's processes):", "",
-                      markdown_table(["stage", "seconds", "peak RSS MB"],
-                                     [[k, f"{v['seconds']:.0f}", str(v["peak_rss_mb"])]
-                                      for k, v in stages.items()]), ""]
-    variants = results_dir / "roco_variants.json"
-    if variants.exists():
-        v = json.loads(variants.read_text())
-        header = ["variant", "kept", "best epoch", "t2i R@1", "t2i R@5", "t2i R@10", "i2t R@1",
-                  "i2t R@5", "i2t R@10", "train s"]
-        rows = [[x["variant"], "yes (the preset)" if x["kept"] else "",
-                 f"{x['best_epoch']} of {x.get('epochs', v['epochs'])}"]
-                + [_ci(x[f"{d}/R@{k}"]) for d in ("t2i", "i2t") for k in (1, 5, 10)]
-                + [f"{x['train_seconds']:.0f}"] for x in v["variants"]]
-        rows.append(["chance (group-aware)", "", ""] + [f"{v['chance'][f'R@{k}']:.3f}"
-                                                      for _ in (0, 1) for k in (1, 5, 10)] + [""])
-        lines += [f"What moves two-tower recall, measured side by side by `python -m "
-                  f"bench.roco_variants` (each variant the `roco_cpu` preset with overrides, "
-                  f"trained on the frozen layers encoded once, best validation epoch kept, "
-                  f"test split of {v['test_items']}; encoding {v['encode_seconds']:.0f} s; on "
-                  f"{ran_on(v)}):", "", markdown_table(header, rows)]
+    if not path.exists():
+        return []
+    v = json.loads(path.read_text())
+    header = ["variant", "validation mean recall", "kept", "best epoch", "t2i R@1", "t2i R@5",
+              "t2i R@10", "i2t R@1", "i2t R@5", "i2t R@10", "train s"]
+    rows = [[x["variant"], f"{x['val_mean_recall']:.4f}", "yes (the preset)" if x["kept"] else "",
+             f"{x['best_epoch']} of {x.get('epochs', v['epochs'])}"]
+            + [_ci(x[f"{d}/R@{k}"]) for d in ("t2i", "i2t") for k in (1, 5, 10)]
+            + [f"{x['train_seconds']:.0f}"] for x in v["variants"]]
+    rows.append(["chance (group-aware)", "", "", ""] + [f"{v['chance'][f'R@{k}']:.3f}"
+                                                       for _ in (0, 1) for k in (1, 5, 10)] + [""])
+    return [f"What moves two-tower recall, side by side by `python -m bench.roco_variants` "
+            f"({stamp(v, 'bench/roco_variants.py')}): each variant the `roco_cpu` preset with "
+            f"overrides, trained on the frozen layers encoded once, its best validation epoch "
+            f"kept; the variant kept is the one with the best validation mean recall "
+            f"(R@1/5/10, both directions); test split of {v['test_items']} on {ran_on(v)}:",
+            "", markdown_table(header, rows), ""]
+
+
+def fusion_variants_lines(path: Path) -> list[str]:
+    from core.report import markdown_table
+
+    if not path.exists():
+        return []
+    v = json.loads(path.read_text())
+    rules = ("itm", "fused", "rerank")
+    header = ["variant", "epochs", "samples/s"] + [f"val mean recall: {r}" for r in rules] + ["kept"]
+    rows = [[x["variant"], str(x["epochs"]), f"{x['samples_per_s']:.0f}"]
+            + [f"{x['validation'][r]['mean_recall']:.4f}"
+               + (f" ({', '.join(f'{k} {g:g}' for k, g in x['validation'][r]['setting'].items())})"
+                  if x["validation"][r]["setting"] else "") for r in rules]
+            + ["yes" if x.get("kept") else ""] for x in v["variants"]]
+    lines = [f"Fusion on real ROCO, side by side by `python -m bench.fusion_variants` "
+             f"({stamp(v, 'bench/fusion_variants.py')}; on {ran_on(v)}). Each variant is the "
+             "`roco_cpu` fusion model with overrides, trained on the two-tower's frozen towers; "
+             "scored on validation three ways: itm = fusion over all pairs by its match logit; "
+             "fused = match logit + a x its ITC cosine; rerank = the two-tower top-k re-ordered "
+             "by match logit + a x two-tower cosine (a, k chosen on validation). Two-tower "
+             f"validation mean recall: {v['two_tower_validation_mean_recall']:.4f}. "
+             f"{v['criterion'].capitalize()}.", "", markdown_table(header, rows), ""]
+    labels = {"two_tower": "two-tower", "itm": "fusion, match logit (all pairs)",
+              "fused": "fusion, fused score (all pairs)", "rerank": "rerank"}
+    for x in v["variants"]:
+        if "test" not in x:
+            continue
+        trows = []
+        for rule, r in x["test"].items():
+            cells = [labels[rule]]
+            for d in ("t2i", "i2t"):
+                for k in (1, 5, 10):
+                    cell = _ci(r[f"{d}/R@{k}"])
+                    diff = r.get(f"{d}/R@{k}/minus_two_tower")
+                    if diff:
+                        cell += f" ({diff['value']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]" \
+                                + ("*" if diff["significant"] else "") + ")"
+                    cells.append(cell)
+            trows.append(cells)
+        lines += [f"Test split ({v['test_items']} figures), {x['variant']}"
+                  + (" (kept)" if x.get("kept") else " (the preset before)")
+                  + ": recall with 95 % intervals, and in brackets the paired difference from "
+                  "the two-tower model (* beyond the interval):", "",
+                  markdown_table(["method"] + [f"{d} R@{k}" for d in ("t2i", "i2t")
+                                               for k in (1, 5, 10)], trows), ""]
+    return lines
+
+
+def roco_block(results_dir: Path) -> str | None:
+    """The real-data section: the real demos (bench/results/roco_ccby.json,
+    roco_sample.json), what moves two-tower recall (roco_variants.json) and the fusion
+    recipes (fusion_variants.json), when they exist."""
+    lines = (real_demo_lines(results_dir / "roco_ccby.json",
+                             "rocoray demo --data datasets/roco-ccby --config roco_cpu")
+             + real_demo_lines(results_dir / "roco_sample.json",
+                               "rocoray demo --data ../shared/data/roco-sample --config roco_cpu")
+             + fusion_variants_lines(results_dir / "fusion_variants.json")
+             + two_tower_variants_lines(results_dir / "roco_variants.json"))
     return "\n".join(lines) if lines else None
+
+
+def test_time_block(path: Path) -> str | None:
+    """The test suite's measured times: bench/results/test_suite.json, written by the test
+    run itself (tests/conftest.py, with ROCORAY_RECORD_TESTS=1)."""
+    if not path.exists():
+        return None
+    runs = json.loads(path.read_text())["runs"]
+    out = []
+    for selection, r in runs.items():
+        minutes, seconds = divmod(round(r["seconds"]), 60)
+        out.append(f"- `{r['command']}`: {r['passed']} passed, {r['failed']} failed, "
+                   f"{r['skipped']} skipped in {minutes} min {seconds} s ({ran_on(r)}; "
+                   f"{stamp(r, 'tests/conftest.py')}; {selection})")
+    return "\n".join(out)
 
 
 def performance_block(results_dir: Path) -> str | None:
     from bench.summary import performance_markdown
 
-    return performance_markdown(results_dir) if any(results_dir.glob("*.json")) else None
+    return (performance_markdown(results_dir, lambda r, name: stamp(r, f"bench/{name}.py"))
+            if any(results_dir.glob("*.json")) else None)
 
 
-def main() -> None:
+def ablation_block(path: Path) -> str | None:
+    from core.report import markdown_table
+    from core.report.tables import ablation_rows
+
+    if not path.exists():
+        return ("Not measured at this commit: `rocoray ablation --out runs/ablation` writes "
+                "the table (ablation.json, ablation.md); `rocoray demo --ablation` puts it in "
+                "the report.")
+    result = json.loads(path.read_text())
+    epochs = {v["epochs"] for v in result["variants"]}
+    return "\n".join([
+        f"Measured by `rocoray ablation` (preset {result['config']}, {', '.join(map(str, epochs))} "
+        f"epochs, {result['data']}, {result['split']} split, on {ran_on(result)}; "
+        f"{stamp(result, 'ray_jobs/ablation.py')}):", "",
+        markdown_table(*ablation_rows(result)), "", result["note"]])
+
+
+BLOCKS = {
+    "demo-results": lambda: demo_block(RESULTS / "demo.json"),
+    "ablation-results": lambda: ablation_block(RESULTS / "ablation.json"),
+    "roco-results": lambda: roco_block(RESULTS),
+    "performance": lambda: performance_block(RESULTS),
+    "test-times": lambda: test_time_block(RESULTS / "test_suite.json"),
+}
+RESULTS = REPO / "bench" / "results"
+
+
+def generate(text: str) -> str:
+    """The README with every block regenerated from the committed results files."""
+    for name, make in BLOCKS.items():
+        if f"<!-- BEGIN {name} -->" not in text:
+            continue
+        body = make()
+        if body is None:
+            body = f"Not measured at this commit (no results file for the {name} block)."
+        text = replace_block(text, name, body)
+    return text
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="fail when the README differs from "
+                   "what the results files generate (CI runs this)")
+    args = p.parse_args(argv)
     readme = REPO / "README.md"
     text = readme.read_text()
-    for name, body in (("demo-results", demo_block(REPO / "runs" / "demo")),
-                       ("ablation-results", ablation_block(REPO / "runs" / "ablation" / "ablation.json")),
-                       ("roco-results", roco_block(REPO / "bench" / "results")),
-                       ("performance", performance_block(REPO / "bench" / "results"))):
-        if body is None:
-            print(f"{name}: no results found, block left as it is")
-        elif f"<!-- BEGIN {name} -->" in text:
-            text = replace_block(text, name, body)
-            print(f"{name}: updated")
-    readme.write_text(text)
+    generated = generate(text)
+    if args.check:
+        if generated != text:
+            import difflib
+
+            diff = difflib.unified_diff(text.splitlines(), generated.splitlines(), "README.md",
+                                        "generated", lineterm="", n=0)
+            print("\n".join(list(diff)[:40]))
+            print("README.md differs from what bench/results/ generates: run "
+                  "`python tools/update_readme.py` and commit it", file=sys.stderr)
+            return 1
+        print("README.md is what bench/results/ generates")
+        return 0
+    readme.write_text(generated)
+    print("README.md regenerated from bench/results/")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
