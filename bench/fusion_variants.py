@@ -246,7 +246,7 @@ def main(argv=None) -> dict:
                       for k in (1, 5, 10)}} for rule, (setting, r) in chosen.items()}}
         row["best_rule"] = max(row["validation"], key=lambda x: row["validation"][x]["mean_recall"])
         row["val_mean_recall"] = row["validation"][row["best_rule"]]["mean_recall"]
-        log(f"  validation mean recall: " + ", ".join(
+        log("  validation mean recall: " + ", ".join(
             f"{rule} {v['mean_recall']:.4f} {v['setting']}" for rule, v in row["validation"].items()))
         results.append(row)
         models[name] = copy.deepcopy(model)
