@@ -100,6 +100,11 @@ class FusionConfig:
     # model's (linear) ITC heads, so cross-attention begins in the space the two-tower
     # model aligned (needs model.two_tower.proj_layers 1 and embed_dim = width).
     token_proj_from_itc: bool = False
+    # The ranking score over all pairs: match logit + score_alpha x the ITC cosine (the
+    # fused score, as ALBEF/BLIP combine ITM and ITC); 0: the match logit alone. None: chosen
+    # on the validation split after every epoch (from FUSED_SCORE_ALPHAS), and the checkpoint
+    # records the number it chose.
+    score_alpha: float | None = 0.0
     # Retrieve-and-rerank inside the fusion model, in validation: the ITC top-k re-scored by
     # the match logit + rerank_alpha x the ITC cosine (the fused score).
     rerank_k: int = 16

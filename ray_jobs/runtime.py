@@ -199,7 +199,9 @@ def format_epoch(m: dict, epochs: int | None = None) -> str:
     if recalls:
         parts.append("val R@1/5/10 " + ", ".join(recalls))
     if "val/mean_recall" in m:
-        parts.append(f"mean recall {m['val/mean_recall']:.3f}")
+        parts.append(f"mean recall {m['val/mean_recall']:.3f}"
+                     + (f" (fused score, alpha {m['val/score_alpha']:g})"
+                        if m.get("val/score_alpha") else ""))
     if "val/match_acc" in m:
         parts.append(f"match acc {m['val/match_acc']:.3f}")
     for name in ("itc", "rerank"):

@@ -23,7 +23,7 @@ from core.concepts.detection import choose_threshold, probabilities
 from core.checkpoint import (WEIGHTS, init_fusion_from_two_tower, load_train_state,
                              save_checkpoint, unwrap)
 from core.batch import collate
-from core.config import ExperimentConfig, config_from_dict
+from core.config import ExperimentConfig, config_from_dict, to_dict
 from core.frozen_store import StoredSplit
 from core.training.distributed import gather_objects, summed_counts
 from core.evaluation.reference import encode_batches, validate
@@ -253,7 +253,12 @@ def save(state: WorkerState, epoch: int, metrics: dict, tokenizer, concepts=None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if state.rank == 0:
-            save_checkpoint(tmp, state.model, state.cfg, tokenizer,
+            cfg = state.cfg
+            if cfg.model.kind == "fusion" and cfg.model.fusion.score_alpha is None:
+                # the checkpoint ranks with the fused score's alpha chosen on validation
+                cfg = config_from_dict(to_dict(cfg))
+                cfg.model.fusion.score_alpha = state.model.score_alpha
+            save_checkpoint(tmp, state.model, cfg, tokenizer,
                             {"optimizer": state.optimizer.state_dict(),
                              "scheduler": state.scheduler.state_dict(), "epoch": epoch,
                              "step": state.step, "world": state.world}, concepts=concepts)

@@ -149,3 +149,39 @@ def test_encode_batches_concatenates_features():
     enc = encode_batches(model, batches)
     assert len(enc["text"]) == 12 and enc["image"].k.shape[0] == 12
     assert enc["image_id"][5] == "1-1"
+
+
+def test_the_fused_score_adds_the_itc_cosine_and_its_alpha_is_chosen_on_validation():
+    """Fusion's ranking score may be match logit + alpha x ITC cosine (ALBEF/BLIP combine
+    ITM and ITC); with model.fusion.score_alpha None, validation picks alpha from the grid
+    by mean recall, and every ranking path (score, score_pairs(ranking=True)) agrees."""
+    from core.evaluation.metrics import evaluate_scores
+    from core.evaluation.reference import score_matrix, validate
+    from core.models.fusion import FUSED_SCORE_ALPHAS
+
+    torch.manual_seed(0)
+    cfg = tiny("fusion")
+    model = build_model(cfg.model).eval()
+    px, ids, mask = inputs(12)
+    with torch.no_grad():
+        image, text = model.encode_image(px), model.encode_text(ids, mask)
+    itm = score_matrix(model, text, image)
+    itc = (text.embed @ image.embed.T).numpy()
+    model.score_alpha = 3.0
+    fused = score_matrix(model, text, image)
+    np.testing.assert_allclose(fused, itm + 3.0 * itc, rtol=1e-4, atol=1e-4)
+    idx = torch.arange(12)
+    with torch.no_grad():
+        diag = model.score_pairs(text, image, idx, idx, ranking=True).numpy()
+        plain = model.score_pairs(text, image, idx, idx).numpy()
+    np.testing.assert_allclose(diag, np.diag(fused), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(plain, np.diag(itm), rtol=1e-4, atol=1e-4)  # training's logit
+
+    model.config.fusion.score_alpha = None
+    groups = np.arange(12)
+    found = validate(model, {"text": text, "image": image, "group": groups}, ks=(1, 5, 10))
+    best = max(FUSED_SCORE_ALPHAS, key=lambda a: (round(evaluate_scores(
+        itm + a * itc, groups, groups, ks=(1, 5, 10))["mean_recall"], 9), -a))
+    assert found["score_alpha"] == model.score_alpha == best
+    assert found["mean_recall"] == pytest.approx(evaluate_scores(
+        itm + best * itc, groups, groups, ks=(1, 5, 10))["mean_recall"])

@@ -54,7 +54,7 @@ def rerank_topk(model, text: Features, image: Features, first_scores: np.ndarray
     ti, ii = (q, g) if by_text else (g, q)
     logits = np.concatenate([  # in slices: a pair's working set is its tokens x patches
         model.score_pairs(text, image, torch.as_tensor(ti[s:s + pairs]),
-                          torch.as_tensor(ii[s:s + pairs])).float().cpu().numpy()
+                          torch.as_tensor(ii[s:s + pairs]), ranking=True).float().cpu().numpy()
         for s in range(0, len(ti), pairs)])
     fused = fused_scores(logits.reshape(candidates.shape),
                          np.take_along_axis(first_scores, candidates, 1), alpha)

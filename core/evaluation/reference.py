@@ -121,6 +121,19 @@ def match_accuracy(model, text: Features, image: Features, groups: np.ndarray) -
     return float(correct.mean())
 
 
+def choose_score_alpha(model, text: Features, image: Features, groups, ks) -> float:
+    """The fused score's alpha (match logit + alpha x ITC cosine) with the best mean recall
+    on this (validation) gallery; ties go to the smaller alpha."""
+    from core.models.fusion import FUSED_SCORE_ALPHAS
+
+    model.score_alpha = 0.0
+    itm = score_matrix(model, text, image)
+    itc = (text.embed @ image.embed.T).float().cpu().numpy()
+    found = [(round(evaluate_scores(itm + a * itc, groups, groups, ks=ks)["mean_recall"], 9), -a)
+             for a in FUSED_SCORE_ALPHAS]
+    return -max(found)[1]
+
+
 def rerank_matrices(itm: np.ndarray, itc: np.ndarray, groups: np.ndarray, k: int,
                     alpha: float, ks=(1, 5, 10)) -> dict:
     """Retrieve-and-rerank from full score matrices (validation): each query's top-k by
@@ -156,11 +169,15 @@ def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha) -> dict:
         head = slice(0, max_items)
         text, image, groups = text.index(head), image.index(head), groups[head]
         n = max_items
-    scores = score_matrix(model, text, image)
     ks = tuple(k for k in ks if k <= n)
+    fusion = getattr(model, "kind", None) == "fusion"
+    if fusion and model.config.fusion.score_alpha is None:
+        model.score_alpha = choose_score_alpha(model, text, image, groups, ks)
+    scores = score_matrix(model, text, image)
     out = evaluate_scores(scores, groups, groups, ks=ks)
     out["gallery_size"] = n
-    if getattr(model, "kind", None) == "fusion":
+    if fusion:
+        out["score_alpha"] = model.score_alpha
         out["match_acc"] = match_accuracy(model, text, image, groups)
         itc = (text.embed @ image.embed.T).float().cpu().numpy()
         out["itc"] = evaluate_scores(itc, groups, groups, ks=ks)

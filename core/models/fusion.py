@@ -10,7 +10,8 @@ quadratic part as small as it can be:
 
     encode_image(pixels)  -> FusionImage   (runs the image encoder and the K/V projections)
     encode_text(ids, mask) -> FusionText   (runs BERT and the first layer's query projection)
-    score(text, image)    -> (Nt, Ni) logits for a block of captions x images
+    score(text, image)    -> (Nt, Ni) ranking scores for a block of captions x images: the
+                             match logit (+ score_alpha x the ITC cosine: the fused score)
     score_pairs(text, image, ti, ii) -> logits for listed (caption, image) pairs
 
 so an Nt x Ni block runs the encoders Nt + Ni times, not Nt x Ni. ``forward`` is the plain,
@@ -31,6 +32,11 @@ from core.features import Features
 from core.models.concept_head import build_concept_head
 from core.models.encoders import (ImageEncoder, TextEncoder, contrastive_heads, l2_normalize,
                                   masked_mean, register_logit_scale)
+
+
+# The fused score's alphas tried on the validation split when model.fusion.score_alpha is
+# None (ITC cosines are in [-1, 1], match logits spread over a few units).
+FUSED_SCORE_ALPHAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 @dataclass
@@ -138,6 +144,10 @@ class FusionModel(nn.Module):
         register_logit_scale(self, "itc_logit_scale", tc)
         self.max_logit_scale = tc.max_logit_scale
         self.concept_head = build_concept_head(self.image_encoder.out_dim, config.concepts)
+        # The ranking score: match logit + score_alpha x ITC cosine (the fused score; 0: the
+        # match logit alone). None in a config means "chosen on validation" (training sets
+        # it each epoch and the checkpoint records the number).
+        self.score_alpha = float(fc.score_alpha or 0.0)
 
     def itc_scale(self) -> torch.Tensor:
         """exp(itc_logit_scale), clamped as CLIP does."""
@@ -193,12 +203,17 @@ class FusionModel(nn.Module):
             t = layer.finish(t, layer.merge_heads(attended))
         pooled = t.new_zeros((t.shape[0], len(text), t.shape[2])).index_add_(1, owner, t)
         counts = torch.bincount(owner, minlength=len(text)).clamp_min(1).to(t.dtype)
-        return self.head(self.norm(pooled / counts[None, :, None])).squeeze(-1).T
+        logits = self.head(self.norm(pooled / counts[None, :, None])).squeeze(-1).T
+        if self.score_alpha:
+            logits = logits + self.score_alpha * (text.embed @ image.embed.T).to(logits.dtype)
+        return logits
 
     def score_pairs(self, text: FusionText, image: FusionImage,
                     text_index: torch.Tensor | None = None,
-                    image_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for aligned pairs (text[ti], image[ii]); indices default to 0..N-1."""
+                    image_index: torch.Tensor | None = None, ranking: bool = False) -> torch.Tensor:
+        """Match logits for aligned pairs (text[ti], image[ii]); indices default to 0..N-1.
+        ``ranking``: the ranking score ``score`` computes (with the ITC term when
+        ``score_alpha`` is set), for ranking pairs; the plain logit trains the match head."""
         if text_index is not None:
             text = text.index(text_index)
         if image_index is not None:
@@ -209,7 +224,10 @@ class FusionModel(nn.Module):
             q = text.q0 if i == 0 else layer.query(t)
             attended = F.scaled_dot_product_attention(q, image.k[:, i], image.v[:, i])
             t = layer.finish(t, layer.merge_heads(attended))
-        return self._match_logit(t, text.mask)
+        logits = self._match_logit(t, text.mask)
+        if ranking and self.score_alpha:
+            logits = logits + self.score_alpha * (text.embed * image.embed).sum(-1).to(logits.dtype)
+        return logits
 
     # --- the plain path ---------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor,
