@@ -6,6 +6,17 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _code_at_start() -> dict:
+    from core.provenance import code_state
+
+    return code_state()
+
+
+# The code a benchmark measures is the code when it started (files edited while it runs
+# do not change what it measured): its results file records this state.
+CODE_AT_START = _code_at_start()
 HELD_OUT = "data/synthetic-heldout"
 
 
@@ -27,7 +38,8 @@ def write_result(result: dict, data=None, provenance: dict | None = None) -> Pat
     data = data if data is not None else result.get("data")
     if isinstance(result.get("data"), str):
         result = {**result, "data": portable_path(result["data"])}
-    result = {"machine": machine(), **result, "provenance": provenance or now(data)}
+    result = {"machine": machine(), **result,
+              "provenance": provenance or now(data, code=CODE_AT_START)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result['bench']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -42,27 +42,18 @@ RERANK_KS = (16, 32, 64)
 # (name, overrides of the roco_cpu fusion model); the first is the preset as it stands.
 VARIANTS = [
     ("roco_cpu as it was: random negatives (3 per positive), 4 epochs", []),
-    ("hard negatives by ITC (warm: the two-tower's heads), 3 per positive, 4 epochs",
-     ["model.fusion.negative_mode=hard"]),
-    ("hard negatives, 1 per positive each way (ALBEF), 12 epochs",
+    ("hard negatives by ITC (warm: the two-tower's heads), 1 per positive each way (ALBEF), "
+     "12 epochs",
      ["model.fusion.negative_mode=hard", "model.fusion.negatives_per_positive=1",
       "train.epochs=12"]),
-    ("width 128, MLP x2, hard negatives 1 per positive, 12 epochs",
-     ["model.fusion.width=128", "model.fusion.negative_mode=hard",
-      "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
-    ("width 128, hard negatives 1 per positive, 24 epochs",
-     ["model.fusion.width=128", "model.fusion.negative_mode=hard",
-      "model.fusion.negatives_per_positive=1", "train.epochs=24"]),
-    ("width 128, hardest negatives 1 per positive, 12 epochs",
-     ["model.fusion.width=128", "model.fusion.negative_mode=hardest",
-      "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
-    ("token projections from the ITC heads, hard negatives 1 per positive, 12 epochs",
-     ["model.fusion.token_proj_from_itc=true", "model.fusion.negative_mode=hard",
-      "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
-    ("width 128, hard negatives 1 per positive, ITC weight 0.1, 12 epochs",
-     ["model.fusion.width=128", "model.fusion.negative_mode=hard",
-      "model.fusion.negatives_per_positive=1", "model.fusion.contrastive_weight=0.1",
-      "train.epochs=12"]),
+    ("random negatives, token projections from the ITC heads, 4 epochs",
+     ["model.fusion.token_proj_from_itc=true"]),
+    ("width 128, MLP x2, random negatives (3 per positive), 12 epochs",
+     ["model.fusion.width=128", "train.epochs=12"]),
+    ("width 128, random negatives, 1 per positive each way, 12 epochs",
+     ["model.fusion.width=128", "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
+    ("width 128, random negatives (3 per positive), 24 epochs",
+     ["model.fusion.width=128", "train.epochs=24"]),
 ]
 
 

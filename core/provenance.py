@@ -107,10 +107,12 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def provenance(data=None, argv: list[str] | None = None) -> dict:
-    """The provenance record of a result written now: code, time, command, machine, data
-    (``data``: one path or several)."""
+def provenance(data=None, argv: list[str] | None = None, code: dict | None = None) -> dict:
+    """The provenance record of a result written now: code (``code``: the state taken when
+    the measurement started, ``code_state()``; by default now), time, command, machine,
+    data (``data``: one path or several)."""
     paths = data if isinstance(data, (list, tuple)) else ([] if data is None else [data])
-    return {**code_state(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    return {**(code or code_state()),
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": portable_command(argv), "machine": machine(),
             "data": [data_fingerprint(p) for p in paths]}

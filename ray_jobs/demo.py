@@ -25,7 +25,7 @@ from pathlib import Path
 
 from core import storage
 from core.config import load_config
-from core.provenance import provenance
+from core.provenance import code_state, provenance
 from core.data.rocov2 import resolve_split
 from core.synthetic.generate import SyntheticSpec, existing_synthetic
 from ray_jobs import evaluate, prepare, score, train
@@ -90,6 +90,7 @@ def synthetic_spec(cfg: DemoConfig) -> SyntheticSpec:
 
 
 def run(cfg: DemoConfig) -> dict:
+    code = code_state()  # the code this run measures: as it is when the run starts
     out, overrides = check(cfg)
     if out.exists() and cfg.overwrite:
         shutil.rmtree(out)  # asked for explicitly, and only after every input checked out
@@ -178,7 +179,7 @@ def run(cfg: DemoConfig) -> dict:
         "evaluation": str(out / "eval" / "metrics.json"),
         "report": metrics["report"],
     }
-    summary["provenance"] = provenance(data)
+    summary["provenance"] = provenance(data, code=code)
     if tune_summary:
         summary["tune"] = {k: tune_summary[k] for k in ("experiment", "best", "wall_s")}
     storage.write_json(out, "summary.json", summary)

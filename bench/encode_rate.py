@@ -1,0 +1,96 @@
+"""The frozen towers' encode stage through Ray against the same work in one process, side by
+side in one run: rows/s of EfficientNet-Lite0 + MiniLM (roco_cpu, 224 px) over the same
+real figures (the embedded datasets/roco-ccby training split), decode and preprocessing
+included in both.
+
+  in process   one process, torch on all the machine's cores: read, preprocess, run the
+               frozen layers (``core.training.frozen_features.encode_frozen``), 64 rows a batch
+  Ray stage    ``ray_jobs.frozen.ensure_store``: the Ray Data actor stage that every job uses
+               (one actor reserving what a training run reserves), writing the store; its
+               wall time includes starting the actor and loading the model
+
+    python -m bench.encode_rate [--rows 640]
+
+Target: the Ray stage at >= 80 % of the in-process rate. Writes bench/results/encode_rate.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from bench._common import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "datasets" / "roco-ccby"
+
+
+def build(config):
+    from core.models import build_model
+
+    return build_model(config.model).eval()
+
+
+def in_process(config, tokenizer, rows: int) -> float:
+    from core.data.preprocess import build_preprocessor
+    from core.data.rocov2 import read_split
+    from core.training.frozen_features import encode_frozen
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = build(config)
+    pre = build_preprocessor(config.model, tokenizer)
+    t0 = time.perf_counter()
+    table = read_split(DATA, "train", max_rows=rows)
+    for start in range(0, table.num_rows, 64):
+        encode_frozen(model, pre(table.slice(start, 64)))
+    return table.num_rows / (time.perf_counter() - t0)
+
+
+def ray_stage(config, tokenizer, rows: int, cpus: float) -> tuple[float, dict]:
+    from core.data.preprocess import build_preprocessor
+    from core.data.rocov2 import resolve_split
+    from ray_jobs.frozen import ensure_store
+    from ray_jobs.runtime import init_ray
+
+    init_ray(num_cpus=os.cpu_count())
+    model = build(config)
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        _, meta = ensure_store(cache, model, config.model, tokenizer,
+                               resolve_split(str(DATA), "train"), rows,
+                               build_model=partial(build, config),
+                               preprocessor=build_preprocessor(config.model, tokenizer),
+                               actors=1, cpus=cpus)
+        wall = time.perf_counter() - t0
+    return meta["rows"] / wall, {"rows": meta["rows"], "wall_s": wall, "stage_s": meta["encode_s"]}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=640)
+    args = p.parse_args(argv)
+    from core.config import load_config
+    from core.data.tokenizer import resolve_tokenizer
+
+    config = load_config("roco_cpu")
+    tokenizer, _ = resolve_tokenizer(config.model.text, str(DATA))
+    cpus = config.train.num_workers * config.train.cpus_per_worker  # what training reserves
+    local = in_process(config, tokenizer, args.rows)
+    staged, info = ray_stage(config, tokenizer, args.rows, cpus)
+    result = {"bench": "encode_rate", "data": str(DATA), "rows": args.rows,
+              "in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
+              "ratio": staged / local, "ray_stage": info, "ray_stage_cpus": cpus,
+              "threads_in_process": torch.get_num_threads(), "target_ratio": 0.8}
+    print(f"in process {local:.1f} rows/s; Ray stage {staged:.1f} rows/s ({staged / local:.2f}x)")
+    write_result(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
