@@ -42,6 +42,7 @@ from core.feature_store import FeatureStore
 from core.models import MODELS
 from core.scoring import outputs
 from core.search import LIMITS, CaseIndex, SearchError, check_image, read_cases
+from core.search.limits import body_limit
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import init_ray, setup_logging
 
@@ -180,15 +181,48 @@ def build_api():
     async def http_error(_request, exc: HTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    @api.middleware("http")
-    async def body_limit(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > LIMITS.max_upload_bytes):
-            return JSONResponse({"error": f"the request body is {length} bytes; the limit is "
-                                          f"{LIMITS.max_upload_bytes}"}, status_code=413)
-        return await call_next(request)
-
+    api.add_middleware(BoundedBody)
     return api
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BoundedBody:
+    """ASGI middleware: every route's request body is bounded WHILE it is read
+    (``core.search.limits.body_limit``): a Content-Length over the limit is refused at once,
+    and a chunked body as soon as it passes it, before anything buffers it whole (a 20 MB
+    chunked JSON body was read entirely before the text route's length check)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = body_limit(scope.get("path", ""))
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        too_large = JSONResponse({"error": f"the request body is over {limit} bytes, the "
+                                           f"limit of this route"}, status_code=413)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await too_large(scope, receive, send)
+        received = 0
+
+        async def bounded():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, bounded, send)
+        except _BodyTooLarge:
+            await too_large(scope, receive, send)
 
 
 async def read_body(request, limit: int) -> bytes:

@@ -129,6 +129,28 @@ def bomb() -> bytes:
     return encode(Image.new("L", (7000, 7000)))
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG file that declares ``width`` x ``height`` (an empty image data chunk):
+    Pillow reads the size from its header; nothing this big is ever decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [10000, 20000])  # over Pillow's warning / over its error
+def test_an_upload_over_pillows_own_bomb_limit_is_a_413(side):
+    from core.search.limits import SearchError, check_image
+
+    with pytest.raises(SearchError) as found:
+        check_image(png_header(side, side))
+    assert found.value.status == 413, found.value.message
+
+
 def png(side: int = 32) -> bytes:
     return encode(Image.new("RGB", (side, side), (90, 90, 90)))
 
@@ -147,6 +169,12 @@ BAD = [
     ("post", IMAGE, {"data": b"%PDF-1.4 not an image at all"}, 415, "not an image"),
     ("post", IMAGE, {"data": png(64)[:60]}, 422, "cannot be decoded"),
     ("post", IMAGE, {"data": bomb}, 413, "the limit is 40000000 pixels"),
+    # over Pillow's own bomb limit (~89.5 M pixels): still a size problem, 413 (was 415)
+    ("post", IMAGE, {"data": lambda: png_header(10000, 10000)}, 413, "the limit is 40000000 pixels"),
+    # a chunked 20 MB JSON body: refused while it is read, not buffered and then measured
+    ("post", TEXT, {"data": lambda: (b"x" * 65536 for _ in range(320)),
+                    "headers": {"content-type": "application/json"}}, 413,
+     "the request body is over 16384 bytes"),
     ("post", IMAGE, {"data": b"\0" * (LIMITS.max_upload_bytes + 1)}, 413, "the limit is 8388608"),
     ("post", IMAGE + "?k=1000", {"data": png()}, 422, "k must be between 1"),
     ("get", "/api/cases/no-such-case/thumbnail", {}, 404, "no case with image_id 'no-such-case'"),
