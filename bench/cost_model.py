@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 from bench._common import RESULTS, write_result
 
@@ -62,6 +63,28 @@ def per_node_overhead_s() -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
+# the GPU the projection prices (a g5.2xlarge's); a rate measured on another is not its rate
+PRICED_GPU = "A10G"
+
+
+def measured_gpu_rate(path: Path) -> float | None:
+    """The measured two-tower training rate of the priced GPU from bench.gpu's results file;
+    None for a smoke run (64 px, batch 4: the code paths, not a rate) or another device."""
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("smoke") or PRICED_GPU not in str(result.get("device", "")):
+        return None
+    return (result.get("train_step_samples_per_s") or {}).get("two_tower")
+
+
+def bound(compute_s: float, allreduce_s: float, input_bound: bool) -> str:
+    """What a step's time is bound by: the larger of its terms."""
+    if allreduce_s > compute_s:
+        return "network (gradient all-reduce)"
+    return "input" if input_bound else "compute"
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--pairs", type=int, default=59958, help="ROCOv2 training pairs (its paper)")
@@ -84,11 +107,7 @@ def main(argv=None) -> dict:
               "train_gflop_per_pair": {"value": model["train_gflop_per_pair"],
                                        "source": "measured here: FlopCounterMode, 3 x forward"},
               "parameters": {"value": model["parameters"], "source": "measured here"}}
-    gpu = RESULTS / "gpu.json"
-    measured_rate = None
-    if gpu.exists():
-        measured_rate = json.loads(gpu.read_text()).get("train_step_samples_per_s", {}).get(
-            "two_tower")
+    measured_rate = measured_gpu_rate(RESULTS / "gpu.json")
     if measured_rate:
         gpu_rate = measured_rate
         inputs["gpu_pairs_per_s"] = {"value": gpu_rate, "source": "measured: bench/results/gpu.json"}
@@ -123,7 +142,7 @@ def main(argv=None) -> dict:
         rows.append({"gpus": n, "steps_per_epoch": steps, "step_compute_s": compute_s,
                      "step_allreduce_s": allreduce_s, "epoch_min": epoch_s / 60,
                      "run_h": run_s / 3600, "run_usd": usd,
-                     "bound": "input" if input_rate < gpu_rate else "compute"})
+                     "bound": bound(compute_s, allreduce_s, input_rate < gpu_rate)})
     one = rows[0]
     for r in rows:
         r["speedup"] = one["run_h"] / r["run_h"]

@@ -147,10 +147,10 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
         return [(f"PROJECTION: `base` two-tower on ROCOv2, {r['epochs']} epochs, g5.2xlarge "
                  "workers (inputs named in bench/results/cost_model.json)",
                  "; ".join(f"{n} GPU(s) {by[n]['run_h']:.2f} h, ${by[n]['run_usd']:.2f}, "
-                           f"efficiency {100 * by[n]['efficiency']:.0f}%"
+                           f"efficiency {100 * by[n]['efficiency']:.0f}%, {by[n]['bound']}-bound"
                            for n in (1, 8, 64) if n in by)
-                 + f" ({by[1]['bound']}-bound per GPU; gradient all-reduce over the "
-                   "network not overlapped with compute: an upper bound on time)",
+                 + " (each step bound by the larger of its terms; the gradient all-reduce over "
+                   "the network counted as not overlapped with compute: an upper bound on time)",
                  "no target", "projection (not measured)")]
     if b == "serve_latency":
         rows, t = [], r["target"]

@@ -70,5 +70,9 @@ def maybe_pause(point: str, count: int, detail, seconds: float = 60.0) -> None:
     marker = spec[1] / f"fault-{point}"
     if not _claim(marker):
         return
-    (marker.parent / f"{marker.name}.detail").write_text(detail())
+    # atomically: the test reads the file as soon as it exists
+    final = marker.parent / f"{marker.name}.detail"
+    partial = marker.parent / f".{marker.name}.detail.tmp"
+    partial.write_text(detail())
+    partial.replace(final)
     time.sleep(seconds)

@@ -43,7 +43,7 @@ def test_ablation_trains_scores_and_tabulates_each_variant(ray_session, syntheti
             flat_metrics(reference_metrics(v["run"], synthetic_dir)))
         assert v["s_per_step"] > 0
         assert len(v["caption_quality"]["i2t"]["BLEU-4"]) == 10
-        assert 0.0 <= v["modality_gap"]["linear_probe_accuracy"] <= 1.0
+        assert v["modality_gap"]["n"] == 64  # every test pair's two embeddings, none dropped
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["variants"][1]["mcr"] == "masked_single"
     history = json.loads((out / "train" / saved["variants"][1]["run"].split("/")[-1]

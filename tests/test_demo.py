@@ -115,7 +115,9 @@ def test_demo_on_small_synthetic_data_log_and_report(synthetic_demo):
     detection = concepts["detection"]["methods"]
     assert set(detection) == {"two_tower", "fusion", "chance"}
     for d in detection.values():
-        assert 0.0 <= d["per_image_f1"] <= 1.0 and "chosen on validation" in d["threshold_source"]
+        assert "chosen on validation" in d["threshold_source"]
+    # a trained head finds concepts the training priors alone do not
+    assert detection["fusion"]["per_image_f1"] > detection["chance"]["per_image_f1"]
     assert abs(detection["chance"]["macro_auroc"] - 0.5) < 1e-9
     retrieval = concepts["retrieval"]["test"]
     assert set(retrieval) == {"two_tower", "fusion", "rerank", "random"}
@@ -129,8 +131,9 @@ def test_demo_on_small_synthetic_data_log_and_report(synthetic_demo):
     explained = metrics["explanations"]
     assert explained["available"] and explained["cases"] >= 3
     assert "random map" in explained["localisation"] and "fusion Grad-CAM (ITM)" in explained["localisation"]
-    for s in explained["localisation"].values():
-        assert 0.0 <= s["pointing"]["value"] <= 1.0 and 0.0 <= s["energy"]["value"] <= 1.0
+    # a random map spreads its energy evenly: its share inside a box is about the box's area
+    assert explained["localisation"]["random map"]["energy"]["value"] == pytest.approx(
+        explained["mean_box_area"], abs=0.03)
     assert "explanations" in page.ids and "fig-explanations" in page.img_classes
     assert html.count("class='tokens'") == 6  # token-shaded captions: 3 pairs + 3 queries
     assert "fig-top3" in page.img_classes  # Grad-CAM on the example queries' top-3
@@ -144,11 +147,11 @@ def test_demo_on_small_synthetic_data_log_and_report(synthetic_demo):
     # the modality gap of the two-tower embeddings and of the fusion ITC heads, drawn
     gap = metrics["modality_gap"]["models"]
     assert set(gap) == {"two-tower (AbM)", "fusion ITC heads (AbM)"}
-    assert all(0.0 <= g["linear_probe_accuracy"] <= 1.0 and g["n"] == 64 for g in gap.values())
+    assert all(g["n"] == 64 for g in gap.values())
     assert "modality-gap" in page.ids and "fig-gap" in page.img_classes
     assert metrics["ablation"] is None  # `rocoray demo --ablation` adds the table
     history = metrics["training"]["two_tower"]["history"][-1]
-    assert 0.0 <= history["val/concept_f1"] <= 1.0 and history["train/concept_loss"] > 0
+    assert history["val/concept_f1"] > 0 and history["train/concept_loss"] > 0
     strict_json(out / "summary.json")
 
     # leakage guards: rerank's k and alpha, and the concept thresholds, come from validation
@@ -209,7 +212,14 @@ def test_evaluation_and_report_on_the_real_sample(synthetic_demo, real_sample, t
     assert metrics["gallery_size"] == 38  # every test row of the sample decoded and scored
     assert set(metrics["methods"]) == {"two_tower", "fusion", "rerank"}
     for m in metrics["methods"].values():
-        assert 0.0 <= m["metrics"]["t2i"]["R@10"] <= 1.0 and m["timings"]["pairs_per_s"] > 0
+        assert m["timings"]["pairs_per_s"] > 0
+    # the headline recall is what the stored ranks say (38 queries, exact ranks)
+    from core.scoring import outputs
+
+    for m in ("two_tower", "fusion", "rerank"):
+        ranks = outputs.read_topk(str(out / m), "t2i")[2]
+        assert metrics["methods"][m]["metrics"]["t2i"]["R@10"] == pytest.approx(
+            float((ranks < 10).mean()))
     assert metrics["scaling"]["exponents"]["fusion"] is None  # 38 items cannot support a slope
     for name in ("report.md", "report.html", "figures/recall_at_k.png",
                  "figures/time_vs_gallery.png", "figures/training_curves.png"):

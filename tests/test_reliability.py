@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -135,16 +134,14 @@ def test_a_typo_in_demo_data_leaves_the_previous_run_untouched(tmp_path):
     (previous / "eval" / "report.html").write_text("<html>earlier results</html>")
     before = _tree_digest(previous)
     for overwrite in ([], ["--overwrite"]):  # not even --overwrite touches it before checks
-        t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "ray_jobs.demo", "--data",
                               str(tmp_path / "chest-xray-sampel"), "--out", str(previous),
                               *overwrite], capture_output=True, text=True, timeout=120,
                              cwd=REPO, env={**os.environ})
-        elapsed = time.perf_counter() - t0
         assert out.returncode == 2
         assert out.stderr.strip().splitlines() == [
             f"rocoray demo: error: ROCOv2 data path does not exist: {tmp_path / 'chest-xray-sampel'}"]
-        assert elapsed < 60  # seconds, not a Ray start-up and a training
+        assert "Ray" not in out.stdout + out.stderr  # refused before Ray starts
         assert _tree_digest(previous) == before
     existing = subprocess.run([sys.executable, "-m", "ray_jobs.demo", "--data",
                                str(REPO / "data-that-is-not-there"), "--out", str(previous)],

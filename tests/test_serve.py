@@ -209,7 +209,6 @@ def test_bounded_load_on_loopback_has_no_errors(service, reference):
     for row in rows:
         assert row["errors"] == [], row["errors"][:3]
         assert row["requests"] >= row["clients"], row  # every client was answered
-        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
 
 
 def chromium():
