@@ -32,7 +32,7 @@ from core.training.loop import steps_per_epoch
 from core.precision import training_precision
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import format_epoch, init_ray, setup_logging, storage_reach
-from ray_jobs.train_worker import FATAL, HISTORY, initial_model, train_loop_per_worker
+from ray_jobs.train_worker import HISTORY, fatal_name, initial_model, train_loop_per_worker
 
 log = logging.getLogger("rocoray.train")
 
@@ -212,12 +212,23 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     started = time.time()
     result = trainer.fit()
     out = run_dir(cfg)
-    if storage.exists(out, FATAL):
-        fatal = storage.read_json(out, FATAL)
-        if fatal["time"] >= started:
-            raise RuntimeError(f"training run {t.name} failed before its first step (not "
-                               f"retried): {fatal['error']}")
+    errors = fatal_errors(out, started, t.num_workers)
+    if errors:
+        raise RuntimeError(f"training run {t.name} failed before its first step (not "
+                           f"retried): {errors[0]['error']}"
+                           + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else ""))
     return result
+
+
+def fatal_errors(out: str, since: float, ranks: int) -> list[dict]:
+    """Every rank's recorded first-step error of this fit (written after ``since``)."""
+    found = []
+    for rank in range(ranks):
+        if storage.exists(out, fatal_name(rank)):
+            error = storage.read_json(out, fatal_name(rank))
+            if error["time"] >= since:
+                found.append(error)
+    return found
 
 
 def summarize(result, cfg: ExperimentConfig) -> dict:

@@ -38,7 +38,9 @@ from ray_jobs.runtime import Progress, format_epoch
 log = logging.getLogger("rocoray.train")
 
 HISTORY = "history.json"  # every epoch's metrics, carried from checkpoint to checkpoint
-FATAL = "fatal_error.json"  # written instead of retrying a deterministic first-step error
+# fatal_error-rank<r>.json: written by each rank instead of retrying a deterministic error
+# before the run's first step
+FATAL_PREFIX = "fatal_error-rank"
 
 
 def initial_model(cfg: ExperimentConfig, init: bool = True, log_init: bool = False):
@@ -289,6 +291,7 @@ def placement(state: WorkerState) -> dict:
     if not same and state.rank == 0:
         log.warning("model replicas differ between ranks after epoch: DDP is out of step")
     return {"train/world_size": len(parts), "train/nodes": len({p["node"] for p in parts}),
+            "train/node_ids": ",".join(p["node"] for p in parts),  # by rank: where it ran
             "train/replicas_identical": same}
 
 
@@ -326,14 +329,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics.update(validate_epoch(state, splits) or {})
             save(state, epoch, metrics, loop_config["tokenizer"], loop_config.get("concepts"))
     except Exception as exc:
-        if attempt["steps"]:
-            raise  # after real progress: Ray Train retries from the last checkpoint
-        # Before the first step nothing has changed since the last attempt: a retry would
-        # fail the same way. Record the error and end normally; the driver raises it.
-        log.error("training failed before its first step: %s: %s", type(exc).__name__, exc)
-        if ray.train.get_context().get_world_rank() == 0:
-            storage.write_json(loop_config["run_dir"], FATAL,
-                               {"error": f"{type(exc).__name__}: {exc}", "time": time.time()})
+        if attempt["steps"] or ray.train.get_checkpoint() is not None:
+            # The run has made progress (in this attempt, or in an earlier one that left a
+            # checkpoint: a restart after a node loss that fails while restoring): Ray Train
+            # retries from the last checkpoint, up to train.max_failures.
+            raise
+        # Before the run's first step nothing has changed since the last attempt: a retry
+        # would fail the same way. Every rank records its error and ends normally; the
+        # driver raises them.
+        rank = ray.train.get_context().get_world_rank()
+        log.error("training failed before its first step (rank %d): %s: %s", rank,
+                  type(exc).__name__, exc)
+        storage.write_json(loop_config["run_dir"], fatal_name(rank),
+                           {"error": f"{type(exc).__name__}: {exc}", "rank": rank,
+                            "time": time.time()})
+
+
+def fatal_name(rank: int) -> str:
+    return f"{FATAL_PREFIX}{rank}.json"
 
 
 # --- the driver ----------------------------------------------------------------------------

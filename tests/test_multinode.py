@@ -228,6 +228,17 @@ def wait_for_checkpoint(root, proc, condition=lambda record: True,
     raise AssertionError("no checkpoint as expected:\n" + proc.communicate()[0][-3000:])
 
 
+def wait_for_registration(run_dir, checkpoint: str, proc, seconds: float = 60) -> None:
+    """Poll until Ray Train's checkpoint manager of ``run_dir`` lists ``checkpoint``."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if snapshot.exists() and checkpoint in snapshot.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{checkpoint} of {run_dir.name} never registered")
+
+
 def train_workers() -> list:
     from ray.util.state import list_actors
 
@@ -325,9 +336,11 @@ def test_a_node_lost_under_a_tune_trial_resumes_on_a_replacement_node(cluster, s
                                     seconds=300)
         written = json.loads(first.read_text())
         trial_run = first.parent.parent
-        time.sleep(1)  # Ray Train registers the checkpoint after it is written
-        # a training worker's node (either trial's): its trial recovers, the other runs on
-        log = preempt(sim, train_workers()[0].node_id, proc)
+        # Ray Train registers the checkpoint after it is written: wait until it has
+        wait_for_registration(trial_run, "checkpoint_epoch_0001", proc)
+        # the node of THIS trial's worker (its history says where epoch 1 ran): this trial
+        # recovers on the new node, the other runs on
+        log = preempt(sim, written[-1]["train/node_ids"].split(",")[0], proc)
     finally:
         if proc.poll() is None:
             proc.kill()
