@@ -70,7 +70,18 @@ def test_tune_search_resume_and_best_config(ray_session, synthetic_dir, tmp_path
     assert rows[done["trial"]] == done  # the finished trial was not run again
     experiment = tmp_path / "exp"
     assert (experiment / "trials.csv").exists() and (experiment / "summary.md").exists()
-    assert list(experiment.rglob("events.out.tfevents*"))  # TensorBoard reads these
+    # TensorBoard's own reader loads the event files, with the curves the README names
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted(experiment.rglob("events.out.tfevents*"))
+    assert events
+    tags = set()
+    for path in events:
+        reader = EventAccumulator(str(path))
+        reader.Reload()
+        tags |= set(reader.Tags()["scalars"])
+    for metric in ("val/mean_recall", "train/loss"):
+        assert any(tag.endswith(metric) for tag in tags), sorted(tags)[:20]
     best = load_config(second["best"]["config"])  # what `rocoray train --config` loads
     assert best.model.kind == "two_tower" and best.train.name is None
     for key, value in second["best"]["values"].items():
