@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     from core.scoring import outputs
     from core.evaluation.significance import bootstrap_ci, per_query
     from ray_jobs import score, train
-    from core.evaluation.scored import load_features
+    from core.analyses.scored import load_features
     from ray_jobs.runtime import init_ray
 
     demo = Path(args.demo)

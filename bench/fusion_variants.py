@@ -98,7 +98,7 @@ def matrices(fusion, two_tower_features: dict, rows: dict) -> dict:
 
 
 def ranks_all_pairs(scores: np.ndarray, groups: np.ndarray) -> dict:
-    from core.evaluation.metrics import ranks_from_scores
+    from core.metrics import ranks_from_scores
 
     return {"t2i": ranks_from_scores(scores, groups, groups),
             "i2t": ranks_from_scores(scores.T, groups, groups)}
@@ -106,7 +106,7 @@ def ranks_all_pairs(scores: np.ndarray, groups: np.ndarray) -> dict:
 
 def ranks_rerank(m: dict, k: int, alpha: float) -> dict:
     """Two-tower top-k re-ordered by ITM + alpha x two-tower cosine (core's rerank rule)."""
-    from core.evaluation.metrics import keys_to_index, order_keys, ranks_from_scores
+    from core.metrics import keys_to_index, order_keys, ranks_from_scores
     from core.retrieval import fused_scores, rerank, topk_keys
 
     g, out = m["group"], {}

@@ -22,7 +22,7 @@ import torch
 
 from bench._common import load_gallery, load_fusion, write_result
 from core.evaluation.reference import encode_batches, score_matrix
-from core.evaluation.metrics import ranks_from_scores
+from core.metrics import ranks_from_scores
 
 
 @torch.no_grad()

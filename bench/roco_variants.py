@@ -91,7 +91,7 @@ def batches(rows: list, batch_size: int, seed: int | None):
 @torch.no_grad()
 def retrieval(model, rows: list) -> dict:
     from core.features import Embeddings
-    from core.evaluation.metrics import ranks_from_scores
+    from core.metrics import ranks_from_scores
 
     model.eval()
     zi, zt, groups = [], [], []

@@ -150,7 +150,18 @@ def main(argv=None) -> dict:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--cpus", type=float, default=2.0, help="CPUs the replicas share")
     p.add_argument("--cache", default="bench/results/tmp_serve/cache")
+    p.add_argument("--load", metavar="URL", default=None,
+                   help="only put bounded load on a running service at URL (text queries "
+                        "from --load-queries, one per line) and print its row as JSON")
+    p.add_argument("--load-queries", default=None, help="a file of text queries, one a line")
     args = p.parse_args(argv)
+    if args.load:
+        import json
+
+        queries = Path(args.load_queries).read_text().splitlines()
+        row = load(args.load, args.clients, args.seconds, "text", queries)
+        print(json.dumps(row))
+        return row
 
     from ray_jobs.runtime import init_ray
 

@@ -4,7 +4,7 @@ The full caption x image score matrix is never held: blocks (tiles) are scored o
 time, each query keeps its K best gallery items, and its exact rank is counted as the
 number of *incorrect* gallery items ordered before its best correct item (whose key comes
 from a cheap O(N) pass over the correct pairs, ``positive_keys``). The ordering is
-``core.evaluation.metrics``' (score desc, gallery index asc), so the result equals the full-matrix
+``core.metrics``' (score desc, gallery index asc), so the result equals the full-matrix
 computation; tiles can arrive in any order and partial results merge (restartable jobs).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.evaluation.metrics import bidirectional_metrics, keys_to_index, keys_to_scores, order_keys
+from core.metrics import bidirectional_metrics, keys_to_index, keys_to_scores, order_keys
 
 
 def topk_keys(keys: np.ndarray, k: int) -> np.ndarray:

@@ -73,7 +73,7 @@ def step_seconds(history: list) -> float:
 
 def run(cfg: AblationConfig) -> dict:
     from core.evaluation.modality_gap import gap_figure, modality_gap
-    from core.evaluation.scored import load_features
+    from core.analyses.scored import load_features
 
     variants = parse_variants(cfg.variants)
     for split in ("train", "validation", cfg.split):

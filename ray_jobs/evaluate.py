@@ -19,15 +19,15 @@ from pathlib import Path
 
 from core import storage
 from core.evaluation.comparison import LABELS, METHODS, compare
-from core.evaluation import analyses
-from core.evaluation.analyses import guarded
-from core.evaluation.scored import Scored
+from core import analyses
+from core.analyses import guarded
+from core.analyses.scored import Scored
 from core.explain.study import explanation_study
 from core.models import count_parameters
 from core.provenance import provenance
 from core.report import headline_table, write_report
 from core.scoring import outputs
-from core.scoring.rerank_selection import select_rerank
+from core.evaluation.rerank_selection import select_rerank
 from ray_jobs import score
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import StageClock, init_ray, setup_logging

@@ -34,7 +34,7 @@ from core import storage
 from core.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint
 from core.data.rocov2 import resolve_split, row_groups
 from core.evaluation.reference import in_memory_blocks
-from core.evaluation.metrics import bidirectional_metrics
+from core.metrics import bidirectional_metrics
 from core.precision import scoring_precision
 from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, outputs, tile_shape
 from ray_jobs.actor_pool import ActorExecutor, peak_rss_mb

@@ -25,10 +25,10 @@ from core.checkpoint import (WEIGHTS, init_fusion_from_two_tower, load_train_sta
 from core.batch import collate
 from core.config import ExperimentConfig, config_from_dict, to_dict
 from core.frozen_store import StoredSplit
-from core.training.distributed import gather_objects, summed_counts
+from core.distributed import gather_objects, summed_counts
 from core.evaluation.reference import encode_batches, validate
 from core.losses.swap import swap_pairs
-from core.evaluation.metrics import flat_metrics
+from core.metrics import flat_metrics
 from core.models import build_model, count_parameters
 from core.precision import training_precision
 from core.training.loop import (LossModule, build_optimizer, build_scheduler, steps_per_epoch,

@@ -14,7 +14,7 @@ def reference_metrics(run: str, data) -> dict:
     from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import read_split
     from core.evaluation.reference import encode_batches, score_matrix
-    from core.evaluation.metrics import evaluate_scores
+    from core.metrics import evaluate_scores
 
     loaded = load_checkpoint(resolve_checkpoint(run))  # the run's best checkpoint, as scored
     batch = collate(build_preprocessor(loaded.config.model, loaded.tokenizer)(
@@ -26,7 +26,7 @@ def reference_metrics(run: str, data) -> dict:
 
 @pytest.mark.timeout(600)
 def test_ablation_trains_scores_and_tabulates_each_variant(ray_session, synthetic_dir, tmp_path):
-    from core.evaluation.metrics import flat_metrics
+    from core.metrics import flat_metrics
     from ray_jobs.ablation import main
 
     out = tmp_path / "ablation"

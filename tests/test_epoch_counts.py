@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core.training import distributed
+from core import distributed
 from core.training.loop import EpochStats
 
 

@@ -15,7 +15,7 @@ from core.data.rocov2 import read_split
 from core.losses.swap import swap_each_attribute, swap_pairs
 from core.models import build_model
 from core.scoring import ScoringPlan
-from core.scoring.rerank_selection import select_rerank
+from core.evaluation.rerank_selection import select_rerank
 
 
 def test_siblings_come_from_the_generators_attributes(synthetic_dir):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.evaluation.metrics import (evaluate_scores, keys_to_index, keys_to_scores, order_keys,
+from core.metrics import (evaluate_scores, keys_to_index, keys_to_scores, order_keys,
                           ranks_from_scores, ranks_from_topk, retrieval_metrics)
 from core.retrieval import StreamingRetrieval, correct_pairs, positive_keys, reduce_tile
 

@@ -155,7 +155,7 @@ def test_the_fused_score_adds_the_itc_cosine_and_its_alpha_is_chosen_on_validati
     """Fusion's ranking score may be match logit + alpha x ITC cosine (ALBEF/BLIP combine
     ITM and ITC); with model.fusion.score_alpha None, validation picks alpha from the grid
     by mean recall, and every ranking path (score, score_pairs(ranking=True)) agrees."""
-    from core.evaluation.metrics import evaluate_scores
+    from core.metrics import evaluate_scores
     from core.evaluation.reference import score_matrix, validate
     from core.models.fusion import FUSED_SCORE_ALPHAS
 

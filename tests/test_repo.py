@@ -58,3 +58,63 @@ def test_a_result_is_stale_once_the_code_it_measured_changes():
     assert "STALE" not in update_readme.stamp({"provenance": {"commit": git("rev-parse", "HEAD")}},
                                               "bench/fusion_variants.py")
     assert "STALE" in update_readme.stamp({}, "bench/fusion_variants.py")  # no provenance
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.module, node.lineno))
+    return out
+
+
+def _unit(module: str) -> str:
+    """The unit of the package picture: core's subpackages and top modules, and each of
+    the other top-level folders as one."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "core" and len(parts) > 1 else parts[0]
+
+
+# Which folder may import which: the library at the bottom, the app and the tools above it.
+ALLOWED = {"core": {"core"}, "ray_jobs": {"core", "ray_jobs"},
+           "bench": {"core", "ray_jobs", "bench"}, "tools": {"core", "bench", "tools"},
+           "tests": {"core", "ray_jobs", "tests", "tools"}}
+
+
+def test_imports_run_one_way_between_packages():
+    """No import loop between packages (core's subpackages and top modules, the app, the
+    benches, the tools), and every arrow points down: tests do not import bench, bench does
+    not import tools."""
+    edges, where = {}, {}
+    for folder in ALLOWED:
+        for path in (REPO / folder).rglob("*.py"):
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            for name, line in _imports(path):
+                if name.split(".")[0] not in ALLOWED:
+                    continue
+                assert name.split(".")[0] in ALLOWED[folder], f"{path}:{line} imports {name}"
+                a, b = _unit(module), _unit(name)
+                if a != b:
+                    edges.setdefault(a, set()).add(b)
+                    where[(a, b)] = f"{path.relative_to(REPO)}:{line}"
+    # a loop is a strongly connected set of units: find one by depth-first search
+    state, stack = {}, []
+
+    def visit(unit):
+        state[unit] = "open"
+        stack.append(unit)
+        for nxt in sorted(edges.get(unit, ())):
+            if state.get(nxt) == "open":
+                loop = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError("import loop: " + " -> ".join(
+                    f"{x} ({where[(x, y)]})" for x, y in zip(loop, loop[1:])))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[unit] = "done"
+
+    for unit in sorted(edges):
+        if unit not in state:
+            visit(unit)

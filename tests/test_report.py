@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from core.evaluation.comparison import METHODS, compare
-from core.evaluation.metrics import bidirectional_metrics
+from core.metrics import bidirectional_metrics
 from core.report import sections, write_report
 from core.report.document import Figure, Markup, Paragraph, Section, Table
 from core.report.render import to_html, to_markdown

@@ -11,7 +11,7 @@ from core.batch import collate
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
 from core.evaluation.reference import encode_batches, score_matrix
-from core.evaluation.metrics import evaluate_scores, ranks_from_scores
+from core.metrics import evaluate_scores, ranks_from_scores
 
 N_TEST = 64
 

@@ -7,7 +7,7 @@ own pair is in the gallery, so only concept-aware relevance can judge the lists
 
 The same methods as on one split: the two-tower cosine, the fusion logit over all pairs, and
 rerank (two-tower top-``first_k`` re-scored by fusion logit + alpha x cosine). Ties go to the
-lower gallery index, as everywhere in rocoray (``core.evaluation.metrics.order_keys``)."""
+lower gallery index, as everywhere in rocoray (``core.metrics.order_keys``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from core.evaluation.reference import score_matrix
 from core.features import Features
-from core.evaluation.metrics import keys_to_index, order_keys
+from core.metrics import keys_to_index, order_keys
 from core.retrieval import fused_scores, topk_keys
 
 

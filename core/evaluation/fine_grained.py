@@ -59,7 +59,7 @@ def sibling_pairs(attributes: dict[str, list], gallery_ids: list[str]) -> dict |
 
 def ranked_above(score_true, score_other, index_true, index_other) -> np.ndarray:
     """Whether the true item is ordered before the other one: by score, ties to the lower
-    gallery index (``core.evaluation.metrics``' rule)."""
+    gallery index (``core.metrics``' rule)."""
     score_true, score_other = np.asarray(score_true), np.asarray(score_other)
     return (score_true > score_other) | ((score_true == score_other)
                                          & (np.asarray(index_true) < np.asarray(index_other)))

@@ -11,7 +11,7 @@ import torch
 
 from core.batch import Batch
 from core.features import Features
-from core.evaluation.metrics import (bidirectional_metrics, evaluate_scores, keys_to_index, order_keys,
+from core.metrics import (bidirectional_metrics, evaluate_scores, keys_to_index, order_keys,
                           ranks_from_scores)
 from core.retrieval import StreamingRetrieval, fused_scores, rerank, topk_keys
 from core.precision import autocast

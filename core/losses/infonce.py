@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.training.distributed import gather_no_grad, gather_with_grad
+from core.distributed import gather_no_grad, gather_with_grad
 
 
 def group_targets(query_groups: torch.Tensor, gallery_groups: torch.Tensor) -> torch.Tensor:

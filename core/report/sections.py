@@ -22,7 +22,7 @@ TITLE = "rocoray retrieval report"
 @dataclass
 class Inputs:
     metrics: dict  # metrics.json as rocoray evaluate writes it
-    examples: dict  # core.evaluation.analyses.pick_examples
+    examples: dict  # core.analyses.pick_examples
     images: dict  # image id -> encoded bytes, for the example thumbnails
     figures_dir: Path  # where this report's own charts are drawn
 

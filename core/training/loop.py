@@ -20,7 +20,7 @@ from torch import nn
 from core.batch import Batch
 from core.config import ModelConfig, TrainConfig
 from core.data.preprocess import merge_counts
-from core.training.distributed import all_ranks_agree
+from core.distributed import all_ranks_agree
 from core.losses import ConceptLoss, InfoNCELoss, MatchLoss
 from core.losses.swap import swap_each_attribute
 from core.models import masking

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.evaluation.metrics import bidirectional_metrics
+from core.metrics import bidirectional_metrics
 from core.retrieval import fuse
 
 CRITERION = ("validation mean recall (R@1/5/10, both directions); ties go to the smaller k, "

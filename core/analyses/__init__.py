@@ -21,8 +21,8 @@ from core.evaluation.comparison import DIRECTIONS, METHODS
 from core.config import to_dict
 from core.data.rocov2 import image_bytes_column, read_split
 from core.evaluation.reference import rerank_retrieval, stream_retrieval
-from core.evaluation.scored import Scored
-from core.evaluation.metrics import ranks_from_scores
+from core.analyses.scored import Scored
+from core.metrics import ranks_from_scores
 from core.report.common import fit_exponent
 from core.scoring import outputs, tile_shape
 from core.evaluation.significance import bootstrap_ci, per_query
