@@ -100,13 +100,46 @@ def score(sim, checkpoint: str, data: str, nodes: int, out: str) -> dict:
             "i2t": pq.read_table(Path(out) / "i2t.parquet")}
 
 
+METRICS = ("wall_s", "step_s_per_epoch", "outside_steps_s")
+
+
+def compare_sizes(training: list[dict]) -> dict:
+    """Every size against 1 node, over the repeats: each time ratio as mean with its range
+    (runs of N nodes / mean of the 1-node runs), called different only when the range
+    lies outside the 1-node runs' own spread; mean recall as the difference of means,
+    called different only beyond the largest spread of any size's repeats."""
+    by = {}
+    for r in training:
+        by.setdefault(r["nodes"], []).append(r)
+    one = by[1]
+    base = {m: sum(r[m] for r in one) / len(one) for m in METRICS}
+    own = {m: (min(r[m] for r in one) / base[m], max(r[m] for r in one) / base[m]) for m in METRICS}
+    recall = {n: [r["val_mean_recall"] for r in rows] for n, rows in by.items()}
+    noise = max(max(v) - min(v) for v in recall.values()) if len(one) > 1 else None
+    ratios = []
+    for n, rows in sorted(by.items()):
+        row = {"nodes": n, "runs": len(rows)}
+        for m in METRICS:
+            values = [r[m] / base[m] for r in rows]
+            low, high = min(values), max(values)
+            row[m] = {"mean": sum(values) / len(values), "low": low, "high": high,
+                      "beyond_noise": high < own[m][0] or low > own[m][1]}
+        diff = sum(recall[n]) / len(recall[n]) - sum(recall[1]) / len(recall[1])
+        row["recall_diff"] = {"value": diff, "beyond_noise": noise is not None and abs(diff) > noise}
+        ratios.append(row)
+    return {"training_ratios_vs_1_node": ratios, "recall_noise": noise,
+            "equivalent_within_noise": noise is not None and not any(
+                r["recall_diff"]["beyond_noise"] for r in ratios)}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="data/synthetic")
     p.add_argument("--fusion", default="runs/demo/train/fusion")
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--seeds", type=int, default=2, help="seeds of the 1-node run (noise)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs of every size (seeds 0..R-1): ratios carry their spread")
     args = p.parse_args(argv)
     import ray
 
@@ -115,37 +148,26 @@ def main(argv=None) -> dict:
     for nodes in args.nodes:
         sim = cluster(nodes)
         try:
-            seeds = range(args.seeds) if nodes == 1 else range(1)
-            for seed in seeds:
+            for seed in range(args.repeats):
                 row = train(sim, args.data, nodes, seed, args.epochs, storage)
                 print(json.dumps(row), flush=True)
                 training.append(row)
             if Path(args.fusion).exists():
                 row = score(sim, args.fusion, args.data, nodes, f"{storage}/score-n{nodes}")
                 tables = (row.pop("t2i"), row.pop("i2t"))
-                reference = reference or tables
-                row["identical_to_1_node"] = all(a.equals(b) for a, b in zip(tables, reference))
+                if reference is None:  # the first size is the reference, not compared
+                    reference, row["identical_to_1_node"] = tables, None
+                else:
+                    row["identical_to_1_node"] = all(a.equals(b)
+                                                     for a, b in zip(tables, reference))
                 print(json.dumps(row), flush=True)
                 scoring.append(row)
         finally:
             ray.shutdown()
             sim.shutdown()
-
-    one = [r for r in training if r["nodes"] == 1]
-    base = one[0]
-    noise = (max(r["val_mean_recall"] for r in one) - min(r["val_mean_recall"] for r in one)
-             if len(one) > 1 else None)
-    ratios = [{"nodes": r["nodes"],
-               "wall": r["wall_s"] / base["wall_s"],
-               "step_s": r["step_s_per_epoch"] / base["step_s_per_epoch"],
-               "outside_steps": r["outside_steps_s"] / base["outside_steps_s"],
-               "recall_diff": r["val_mean_recall"] - base["val_mean_recall"]}
-              for r in training if r["seed"] == 0]
     result = {"bench": "multinode", "global_batch": GLOBAL_BATCH, "epochs": args.epochs,
-              "data": args.data, "training": training, "scoring": scoring,
-              "training_ratios_vs_1_node": ratios, "seed_noise_mean_recall": noise,
-              "equivalent_within_noise": (noise is not None and all(
-                  abs(r["recall_diff"]) <= noise for r in ratios if r["nodes"] > 1))}
+              "repeats": args.repeats, "data": args.data, "training": training,
+              "scoring": scoring, **compare_sizes(training)}
     write_result(result)
     return result
 

@@ -120,27 +120,36 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
                          "the plain-PyTorch best", ">= 80%", "met" if share >= 0.8 else "missed"))
         return rows
     if b == "multinode":
-        ratios = {v["nodes"]: v for v in r["training_ratios_vs_1_node"]}
-        one = next(t for t in r["training"] if t["nodes"] == 1 and t["seed"] == 0)
-        noise = r["seed_noise_mean_recall"]
-        rows = [(f"training on 1/2/3 simulated nodes (two-tower tiny, global batch "
-                 f"{r['global_batch']}, {r['epochs']} epochs, one 1-CPU node per worker)",
-                 "; ".join(f"{n} node(s): wall x{v['wall']:.2f}, steps x{v['step_s']:.2f}, "
-                           f"outside the steps x{v['outside_steps']:.2f}, mean recall "
-                           f"{v['recall_diff']:+.3f}" for n, v in ratios.items())
-                 + f" (1 node: {one['wall_s']:.0f} s, mean recall {one['val_mean_recall']:.3f}"
-                 + (f"; seed-to-seed spread {noise:.3f})" if noise is not None else ")"),
-                 "N workers x batch B/N = 1 x B within the seed noise",
+        if "repeats" not in r:
+            return [("training on simulated nodes", "result written by an older bench.multinode "
+                     "(one run per size, ratios without their spread): rerun it", "", "missed")]
+
+        def ratio(v: dict) -> str:
+            return (f"x{v['mean']:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
+                    + ("*" if v["beyond_noise"] else ""))
+
+        rows = [(f"training on {'/'.join(str(v['nodes']) for v in r['training_ratios_vs_1_node'])} "
+                 f"simulated nodes (two-tower tiny, global batch {r['global_batch']}, "
+                 f"{r['epochs']} epochs, one 1-CPU node per worker, {r['repeats']} runs each)",
+                 "; ".join(f"{v['nodes']} node(s): wall {ratio(v['wall_s'])}, steps "
+                           f"{ratio(v['step_s_per_epoch'])}, outside the steps "
+                           f"{ratio(v['outside_steps_s'])}, mean recall "
+                           f"{v['recall_diff']['value']:+.3f}"
+                           + ("*" if v["recall_diff"]["beyond_noise"] else "")
+                           for v in r["training_ratios_vs_1_node"] if v["nodes"] > 1)
+                 + f" (ratios to the mean of the 1-node runs, [range over runs]; * beyond the "
+                   f"1-node runs' own spread; recall spread {r['recall_noise']:.3f})",
+                 "N workers x batch B/N = 1 x B within the noise",
                  "met" if r["equivalent_within_noise"] else "missed")]
-        if r["scoring"]:
+        compared = [s for s in r["scoring"] if s["identical_to_1_node"] is not None]
+        if compared:
             first = r["scoring"][0]["wall_s"]
+            same = all(s["identical_to_1_node"] for s in compared)
             rows.append(("fusion scoring job, one actor per simulated node",
                          "; ".join(f"{s['nodes']} node(s) {s['wall_s']:.0f} s (x"
                                    f"{s['wall_s'] / first:.2f})" for s in r["scoring"])
-                         + "; top-K identical to 1 node: "
-                         + str(all(s["identical_to_1_node"] for s in r["scoring"])),
-                         "identical output on every size", "met" if all(
-                             s["identical_to_1_node"] for s in r["scoring"]) else "missed"))
+                         + f"; top-K identical to 1 node's: {same}",
+                         "identical output on every size", "met" if same else "missed"))
         return rows
     if b == "cost_model":
         by = {row["gpus"]: row for row in r["rows"]}
