@@ -32,26 +32,36 @@ def compare(score, args, data: str, split: str, n: int, work: Path) -> list[dict
     full = score(ScoreConfig(model="fusion", checkpoint=args.fusion, **common,
                              out=str(work / "fusion")))
     full_s, full_r10 = full["timings"]["score_s"], mean_r10(full)
+    full_total = full["timings"]["encode_s"] + full_s
     rows = []
     for k in args.ks:
         s = score(ScoreConfig(model="rerank", checkpoint=args.fusion, retriever=args.two_tower,
                               **common, rerank_k=k, out=str(work / f"k{k}")))
         # the scoring cost of rerank: the retriever's scoring + the fusion head on 2Nk pairs
-        # (score_s covers both)
+        # (score_s covers both); from scratch it also encodes the gallery with BOTH models
+        # (encode_s sums the two encodings, as it ran them)
         r10 = mean_r10(s)
-        rows.append({"k": k, "score_s": s["timings"]["score_s"],
-                     "speedup": full_s / s["timings"]["score_s"], "R@10": r10,
+        total = s["timings"]["encode_s"] + s["timings"]["score_s"]
+        rows.append({"k": k, "score_s": s["timings"]["score_s"], "total_s": total,
+                     "speedup": full_s / s["timings"]["score_s"],
+                     "speedup_with_encoding": full_total / total, "R@10": r10,
                      "recall_share": r10 / full_r10 if full_r10 else float("nan"),
                      "metrics": s["metrics"]})
         print(split, {key: v for key, v in rows[-1].items() if key != "metrics"})
-    return [{"n": full["n"], "full_fusion_score_s": full_s, "full_fusion_R@10": full_r10,
-             "full_fusion_metrics": full["metrics"]}, *rows]
+    return [{"n": full["n"], "full_fusion_score_s": full_s, "full_fusion_total_s": full_total,
+             "full_fusion_R@10": full_r10, "full_fusion_metrics": full["metrics"]}, *rows]
+
+
+RULE = ("the smallest k keeping >= 95 % of full fusion's Recall@10 on the selection split, "
+        "else the k keeping the most (the speed-up depends on N: it is judged where reported)")
 
 
 def choose(rows: list[dict]) -> dict:
-    """The smallest k that meets the target, else the k keeping the most recall."""
-    good = [r for r in rows if r["speedup"] >= TARGET["speedup"]
-            and r["recall_share"] >= TARGET["recall_share"]]
+    """The smallest k keeping the target share of full fusion's recall, else the k keeping
+    the most. Recall only: the selection split is smaller than the reported one, and the
+    speed-up grows with N (N^2 pairs against 2Nk), so a speed target judged there would
+    always pick the largest k."""
+    good = [r for r in rows if r["recall_share"] >= TARGET["recall_share"]]
     return min(good, key=lambda r: r["k"]) if good else max(rows, key=lambda r: r["recall_share"])
 
 
@@ -89,10 +99,11 @@ def main(argv=None) -> dict:
               "held_out": held_out, "target": TARGET,
               "selection": {"data": select[0], "split": select[1], "n": selection[0]["n"],
                             "ks": selection[1:], "chosen_k": chosen["k"],
-                            "rule": "smallest k meeting the target there, else the most recall"},
+                            "rule": RULE},
               "full_fusion_score_s": full["full_fusion_score_s"],
               "full_fusion_R@10": full["full_fusion_R@10"], "ks": rows,
-              "best": {k: reported[k] for k in ("k", "speedup", "recall_share", "R@10")}}
+              "best": {k: reported[k] for k in ("k", "speedup", "speedup_with_encoding",
+                                                "recall_share", "R@10")}}
     write_result(result)
     return result
 
