@@ -5,6 +5,7 @@ to the object store for the scoring actors and to a keyed cache for reruns."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ class GalleryEncoder:
     their reason, so the driver counts them."""
 
     def __init__(self, checkpoint: str, filesystem, columns: list[str], device: str,
-                 precision: str, batch_size: int = 64):
+                 precision: str, batch_size: int = 64, threads: int = 1):
+        torch.set_num_threads(threads)  # the CPUs this actor reserved (Ray would give it one)
         self.device = torch_device(device)
         loaded = load_checkpoint(checkpoint, device=self.device)
         self.model, self.precision = loaded.model, precision
@@ -171,7 +173,8 @@ def encode(job, kind: str, block: int) -> Gallery:
         ds = ds.map_batches(GalleryEncoder, fn_constructor_kwargs={
             "checkpoint": checkpoint, "filesystem": job.files.filesystem,
             "columns": columns_to_read(job.files), "device": job.device,
-            "precision": job.precision},
+            "precision": job.precision,
+            "threads": max(1, math.ceil(cfg.cpus_per_actor - 1e-9))},
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool_size(cfg, len(units))),
             batch_format="numpy", max_restarts=0, **actor_resources(cfg))
     ds.context.execution_options.preserve_order = True  # the same gallery order on every run
