@@ -89,6 +89,82 @@ def synthetic_spec(cfg: DemoConfig) -> SyntheticSpec:
                                 "test": cfg.n_test})
 
 
+def prepare_data(cfg: DemoConfig, out: Path, overrides: list, clock, stages: int) -> str:
+    """Stage 1: generate the synthetic set, or read the given data's statistics, tokenizer
+    and concept vocabulary. Returns the data path the trainings read."""
+    if cfg.data is None:
+        log.info("stage 1/%d: synthetic ROCOv2 in %s", stages, cfg.synthetic_dir)
+        with clock.stage("prepare"):
+            prepare.run(prepare.PrepareConfig(synthetic=True, out=cfg.synthetic_dir,
+                                              n_train=cfg.n_train, n_val=cfg.n_val,
+                                              n_test=cfg.n_test))
+        return cfg.synthetic_dir
+    log.info("stage 1/%d: statistics, tokenizer and concept vocabulary of %s", stages, cfg.data)
+    # The preset's tokenizer (a pretrained text model's own) and concept min_count.
+    with clock.stage("prepare"):
+        prepare.run(prepare.PrepareConfig(data=str(cfg.data), out=str(out / "data"),
+                                          config=cfg.config, set=overrides))
+    overrides.append(f"model.text.tokenizer={(out / 'data' / 'tokenizer').resolve()}")
+    return str(cfg.data)
+
+
+def train_models(cfg: DemoConfig, data: str, out: Path, overrides: list, clock,
+                 stages: int) -> dict:
+    """Stages 2-3: the two-tower model, then the fusion model on its encoders."""
+    runs = {}
+    for i, kind in enumerate(("two_tower", "fusion")):
+        log.info("stage %d/%d: train the %s model%s", 2 + i, stages, kind,
+                 " on the two-tower's encoders (ITC + ITM, as ALBEF)" if kind == "fusion" else "")
+        exp = load_config(cfg.config, overrides)  # the user's --set, checked at load
+        exp.model.kind, exp.data.path = kind, str(data)
+        exp.train.name, exp.train.storage_path = kind, str(out / "train")
+        if kind == "fusion":
+            exp.model.fusion.init_from = runs["two_tower"]["path"]
+        if cfg.epochs is not None:
+            exp.train.epochs = cfg.epochs
+        with clock.stage(f"train {kind}"):
+            runs[kind] = train.run(exp)
+    return runs
+
+
+def optional_stages(cfg: DemoConfig, data: str, out: Path, overrides: list,
+                    stages: int) -> tuple[dict | None, str | None]:
+    """--tune and --ablation: (the Tune summary, the ablation's output directory)."""
+    tune_summary, ablation_out = None, None
+    if cfg.tune:
+        from ray_jobs import tune
+
+        log.info("stage 4/%d: a small Ray Tune search", stages)
+        tune_summary = tune.run(tune.TuneArgs(
+            space=str(TUNE_SPACE), data=str(data), name="demo", storage_path=str(out / "tune"),
+            num_samples=2, epochs=1, set=overrides))
+    if cfg.ablation:
+        from ray_jobs import ablation
+
+        log.info("stage %d/%d: two-tower ablation (AbM / MbA x MCR modes)", stages - 2, stages)
+        ablation_out = str(out / "ablation")
+        ablation.run(ablation.AblationConfig(data=str(data), config=cfg.config,
+                                             epochs=cfg.epochs, set=overrides, out=ablation_out,
+                                             overwrite=True))
+    return tune_summary, ablation_out
+
+
+def evaluate_models(cfg: DemoConfig, data: str, out: Path, runs: dict, cache: str,
+                    ablation_out: str | None, clock, stages: int) -> dict:
+    log.info("stage %d/%d: score the test split (fusion, two-tower, rerank) and evaluate",
+             stages - 1, stages)
+    options = dataclasses.replace(score.ScoringOptions(), rerank_k=cfg.rerank_k, block=cfg.block,
+                                  use_gpu=cfg.use_gpu, cache=cache)
+    with clock.stage("score and evaluate"):
+        metrics = evaluate.run(evaluate.EvaluateConfig(
+            **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
+            fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval"),
+            gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items,
+            explain_cases=cfg.explain_cases, ablation=ablation_out))
+    log.info("stage %d/%d: report written", stages, stages)
+    return metrics
+
+
 def run(cfg: DemoConfig) -> dict:
     code = code_state()  # the code this run measures: as it is when the run starts
     out, overrides = check(cfg)
@@ -104,67 +180,10 @@ def run(cfg: DemoConfig) -> dict:
         init_ray(cfg.address)
     t0 = time.perf_counter()
     stages = 5 + int(cfg.tune) + int(cfg.ablation)
-
-    data = cfg.data
-    if data is None:
-        data = cfg.synthetic_dir
-        log.info("stage 1/%d: synthetic ROCOv2 in %s", stages, data)
-        with clock.stage("prepare"):
-            prepare.run(prepare.PrepareConfig(synthetic=True, out=data, n_train=cfg.n_train,
-                                              n_val=cfg.n_val, n_test=cfg.n_test))
-    else:
-        log.info("stage 1/%d: statistics, tokenizer and concept vocabulary of %s", stages, data)
-        # The preset's tokenizer (a pretrained text model's own) and concept min_count.
-        with clock.stage("prepare"):
-            prepare.run(prepare.PrepareConfig(data=str(data), out=str(out / "data"),
-                                              config=cfg.config, set=overrides))
-        overrides.append(f"model.text.tokenizer={(out / 'data' / 'tokenizer').resolve()}")
-
-    runs = {}
-    for i, kind in enumerate(("two_tower", "fusion")):
-        log.info("stage %d/%d: train the %s model%s", 2 + i, stages, kind,
-                 " on the two-tower's encoders (ITC + ITM, as ALBEF)" if kind == "fusion" else "")
-        exp = load_config(cfg.config, overrides)  # the user's --set, checked at load
-        exp.model.kind, exp.data.path = kind, str(data)
-        exp.train.name, exp.train.storage_path = kind, str(out / "train")
-        if kind == "fusion":
-            exp.model.fusion.init_from = runs["two_tower"]["path"]
-        if cfg.epochs is not None:
-            exp.train.epochs = cfg.epochs
-        with clock.stage(f"train {kind}"):
-            runs[kind] = train.run(exp)
-
-    tune_summary = None
-    if cfg.tune:
-        from ray_jobs import tune
-
-        log.info("stage 4/%d: a small Ray Tune search", stages)
-        tune_summary = tune.run(tune.TuneArgs(
-            space=str(TUNE_SPACE), data=str(data), name="demo", storage_path=str(out / "tune"),
-            num_samples=2, epochs=1, set=overrides))
-
-    ablation_out = None
-    if cfg.ablation:
-        from ray_jobs import ablation
-
-        log.info("stage %d/%d: two-tower ablation (AbM / MbA x MCR modes)", stages - 2, stages)
-        ablation_out = str(out / "ablation")
-        ablation.run(ablation.AblationConfig(data=str(data), config=cfg.config,
-                                             epochs=cfg.epochs, set=overrides, out=ablation_out,
-                                             overwrite=True))
-
-    log.info("stage %d/%d: score the test split (fusion, two-tower, rerank) and evaluate",
-             stages - 1, stages)
-    options = dataclasses.replace(score.ScoringOptions(), rerank_k=cfg.rerank_k, block=cfg.block,
-                                  use_gpu=cfg.use_gpu, cache=cache)
-    with clock.stage("score and evaluate"):
-        metrics = evaluate.run(evaluate.EvaluateConfig(
-            **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
-            fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval"),
-            gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items,
-            explain_cases=cfg.explain_cases,
-            ablation=ablation_out))
-    log.info("stage %d/%d: report written", stages, stages)
+    data = prepare_data(cfg, out, overrides, clock, stages)
+    runs = train_models(cfg, data, out, overrides, clock, stages)
+    tune_summary, ablation_out = optional_stages(cfg, data, out, overrides, stages)
+    metrics = evaluate_models(cfg, data, out, runs, cache, ablation_out, clock, stages)
     val_size = {k: r["final"].get("val/gallery_size") for k, r in runs.items()}
     summary = {
         "data": str(data), "config": cfg.config, "overrides": overrides,
@@ -176,10 +195,8 @@ def run(cfg: DemoConfig) -> dict:
         "training": {k: {"final": r["final"], "path": r["path"], "epochs": r["epochs"],
                          "chance_R@10": min(1.0, 10 / val_size[k]) if val_size[k] else None}
                      for k, r in runs.items()},
-        "evaluation": str(out / "eval" / "metrics.json"),
-        "report": metrics["report"],
-    }
-    summary["provenance"] = provenance(data, code=code)
+        "evaluation": str(out / "eval" / "metrics.json"), "report": metrics["report"],
+        "provenance": provenance(data, code=code)}
     if tune_summary:
         summary["tune"] = {k: tune_summary[k] for k in ("experiment", "best", "wall_s")}
     storage.write_json(out, "summary.json", summary)

@@ -147,7 +147,7 @@ def encode(job, kind: str, block: int) -> Gallery:
     """Encode the split with ``kind``'s checkpoint once (``job``: a validated
     ``ray_jobs.score.Job``), or reuse a cached encoding that came from the same checkpoint,
     data, split, rows, block and precision."""
-    cfg, checkpoint = job.cfg, job.checkpoints[kind]
+    checkpoint = job.checkpoints[kind]
     key = features_key(job, kind, block)
     root, _ = keyed_dir(job.cache, f"features-{kind}", key)
     store = FeatureStore(root, MODELS[kind].feature_types)
@@ -162,6 +162,12 @@ def encode(job, kind: str, block: int) -> Gallery:
     loaded = load_checkpoint(checkpoint)
     if frozen_identity(loaded.model) is not None:
         return encode_from_frozen(job, kind, block, key, store, loaded)
+    return encode_pixels(job, kind, block, key, store)
+
+
+def encoder_dataset(job, checkpoint: str):
+    """The split's row groups through ``GalleryEncoder`` actors, in the split's order."""
+    cfg = job.cfg
     units = row_groups(job.files, cfg.max_items)
     ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
                              override_num_blocks=len(units))
@@ -178,8 +184,14 @@ def encode(job, kind: str, block: int) -> Gallery:
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool_size(cfg, len(units))),
             batch_format="numpy", max_restarts=0, **actor_resources(cfg))
     ds.context.execution_options.preserve_order = True  # the same gallery order on every run
-    if cfg.max_items is not None:
-        ds = ds.limit(cfg.max_items)
+    return ds.limit(cfg.max_items) if cfg.max_items is not None else ds
+
+
+def encode_pixels(job, kind: str, block: int, key: dict, store: FeatureStore) -> Gallery:
+    """Ray Data batch inference over the split's row groups (``GalleryEncoder``): the
+    feature blocks go to the store and the object store as they come."""
+    cfg, root = job.cfg, store.root
+    ds = encoder_dataset(job, job.checkpoints[kind])
     t0 = time.perf_counter()
     refs, host, skipped, pending = {"text": [], "image": []}, [], {}, []
     progress = Progress(f"{kind} gallery: encoded rows", total=job.rows, every=5.0)

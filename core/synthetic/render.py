@@ -54,6 +54,9 @@ def _ellipse(draw, cx, cy, rx, ry, fill, outline=None, width=1):
     draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill, outline=outline, width=width)
 
 
+BODY_RADII = {"chest": (0.43, 0.38), "abdomen": (0.42, 0.33), "head": (0.34, 0.38)}
+
+
 def _draw_body(draw, case: Case, S: int, cx: float, cy: float, scale: float,
                rng: np.random.Generator) -> None:
     t = TISSUE[case.modality]
@@ -62,14 +65,8 @@ def _draw_body(draw, case: Case, S: int, cx: float, cy: float, scale: float,
     if m == "ultrasound":
         _draw_ultrasound_field(draw, region, t, S, cx, cy, u)
         return
-    if region == "chest":
-        rx, ry = 0.43 * u, 0.38 * u
-    elif region == "abdomen":
-        rx, ry = 0.42 * u, 0.33 * u
-    elif region == "head":
-        rx, ry = 0.34 * u, 0.38 * u
-    else:
-        rx, ry = 0.45 * u, 0.30 * u
+    fx, fy = BODY_RADII.get(region, (0.45, 0.30))  # pelvis the default
+    rx, ry = fx * u, fy * u
     if m == "ct":
         _ellipse(draw, cx, cy, rx, ry, fill=t["fat"], outline=150, width=max(1, S // 110))
         _ellipse(draw, cx, cy, rx * 0.92, ry * 0.9, fill=t["body"])
