@@ -29,6 +29,7 @@ from core.report import headline_table, write_report
 from core.scoring import outputs
 from core.evaluation.rerank_selection import select_rerank
 from ray_jobs import score
+from ray_jobs.score_methods import tile_side
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import StageClock, init_ray, setup_logging
 
@@ -119,7 +120,7 @@ def cross_split_topk(cfg: EvaluateConfig, jobs: dict, scored: Scored,
     queries, gallery, ids = {}, {}, {}
     for kind in ("two_tower", "fusion"):
         queries[kind] = scored.features(kind)
-        g = encode(gallery_jobs[kind], kind, score.tile_side(gallery_jobs[kind], kind)[0])
+        g = encode(gallery_jobs[kind], kind, tile_side(gallery_jobs[kind], kind)[0])
         gallery[kind] = (g.features("text"), g.features("image"))
         ids[kind] = g.table.column("image_id").to_pylist()
     query_ids = [scored.gallery(k).column("image_id").to_pylist() for k in ("two_tower", "fusion")]

@@ -120,7 +120,7 @@ def prepare(cfg: ServeConfig):
 def encode_galleries(job) -> dict:
     """Encode (or reuse) each model's gallery with the Ray Data stage: the replicas' spec."""
     from ray_jobs.gallery import encode
-    from ray_jobs.score import tile_side
+    from ray_jobs.score_methods import tile_side
 
     spec = {"data": job.cfg.data, "split": job.cfg.split, "max_items": job.cfg.max_items,
             "checkpoints": dict(job.checkpoints), "features": {}}

@@ -41,7 +41,8 @@ def test_cached_work_is_keyed_on_everything_that_produced_it(two_checkpoints, sy
     """The score job's keys for encoded features and finished items change with each input
     (no Ray needed: validation and keys come before Ray starts)."""
     from ray_jobs.gallery import features_key
-    from ray_jobs.score import ScoreConfig, fusion_items_key, prepare
+    from ray_jobs.score import ScoreConfig, prepare
+    from ray_jobs.score_methods import fusion_items_key
 
     other_data = tmp_path / "copy"
     shutil.copytree(synthetic_dir, other_data)
