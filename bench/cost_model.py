@@ -154,5 +154,19 @@ def main(argv=None) -> dict:
     return result
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    by = {row["gpus"]: row for row in r["rows"]}
+    return [(f"PROJECTION: `base` two-tower on ROCOv2, {r['epochs']} epochs, g5.2xlarge "
+             "workers (inputs named in bench/results/cost_model.json)",
+             "; ".join(f"{n} GPU(s) {by[n]['run_h']:.2f} h, ${by[n]['run_usd']:.2f}, "
+                       f"efficiency {100 * by[n]['efficiency']:.0f}%, {by[n]['bound']}-bound"
+                       for n in (1, 8, 64) if n in by)
+             + " (each step bound by the larger of its terms; the gradient all-reduce over "
+               "the network counted as not overlapped with compute: an upper bound on time)",
+             "no target", "projection (not measured)")]
+
+
 if __name__ == "__main__":
     main()

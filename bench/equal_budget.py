@@ -72,5 +72,23 @@ def main(argv=None) -> dict:
     return out
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    tt = r["two_tower_equal_budget"]
+    demo = r["demo"]
+
+    def sib(x):
+        return f"{x['overall']['value']:.3f}" if x else "n/a"
+    def pair(m):
+        return f"{demo[m]['metrics']['mean_recall']:.3f} / {sib(demo[m]['sibling'])}"
+    return [(f"equal-budget control: a two-tower trained {tt['epochs']} epochs (the fusion "
+             "encoders' budget); mean recall / sibling accuracy on the demo's test split",
+             f"{tt['metrics']['mean_recall']:.3f} / {sib(tt.get('sibling'))}; the demo's "
+             f"fusion {pair('fusion')}, rerank {pair('rerank')}, two-tower "
+             f"({demo['two_tower']['epochs']} epochs) {pair('two_tower')}",
+             "context for the demo's verdict (no target)", "")]
+
+
 if __name__ == "__main__":
     main()

@@ -267,5 +267,32 @@ def ray_paths(device, small: bool) -> dict:
     return out
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    if r.get("smoke"):
+        return []
+    best = r["head_best"]
+    rows = [(f"GPU head ({r['device']}, {best['precision']}, chunk {best['chunk']})",
+             f"{best['pairs_per_s']:,.0f} pairs/s = {best['tflops']:.0f} TFLOP/s = "
+             f"{100 * best['fraction_of_bf16_peak']:.0f}% of the measured bf16 matmul "
+             f"{r['matmul_tflops']['bf16']:.0f} TFLOP/s", ">= 30% of bf16 peak",
+             "met" if best["fraction_of_bf16_peak"] >= 0.3 else "missed")]
+    ray = r.get("ray")
+    if ray:
+        for kind in ("two_tower", "fusion"):
+            plain = r["train_step_samples_per_s"][kind]
+            got = ray[f"train_{kind}_samples_per_s"]
+            rows.append((f"GPU training through Ray Train, {kind} ({r['device']})",
+                         f"{got:.0f} vs {plain:.0f} samples/s plain PyTorch: "
+                         f"{100 * got / plain:.0f}%", ">= 80%",
+                         "met" if got >= 0.8 * plain else "missed"))
+        share = ray["score_head_pairs_per_s"] / best["pairs_per_s"]
+        rows.append((f"GPU scoring job head stage, N={ray['score_n']} ({r['device']})",
+                     f"{ray['score_head_pairs_per_s']:,.0f} pairs/s = {100 * share:.0f}% of "
+                     "the plain-PyTorch best", ">= 80%", "met" if share >= 0.8 else "missed"))
+    return rows
+
+
 if __name__ == "__main__":
     main()

@@ -102,5 +102,19 @@ def main(argv=None) -> dict:
     return result
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    m = {row["mode"]: row for row in r["modes"]}
+    ratio = r["masked_single_vs_dual_stream"]
+    return [(f"MCR training step, {r['config']} {r['alignment']}, batch {r['batch']} "
+             f"({m['off']['device']}; {m['off']['memory_kind']})",
+             "; ".join(f"{k} {v['s_per_step'] * 1000:.0f} ms, {v['peak_memory_mb']:.0f} MB"
+                       for k, v in m.items())
+             + f"; masked_single / dual_stream: time x{ratio['time']}, memory x{ratio['memory']}",
+             "masked_single cheaper than dual_stream",
+             "met" if ratio["time"] < 1 and ratio["memory"] <= 1 else "missed")]
+
+
 if __name__ == "__main__":
     main()

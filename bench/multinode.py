@@ -172,5 +172,41 @@ def main(argv=None) -> dict:
     return result
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    if "repeats" not in r:
+        return [("training on simulated nodes", "result written by an older bench.multinode "
+                 "(one run per size, ratios without their spread): rerun it", "", "missed")]
+
+    def ratio(v: dict) -> str:
+        return (f"x{v['mean']:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
+                + ("*" if v["beyond_noise"] else ""))
+
+    rows = [(f"training on {'/'.join(str(v['nodes']) for v in r['training_ratios_vs_1_node'])} "
+             f"simulated nodes (two-tower tiny, global batch {r['global_batch']}, "
+             f"{r['epochs']} epochs, one 1-CPU node per worker, {r['repeats']} runs each)",
+             "; ".join(f"{v['nodes']} node(s): wall {ratio(v['wall_s'])}, steps "
+                       f"{ratio(v['step_s_per_epoch'])}, outside the steps "
+                       f"{ratio(v['outside_steps_s'])}, mean recall "
+                       f"{v['recall_diff']['value']:+.3f}"
+                       + ("*" if v["recall_diff"]["beyond_noise"] else "")
+                       for v in r["training_ratios_vs_1_node"] if v["nodes"] > 1)
+             + f" (ratios to the mean of the 1-node runs, [range over runs]; * beyond the "
+               f"1-node runs' own spread; recall spread {r['recall_noise']:.3f})",
+             "N workers x batch B/N = 1 x B within the noise",
+             "met" if r["equivalent_within_noise"] else "missed")]
+    compared = [s for s in r["scoring"] if s["identical_to_1_node"] is not None]
+    if compared:
+        first = r["scoring"][0]["wall_s"]
+        same = all(s["identical_to_1_node"] for s in compared)
+        rows.append(("fusion scoring job, one actor per simulated node",
+                     "; ".join(f"{s['nodes']} node(s) {s['wall_s']:.0f} s (x"
+                               f"{s['wall_s'] / first:.2f})" for s in r["scoring"])
+                     + f"; top-K identical to 1 node's: {same}",
+                     "identical output on every size", "met" if same else "missed"))
+    return rows
+
+
 if __name__ == "__main__":
     main()

@@ -97,5 +97,18 @@ def main(argv=None) -> dict:
     return out
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    return [("Ray Train overhead (two-tower step, 1 worker)",
+             f"{r['ray_samples_per_s']:.0f} vs {r['plain_samples_per_s']:.0f} samples/s plain "
+             f"PyTorch: {r['slowdown']:.2f}x slower", "<= 1.2x slower",
+             "met" if r["slowdown"] <= 1.2 else "missed"),
+            ("Ray Data input pipeline vs trainer consumption",
+             f"{r['pipeline_rows_per_s']:.0f} rows/s vs {r['ray_samples_per_s']:.0f} samples/s: "
+             f"{r['input_vs_consumption']:.2f}x", ">= 1.5x",
+             "met" if r["input_vs_consumption"] >= 1.5 else "missed")]
+
+
 if __name__ == "__main__":
     main()

@@ -108,5 +108,22 @@ def main(argv=None) -> dict:
     return result
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    best = r["best"]
+    return [(f"rerank vs full fusion (N={r['n']}, held-out)" if r.get("held_out") else
+             f"rerank vs full fusion (N={r['n']})",
+             (f"k={best['k']}{' (chosen on a separate split)' if 'selection' in r else ''}: "
+              f"scoring {best['speedup']:.1f}x faster"
+              + (f" ({best['speedup_with_encoding']:.1f}x from scratch, rerank's second "
+                 "encoding counted)" if "speedup_with_encoding" in best else
+                 " (rerank's second encoding not counted)")
+              + f", keeps {100 * best['recall_share']:.0f}% of fusion's R@10")
+             if best else "no k qualified",
+             ">= 10x faster keeping >= 95% of R@10",
+             "met" if best and best["speedup"] >= 10 and best["recall_share"] >= 0.95 else "missed")]
+
+
 if __name__ == "__main__":
     main()

@@ -70,5 +70,13 @@ def main(argv=None) -> dict:
     return result
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    return [("fusion head roofline", f"{r['head_gflops']:.0f} GFLOP/s = "
+             f"{100 * r['fraction_of_matmul']:.0f}% of measured matmul {r['matmul_gflops']:.0f} GFLOP/s",
+             ">= 30%", "met" if r["fraction_of_matmul"] >= 0.3 else "missed")]
+
+
 if __name__ == "__main__":
     main()

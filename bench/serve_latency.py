@@ -182,5 +182,31 @@ def main(argv=None) -> dict:
     return result
 
 
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    rows, t = [], r["target"]
+    for g in r["rows"]:
+        lat = g["latency"]
+        text, rerank = lat["text"]["p50_ms"], lat["text+rerank"]["p50_ms"]
+        one, two = (g[f"throughput_{n}_replicas"]["requests_per_s"] for n in (1, 2))
+        measured = ("; ".join(f"{m} p50 {v['p50_ms']:.0f} / p99 {v['p99_ms']:.0f} ms"
+                              for m, v in lat.items())
+                    + f"; text queries {one:.0f} req/s at 1 replica x "
+                      f"{g['cpus_per_replica_1']:g} CPUs, {two:.0f} at 2 x "
+                      f"{g['cpus_per_replica_2']:g} ({g['replica_speedup']:.2f}x; "
+                      f"{r['clients']} clients)")
+        measured += (f"; of the text p50, the index itself {lat['text']['server_p50_ms']:.0f}"
+                     " ms (the rest: HTTP, Serve's proxy and router)")
+        name = g["gallery"] if str(g["gallery_size"]) in g["gallery"] else (
+            f"{g['gallery']} ({g['gallery_size']} cases)")
+        rows.append((f"case search, {name}, rerank k={r['rerank_k']}", measured,
+                     f"text p50 < {t['text_p50_ms']:.0f} ms, rerank p50 < "
+                     f"{t['rerank_p50_ms']:.0f} ms",
+                     "met" if text < t["text_p50_ms"] and rerank < t["rerank_p50_ms"]
+                     else "missed"))
+    return rows
+
+
 if __name__ == "__main__":
     main()
