@@ -71,7 +71,7 @@ def trial_driver(config: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ray_jobs.runtime import configure_data_context
+    from ray_jobs.ray_logs import configure_data_context
     from ray_jobs.train import fit, prepare_run
 
     configure_data_context()  # a trial driver builds its own datasets; its logs are no terminal
