@@ -69,7 +69,7 @@ def test_resize_center_crop_and_normalise():
     # normalisation happens on the device, in the image encoder
     import torch
 
-    from core.config import ImageEncoderConfig
+    from core.models.encoders import ImageEncoderConfig
     from core.models.encoders import ImageEncoder
 
     enc = ImageEncoder(ImageEncoderConfig(arch="small_cnn", image_size=32, mean=[0.5] * 3,

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.config import ImageEncoderConfig, TextEncoderConfig, load_config
+from core.config import load_config
+from core.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from core.data.tokenizer import resolve_tokenizer, tokenize
 from core.models import build_model, pretrained
 from core.models.encoders import ImageEncoder, TextEncoder

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.config import ModelConfig
+from core.models.config import ModelConfig
 from core.models.fusion import FusionModel
 from core.models.two_tower import TwoTowerModel
 

@@ -7,10 +7,28 @@ their image encoder, trained as an auxiliary loss (``core.losses.ConceptLoss``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from core.config import ConceptConfig
+
+@dataclass
+class ConceptConfig:
+    # Weight of the auxiliary concept-detection loss (ROCOv2's UMLS ``cui`` column): an
+    # image-only multi-label head on the image encoder's pooled features. 0: no head.
+    weight: float = 0.0
+    # Concepts on fewer training images than this are left out of the vocabulary.
+    min_count: int = 1
+    # Focal term (Lin et al.) on top of BCE; 0 = plain BCE.
+    focal_gamma: float = 0.0
+    # Positive weight per concept = negatives / positives, capped here for rare concepts.
+    max_pos_weight: float = 10.0
+    dropout: float = 0.1
+    # Head size: set from the concept vocabulary when a run starts (0: no head).
+    num_concepts: int = 0
+
+
 
 
 class ConceptHead(nn.Module):

@@ -17,13 +17,62 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import IMAGENET_MEAN, IMAGENET_STD, ImageEncoderConfig, TextEncoderConfig
 from core.models import pretrained as packaged
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageEncoderConfig:
+    # torchvision "resnet18" / "resnet34" / "resnet50", "efficientnet_lite0" (ImageNet
+    # weights from a pinned package: works offline), or "small_cnn" for CPU presets.
+    arch: str = "resnet50"
+    # ImageNet weights (torchvision's download for ResNets, the packaged file for
+    # efficientnet_lite0). When they cannot be loaded the model does not build (an error
+    # naming what is missing): never a silent random init.
+    pretrained: bool = False
+    image_size: int = 224
+    # Channel widths of the small_cnn stages (each stage halves the resolution).
+    cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    # Input normalisation on [0, 1] pixels; None: what the architecture's weights were
+    # trained with (ImageNet's for ResNets and small_cnn, 0.498 / 0.502 for EfficientNet-Lite).
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # Leading backbone stages frozen (weights fixed, BatchNorm statistics kept); -1: all.
+    freeze_stages: int = 0
+
+
+@dataclass
+class TextEncoderConfig:
+    # A Hugging Face model name or local path (BERT family); sentence-transformers/
+    # all-MiniLM-L6-v2 loads from its pinned package, offline. None: a BertModel built from
+    # the sizes below, randomly initialised.
+    name_or_path: str | None = None
+    # A Hugging Face tokenizer name or path. None: the pretrained model's own tokenizer when
+    # name_or_path is set; else <data>/tokenizer if present, else a WordPiece vocabulary
+    # trained on the training captions.
+    tokenizer: str | None = None
+    # The embeddings and this many leading transformer layers frozen; -1: the whole encoder.
+    freeze_layers: int = 0
+    vocab_size: int = 30522  # overwritten by the tokenizer's size when built from config
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_length: int = 64
+    pooling: Literal["cls", "mean"] = "cls"  # [CLS], or the masked mean over tokens
+    # Size of the WordPiece vocabulary trained offline.
+    trained_vocab_size: int = 8000
+
 
 log = logging.getLogger(__name__)
 

@@ -21,17 +21,64 @@ straightforward path (everything recomputed per pair); the tests check ``score``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import ModelConfig
 from core.features import Features
 from core.models.concept_head import build_concept_head
 from core.models.encoders import (ImageEncoder, TextEncoder, contrastive_heads, l2_normalize,
                                   masked_mean, register_logit_scale)
+
+if TYPE_CHECKING:  # the model's config type, defined beside every model's part
+    from core.models.config import ModelConfig
+
+
+@dataclass
+class FusionConfig:
+    width: int = 256
+    num_layers: int = 2
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    # Negatives per positive pair, in each direction (k images per caption, k captions per image).
+    negatives_per_positive: int = 3
+    # "random", "hard" (sampled by pooled-feature similarity, ALBEF) or "hardest" (top-k).
+    negative_mode: Literal["random", "hard", "hardest"] = "hard"
+    # Weight of an auxiliary InfoNCE on the pooled features (ALBEF's ITC); it makes the
+    # "hard" negatives meaningful. 0 disables it.
+    contrastive_weight: float = 0.1
+    # Temperature of the similarity that hard negatives are sampled by.
+    temperature: float = 0.07
+    # Caption negatives with one attribute word swapped (NegCLIP-style), for the match head:
+    # "a:b" word pairs (single tokens of the vocabulary); empty: off.
+    swap_negatives: list[str] = field(default_factory=lambda: [
+        "left:right", "upper:lower", "superior:inferior"])
+    # A two-tower checkpoint or training run whose encoders and projection heads initialise
+    # this model's encoders and ITC heads (ALBEF / BLIP: the match head is trained on
+    # contrastively trained encoders). None: from scratch.
+    init_from: str | None = None
+    # Train only the fusion layers and heads: both encoders (initialised from init_from)
+    # frozen whole, and so encoded once (train.encode_frozen_once). Resolved at the start of
+    # a run into model.image.freeze_stages = model.text.freeze_layers = -1.
+    freeze_encoders: bool = False
+    # With init_from: the fusion layers' token and patch projections start as the two-tower
+    # model's (linear) ITC heads, so cross-attention begins in the space the two-tower
+    # model aligned (needs model.two_tower.proj_layers 1 and embed_dim = width).
+    token_proj_from_itc: bool = False
+    # The ranking score over all pairs: match logit + score_alpha x the ITC cosine (the
+    # fused score, as ALBEF/BLIP combine ITM and ITC); 0: the match logit alone. None: chosen
+    # on the validation split after every epoch (from FUSED_SCORE_ALPHAS), and the checkpoint
+    # records the number it chose.
+    score_alpha: float | None = 0.0
+    # Retrieve-and-rerank inside the fusion model, in validation: the ITC top-k re-scored by
+    # the match logit + rerank_alpha x the ITC cosine (the fused score).
+    rerank_k: int = 16
+    rerank_alpha: float = 0.0
+
 
 
 # The fused score's alphas tried on the validation split when model.fusion.score_alpha is

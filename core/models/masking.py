@@ -10,7 +10,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
+
+
+@dataclass
+class McrConfig:
+    """Masked contrastive reconstruction (two-tower): masked inputs for the contrastive loss
+    and for reconstructing what was masked (image cells, caption tokens)."""
+
+    # "off"; "masked_single": the masked inputs are the only inputs of both the contrastive
+    # and the reconstruction losses (one forward per modality); "dual_stream": masked inputs
+    # for reconstruction, unmasked ones for the contrastive loss (two forwards).
+    mode: Literal["off", "masked_single", "dual_stream"] = "off"
+    # Share of the image encoder's output grid cells zeroed (in pixel space, standardised).
+    image_mask_ratio: float = 0.5
+    # Share of caption tokens replaced by [MASK] (never [CLS], [SEP] or padding).
+    text_mask_ratio: float = 0.25
+    lambda_img: float = 1.0  # weight of the masked-cell pixel MSE
+    lambda_txt: float = 1.0  # weight of the masked-token cross-entropy
+
 
 
 def generator(seed: int, step: int, device) -> torch.Generator:

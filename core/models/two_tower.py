@@ -8,17 +8,37 @@ model also carries the masked-reconstruction heads (``core.training.loop`` uses 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import ModelConfig
 from core.features import Embeddings
 from core.models.concept_head import build_concept_head
 from core.models.pooling import AttentionPool
 from core.models.encoders import (ImageEncoder, TextEncoder, contrastive_heads, l2_normalize,
                                   register_logit_scale, trim_padding)
+
+if TYPE_CHECKING:  # the model's config type, defined beside every model's part
+    from core.models.config import ModelConfig
+
+
+@dataclass
+class TwoTowerConfig:
+    embed_dim: int = 256
+    proj_layers: int = 2  # 1 = linear projection
+    proj_hidden: int = 1024
+    proj_dropout: float = 0.0  # dropout on the pooled features the projections read
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
+    # "abm": Aggregation-before-Mapping (pool the encoder's patches / tokens, then project:
+    # CLIP's way); "mba": Mapping-before-Aggregation (project every patch and token into the
+    # shared space, then pool them with learned attention).
+    alignment: Literal["abm", "mba"] = "abm"
+
 
 
 class TwoTowerModel(nn.Module):

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.batch import Batch
-from core.config import ModelConfig, TrainConfig
+from core.config import TrainConfig
+from core.models.config import ModelConfig
 from core.data.preprocess import merge_counts
 from core.distributed import all_ranks_agree
 from core.losses import ConceptLoss, InfoNCELoss, MatchLoss
