@@ -38,6 +38,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    # The fusion model's epochs when they differ (None: epochs): its cross-attention layers
+    # start from scratch on frozen towers, where the two-tower's heads start from ITC.
+    fusion_epochs: int | None = None
     batch_size: int = 64  # per worker
     lr: float = 1e-4
     # Learning rate of the pretrained encoders' trainable layers (None: ``lr``); the new

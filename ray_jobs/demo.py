@@ -120,8 +120,8 @@ def train_models(cfg: DemoConfig, data: str, out: Path, overrides: list, clock,
         exp.train.name, exp.train.storage_path = kind, str(out / "train")
         if kind == "fusion":
             exp.model.fusion.init_from = runs["two_tower"]["path"]
-        if cfg.epochs is not None:
-            exp.train.epochs = cfg.epochs
+        if cfg.epochs is not None:  # --epochs: both models
+            exp.train.epochs, exp.train.fusion_epochs = cfg.epochs, None
         with clock.stage(f"train {kind}"):
             runs[kind] = train.run(exp)
     return runs

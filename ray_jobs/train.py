@@ -139,6 +139,8 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
             raise UserError(f"model.fusion.init_from {cfg.model.fusion.init_from} is not a "
                             "two-tower checkpoint or run")
         cfg.model.fusion.init_from = str(Path(source).resolve())  # workers run elsewhere
+    if cfg.model.kind == "fusion" and cfg.train.fusion_epochs is not None:
+        cfg.train.epochs, cfg.train.fusion_epochs = cfg.train.fusion_epochs, None
     if cfg.model.kind == "fusion" and cfg.model.fusion.freeze_encoders:
         cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1
     if not cfg.train.name:

@@ -201,7 +201,9 @@ def two_tower_variants_lines(path: Path) -> list[str]:
     v = json.loads(path.read_text())
     header = ["variant", "validation mean recall", "kept", "best epoch", "t2i R@1", "t2i R@5",
               "t2i R@10", "i2t R@1", "i2t R@5", "i2t R@10", "train s"]
-    rows = [[x["variant"], f"{x['val_mean_recall']:.4f}", "yes (the preset)" if x["kept"] else "",
+    # the variant kept: the best on validation, derived here (never typed in the file)
+    kept = max(v["variants"], key=lambda x: x["val_mean_recall"])["variant"]
+    rows = [[x["variant"], f"{x['val_mean_recall']:.4f}", "yes" if x["variant"] == kept else "",
              f"{x['best_epoch']} of {x.get('epochs', v['epochs'])}"]
             + [_ci(x[f"{d}/R@{k}"]) for d in ("t2i", "i2t") for k in (1, 5, 10)]
             + [f"{x['train_seconds']:.0f}"] for x in v["variants"]]
