@@ -120,7 +120,7 @@ def pair_scores(model, text, image, text_index, image_index, batch: int = 2048) 
         for a in range(0, len(text_index), batch):
             ti = torch.as_tensor(np.asarray(text_index[a:a + batch]))
             ii = torch.as_tensor(np.asarray(image_index[a:a + batch]))
-            kwargs = {"ranking": True} if getattr(model, "kind", None) == "fusion" else {}
+            kwargs = {"ranking": True} if model.kind == "fusion" else {}
             out.append(model.score_pairs(text, image, ti, ii, **kwargs).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 

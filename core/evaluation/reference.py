@@ -170,7 +170,7 @@ def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha) -> dict:
         text, image, groups = text.index(head), image.index(head), groups[head]
         n = max_items
     ks = tuple(k for k in ks if k <= n)
-    fusion = getattr(model, "kind", None) == "fusion"
+    fusion = model.kind == "fusion"
     if fusion and model.config.fusion.score_alpha is None:
         model.score_alpha = choose_score_alpha(model, text, image, groups, ks)
     scores = score_matrix(model, text, image)

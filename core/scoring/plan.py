@@ -70,8 +70,8 @@ def fit_tile(block: int, chunk: int) -> tuple[int, int]:
 
 
 def default_tile(model, device_type: str = "cpu") -> tuple[int, int]:
-    """``tile_shape`` for a model object (its ``kind``; two-tower when it has none)."""
-    return tile_shape(getattr(model, "kind", "two_tower"), device_type)
+    """``tile_shape`` for a model object (its ``kind``)."""
+    return tile_shape(model.kind, device_type)
 
 
 # An executor runs work items with a context (positives, candidates) and yields
