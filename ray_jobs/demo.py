@@ -57,7 +57,8 @@ class DemoConfig:
     gallery_split: str | None = opt("train", "concept-aware retrieval also against this split's "
                                     "items (rocoray evaluate --gallery-split)")
     gallery_max_items: int | None = opt(500, "rows of --gallery-split used")
-    explain_cases: int = opt(24, "test pairs explained (rocoray evaluate --explain-cases)")
+    explain_cases: int = opt(evaluate.EXPLAIN_CASES, "test pairs explained (rocoray "
+                             "evaluate --explain-cases)")
     ablation: bool = opt(False, "also run the two-tower ablation (AbM / MbA x MCR modes, 4 more "
                          "trainings; rocoray ablation) and put its table in the report")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
