@@ -28,6 +28,7 @@ SECTIONS = ["## Verdict", "## Retrieval quality", "## Report quality of the retr
 
 
 def roco_slice(out: Path) -> Path:
+    out.mkdir(parents=True)
     for split, n in ROWS.items():
         table = pq.read_table(ROCO_CCBY / f"{split}-00000-of-00001.parquet").slice(0, n)
         pq.write_table(table, out / f"{split}-00000-of-00001.parquet", row_group_size=32)
