@@ -121,9 +121,11 @@ def match_accuracy(model, text: Features, image: Features, groups: np.ndarray) -
     return float(correct.mean())
 
 
-def choose_score_alpha(model, text: Features, image: Features, groups, ks) -> float:
+def choose_score_alpha(model, text: Features, image: Features, groups,
+                       ks) -> tuple[float, np.ndarray]:
     """The fused score's alpha (match logit + alpha x ITC cosine) with the best mean recall
-    on this (validation) gallery; ties go to the smaller alpha."""
+    on this (validation) gallery, ties to the smaller alpha; and the fused score matrix at
+    that alpha (the match logits are computed once)."""
     from core.models.fusion import FUSED_SCORE_ALPHAS
 
     model.score_alpha = 0.0
@@ -131,7 +133,8 @@ def choose_score_alpha(model, text: Features, image: Features, groups, ks) -> fl
     itc = (text.embed @ image.embed.T).float().cpu().numpy()
     found = [(round(evaluate_scores(itm + a * itc, groups, groups, ks=ks)["mean_recall"], 9), -a)
              for a in FUSED_SCORE_ALPHAS]
-    return -max(found)[1]
+    alpha = -max(found)[1]
+    return alpha, (itm + np.float32(alpha) * itc).astype(np.float32)
 
 
 def rerank_matrices(itm: np.ndarray, itc: np.ndarray, groups: np.ndarray, k: int,
@@ -172,8 +175,9 @@ def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha) -> dict:
     ks = tuple(k for k in ks if k <= n)
     fusion = model.kind == "fusion"
     if fusion and model.config.fusion.score_alpha is None:
-        model.score_alpha = choose_score_alpha(model, text, image, groups, ks)
-    scores = score_matrix(model, text, image)
+        model.score_alpha, scores = choose_score_alpha(model, text, image, groups, ks)
+    else:
+        scores = score_matrix(model, text, image)
     out = evaluate_scores(scores, groups, groups, ks=ks)
     out["gallery_size"] = n
     if fusion:
