@@ -20,7 +20,7 @@ from bench._common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bulky per-case content the README never shows (figures and maps stay in the run's report).
-DROP = {"explanations": ("cases", "captions", "top3", "figure"), "modality_gap": ("figure",)}
+DROP = {"explanations": ("captions", "top3", "figure"), "modality_gap": ("figure",)}
 
 
 def collect(run: Path, name: str) -> dict:
