@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -87,12 +88,17 @@ def ensure_store(cache: str, model, model_config, tokenizer, files: SplitFiles,
     threads = max(1, math.ceil(cpus_per_actor - 1e-9))
     ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
                              override_num_blocks=len(units))
-    ds = ds.map_batches(
-        FrozenStageEncoder, fn_constructor_args=(build_model, preprocessor, files.filesystem,
-                                                 columns_to_read(files), threads,
-                                                 "cuda" if gpus_per_actor else "cpu"),
-        batch_size=1, batch_format="numpy", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(size=actors))
+    with warnings.catch_warnings():
+        # max_restarts=0, as the gallery encoder: a failed actor surfaces instead of
+        # restarting, and Ray core prints no error-level note about restarting an actor whose
+        # constructor arguments live in the object store (ray-project/ray#53727)
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            FrozenStageEncoder, fn_constructor_args=(build_model, preprocessor, files.filesystem,
+                                                     columns_to_read(files), threads,
+                                                     "cuda" if gpus_per_actor else "cpu"),
+            batch_size=1, batch_format="numpy", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(size=actors), max_restarts=0)
     ds.context.execution_options.preserve_order = True  # the store keeps the split's order
     if max_rows is not None:
         ds = ds.limit(max_rows)
