@@ -285,9 +285,12 @@ def encode_from_frozen(job, kind: str, block: int, key: dict, store: FeatureStor
                                                 if k in host[0] else None for k in HOST_COLUMNS))
     gallery_meta = {"n": table.num_rows, "blocks": len(refs["text"]), "block": block,
                     "skipped": skipped, "complete": True,
-                    # the frozen layers' share: what encoding them cost (once, maybe earlier)
+                    # encode_s is the cost from scratch: the frozen layers' encoding (timed
+                    # when it ran, maybe by an earlier job that this one reused) + the rest
                     "frozen_encode_s": meta["encode_s"], "frozen_store": frozen.root,
-                    "encode_s": time.perf_counter() - t0 + (0.0 if meta["reused"] else meta["encode_s"]),
+                    "frozen_reused": meta["reused"],
+                    "encode_s": time.perf_counter() - t0 + meta["encode_s"],
+                    # passes through the encoders this job ran (0 when the store was reused)
                     "encoder_passes": {"text": 0 if meta["reused"] else table.num_rows,
                                        "image": 0 if meta["reused"] else table.num_rows}}
     store.write_meta(gallery_meta)

@@ -189,10 +189,13 @@ def training(r: Inputs) -> list[Section]:
     return [Section("Training", "training", blocks)]
 
 
-COST_NOTE = ("Encoder passes count images + captions through the encoders; rerank runs both "
-             "models' encoders. Head / score evaluations count what the quadratic part "
-             "computes. ms per query = (encode s + score s) / 2N: the cost from scratch of "
-             "answering the N caption and N image queries.")
+COST_NOTE = ("Encoder passes count images + captions through the encoders in this evaluation; "
+             "rerank runs both models' encoders. With frozen towers their outputs are computed "
+             "once per split and shared (0 passes for a model that reused them), but encode s "
+             "is still each method's cost from scratch: the frozen towers' encoding, timed when "
+             "it ran, plus the model's own layers. Head / score evaluations count what the "
+             "quadratic part computes. ms per query = (encode s + score s) / 2N: the cost from "
+             "scratch of answering the N caption and N image queries.")
 
 
 def speed_and_cost(r: Inputs) -> list[Section]:
