@@ -152,6 +152,9 @@ def execute(job: Job) -> dict:
     else:
         first = encode(job, "two_tower", tile_side(job, "two_tower")[0])
         encode_s["two_tower"] = first.meta["encode_s"]
+        if first.meta.get("frozen_store") and first.meta["frozen_store"] == gallery.meta.get(
+                "frozen_store"):  # both models on the same frozen towers: encoded once
+            encode_s["two_tower"] -= first.meta["frozen_encode_s"]
         results, timings = rerank_topk(job, first, gallery)
     storage.write_parquet(job.out, outputs.GALLERY, gallery.table)
     for direction, (index, scores, ranks) in results.items():
