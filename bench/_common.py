@@ -28,7 +28,8 @@ def machine() -> dict:
     return {**described(), "threads": torch.get_num_threads()}
 
 
-def write_result(result: dict, data=None, provenance: dict | None = None) -> Path:
+def write_result(result: dict, data=None, provenance: dict | None = None,
+                 out: str | None = None) -> Path:
     """bench/results/<bench>.json with its provenance (commit, time, command, machine, the
     data read: ``data``, else the result's own ``data`` field; ``provenance``: a run's own,
     when the result collects a run made earlier); data paths made portable."""
@@ -40,8 +41,8 @@ def write_result(result: dict, data=None, provenance: dict | None = None) -> Pat
         result = {**result, "data": portable_path(result["data"])}
     result = {"machine": machine(), **result,
               "provenance": provenance or now(data, code=CODE_AT_START)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{result['bench']}.json"
+    path = Path(out) if out else RESULTS / f"{result['bench']}.json"  # out: a smoke run's file
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "provenance"})[:2000])
     return path
@@ -97,3 +98,17 @@ def held_out_split(n: int, path: str = HELD_OUT, seed: int = 2026) -> tuple[str,
     print(f"writing a held-out synthetic test split of {n} pairs (seed {seed}) to {path}")
     write_synthetic(SyntheticSpec(sizes={"test": n}, seed=seed), path)
     return path, "test"
+
+
+def shuffled_batches(arrays: dict, batch_size: int, seed: int | None):
+    """Host batches (``core.batch.collate``) of a dict of row arrays, in a seeded random
+    order (``seed`` None: in order): the in-process training loop of the variant benches."""
+    import numpy as np
+
+    from core.batch import collate
+
+    n = len(arrays["group"])
+    order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield collate({k: v[idx] for k, v in arrays.items()})

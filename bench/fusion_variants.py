@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import write_result
+from bench._common import shuffled_batches, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
@@ -66,13 +66,7 @@ def load_split(store, concepts) -> dict:
 
 
 def batches(rows: dict, batch_size: int, seed: int | None):
-    from core.batch import collate
-
-    n = len(rows["group"])
-    order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        yield collate({k: v[idx] for k, v in rows.items()})
+    return shuffled_batches(rows, batch_size, seed)
 
 
 @torch.no_grad()
@@ -261,16 +255,15 @@ def main(argv=None) -> dict:
         log(f"test ({row['variant']}): " + ", ".join(
             f"{rule} R@10 t2i {r['t2i/R@10']['value']:.3f} i2t {r['i2t/R@10']['value']:.3f}"
             for rule, r in row["test"].items()))
-    result = {"bench": "fusion_variants", "data": data, "run": str(run),
+    from core.provenance import portable_path
+
+    result = {"bench": "fusion_variants", "data": data, "run": portable_path(run),
               "two_tower_validation_mean_recall": mean_recall(val_tt),
               "test_items": int(len(rows["test"]["group"])), "epochs_scale": args.epochs_scale,
               "criterion": "validation mean recall (R@1/5/10, both directions) of the variant's "
                            "best scoring rule; the test split read once, for the kept variant "
                            "and the preset", "variants": results, "kept": kept["variant"]}
-    if args.out:
-        Path(args.out).write_text(__import__("json").dumps(result, indent=2))
-    else:
-        write_result(result)
+    write_result(result, out=args.out)
     return result
 
 

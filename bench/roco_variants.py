@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import write_result
+from bench._common import shuffled_batches, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [
@@ -77,15 +77,8 @@ def rows_for(cached: list, freeze_stages: int, model) -> list:
 
 
 def batches(rows: list, batch_size: int, seed: int | None):
-    from core.batch import collate
-
-    keys = list(rows[0])
-    full = {k: np.concatenate([r[k] for r in rows]) for k in keys}
-    n = len(full["group"])
-    order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        yield collate({k: v[idx] for k, v in full.items()})
+    return shuffled_batches({k: np.concatenate([r[k] for r in rows]) for k in rows[0]},
+                            batch_size, seed)
 
 
 @torch.no_grad()
@@ -203,10 +196,7 @@ def main(argv=None) -> dict:
     result = {"bench": "roco_variants", "data": args.data, "test_items": len(ranks["groups"]),
               "chance": chance, "encode_seconds": encode_seconds, "variants": rows,
               "epochs": args.epochs or base.train.epochs}
-    if args.out:
-        Path(args.out).write_text(__import__("json").dumps(result, indent=2))
-    else:
-        write_result(result)
+    write_result(result, out=args.out)
     return result
 
 
