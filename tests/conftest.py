@@ -119,15 +119,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.ray)
 
 
-@pytest.fixture(autouse=True)
-def _ray_tests_are_marked(request):
-    """The fast tier stays fast: a test that starts Ray in this process carries ``ray``."""
-    yield
+def _ray_running() -> bool:
     import sys
 
     ray = sys.modules.get("ray")
-    if (ray is not None and ray.is_initialized()
-            and request.node.get_closest_marker("ray") is None):
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def _ray_tests_are_marked(request):
+    """The fast tier stays fast: a test that starts Ray in this process carries ``ray``
+    (Ray already running from an earlier test of the module is not this test's doing)."""
+    before = _ray_running()
+    yield
+    if not before and _ray_running() and request.node.get_closest_marker("ray") is None:
         pytest.fail("this test started Ray but is not marked `ray` (pytest.mark.ray, or a "
                     "fixture in conftest.RAY_FIXTURES)", pytrace=False)
 
