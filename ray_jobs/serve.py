@@ -204,25 +204,33 @@ class BoundedBody:
         limit = body_limit(scope.get("path", ""))
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        too_large = JSONResponse({"error": f"the request body is over {limit} bytes, the "
-                                           f"limit of this route"}, status_code=413)
+        too_large = JSONResponse({"error": f"the request body is over this route's limit: "
+                                           f"the limit is {limit} bytes"}, status_code=413)
         if length is not None and (not length.isdigit() or int(length) > limit):
             return await too_large(scope, receive, send)
-        received = 0
+        received, refused = 0, False
 
         async def bounded():
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > limit and not refused:
+                    # answer 413 now; FastAPI turns any error while it reads a body into its
+                    # own 400, which the guarded send below then drops
+                    refused = True
+                    await too_large(scope, receive, send)
                     raise _BodyTooLarge
             return message
 
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
+
         try:
-            await self.app(scope, bounded, send)
+            await self.app(scope, bounded, guarded_send)
         except _BodyTooLarge:
-            await too_large(scope, receive, send)
+            pass
 
 
 async def read_body(request, limit: int) -> bytes:

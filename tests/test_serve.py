@@ -175,7 +175,7 @@ BAD = [
     # a chunked 20 MB JSON body: refused while it is read, not buffered and then measured
     ("post", TEXT, {"data": lambda: (b"x" * 65536 for _ in range(320)),
                     "headers": {"content-type": "application/json"}}, 413,
-     "the request body is over 16384 bytes"),
+     "the limit is 16384 bytes"),
     ("post", IMAGE, {"data": b"\0" * (LIMITS.max_upload_bytes + 1)}, 413, "the limit is 8388608"),
     ("post", IMAGE + "?k=1000", {"data": png()}, 422, "k must be between 1"),
     ("get", "/api/cases/no-such-case/thumbnail", {}, 404, "no case with image_id 'no-such-case'"),

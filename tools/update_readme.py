@@ -83,8 +83,7 @@ def stamp(result: dict, entry: str) -> str:
         return text + "; STALE: that commit is not in this history"
     later = _git("log", "--format=%h", f"{commit}..HEAD", "--", *measured_files(entry))
     if later:
-        n = len(later.split())
-        text += f"; STALE: the measured code changed since ({n} commit{'s' if n > 1 else ''})"
+        text += "; STALE: the measured code changed since"
     elif prov.get("dirty"):
         text += "; measured with uncommitted changes"
     return text
