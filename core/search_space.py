@@ -68,6 +68,9 @@ def load_search_space(path: str | Path) -> SearchSpace:
         raise SearchSpaceError(f"{path}: search must be random, grid or optuna, got {space.search!r}")
     if space.mode not in ("max", "min"):
         raise SearchSpaceError(f"{path}: mode must be max or min")
+    if not isinstance(space.scheduler, dict) or space.scheduler.get("type") not in ("asha", "fifo"):
+        raise SearchSpaceError(f"{path}: scheduler must be {{type: asha}} (early stopping) or "
+                               f"{{type: fifo}} (every trial runs every epoch), got {space.scheduler!r}")
     for key, spec in params_raw.items():
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
             raise SearchSpaceError(f"{path}: param {key!r} must be one of "

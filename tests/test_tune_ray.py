@@ -28,6 +28,11 @@ def test_search_spaces_load_and_name_real_config_keys(tmp_path):
     bad.write_text("model: two_tower\nparams:\n  train.lr: {between: [1, 2]}\n")
     with pytest.raises(SearchSpaceError, match="train.lr"):
         load_search_space(bad)
+    # a misspelt scheduler is named, not quietly run without early stopping
+    bad.write_text("model: two_tower\nscheduler: {type: hyperband}\n"
+                   "params:\n  model.two_tower.temperature: {choice: [0.1]}\n")
+    with pytest.raises(SearchSpaceError, match="scheduler"):
+        load_search_space(bad)
 
 
 def test_short_trial_names_stay_unique():
