@@ -13,6 +13,7 @@ Blocks are delimited by <!-- BEGIN name --> / <!-- END name --> markers:
   ablation-results  bench/results/ablation.json
   performance       bench/results/*.json (each bench's rows)
   test-times        bench/results/test_suite.json (written by the test run itself)
+  install-time      bench/results/install_time.json (python -m bench.install_time)
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def stamp(result: dict, entry: str) -> str:
+def stamp(result: dict, entry: str, also: tuple = ()) -> str:
     """"measured at <commit> (<date>)", and STALE when the code the result measured (the
     entry script and what it imports) has commits after that one, or when the result
     carries no provenance, or was measured on uncommitted changes."""
@@ -81,7 +82,7 @@ def stamp(result: dict, entry: str) -> str:
     text = f"measured at {short} ({date})"
     if not _git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"):
         return text + "; STALE: that commit is not in this history"
-    later = _git("log", "--format=%h", f"{commit}..HEAD", "--", *measured_files(entry))
+    later = _git("log", "--format=%h", f"{commit}..HEAD", "--", *measured_files(entry), *also)
     if later:
         text += "; STALE: the measured code changed since"
     elif prov.get("dirty"):
@@ -291,6 +292,22 @@ def test_time_block(path: Path) -> str | None:
     return "\n".join(out)
 
 
+def install_block(path: Path) -> str | None:
+    """The quick start's install figure: bench/results/install_time.json (a fresh venv and
+    `pip install -e .`, timed by `python -m bench.install_time`); STALE once pyproject.toml
+    (what the install reads) changes."""
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    minutes, seconds = divmod(round(r["seconds"]), 60)
+    cache = (f"pip's cache held {r['pip_cache_before_gb']} GB before" if r["pip_cache_before_gb"]
+             else "pip's cache empty")
+    wheels = f", local wheels from {r['pip_find_links']}" if r.get("pip_find_links") else ""
+    return (f"Measured by `python -m bench.install_time`: `{r['command']}` took {minutes} min "
+            f"{seconds} s and {r['venv_gb']} GB on disk ({cache}{wheels}; Python {r['python']}; "
+            f"{ran_on(r)}; {stamp(r, 'bench/install_time.py', also=('pyproject.toml',))}).")
+
+
 def performance_block(results_dir: Path) -> str | None:
     from bench.summary import performance_markdown
 
@@ -321,6 +338,7 @@ BLOCKS = {
     "roco-results": lambda: roco_block(RESULTS),
     "performance": lambda: performance_block(RESULTS),
     "test-times": lambda: test_time_block(RESULTS / "test_suite.json"),
+    "install-time": lambda: install_block(RESULTS / "install_time.json"),
 }
 RESULTS = REPO / "bench" / "results"
 
