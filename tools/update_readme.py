@@ -286,7 +286,9 @@ def test_time_block(path: Path) -> str | None:
     out = []
     for selection, r in runs.items():
         minutes, seconds = divmod(round(r["seconds"]), 60)
-        out.append(f"- `{r['command']}`: {r['passed']} passed, {r['failed']} failed, "
+        # the run's argv joined; a marker expression is quoted again as a shell needs it
+        command = r["command"].replace(f"-m {selection} ", f'-m "{selection}" ')
+        out.append(f"- `{command}`: {r['passed']} passed, {r['failed']} failed, "
                    f"{r['skipped']} skipped in {minutes} min {seconds} s ({ran_on(r)}; "
                    f"{stamp(r, 'tests/conftest.py')}; {selection})")
     return "\n".join(out)
