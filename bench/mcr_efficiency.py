@@ -5,7 +5,8 @@ MCR's claim: with masked data as the only input (masked_single), the contrastive
 reconstruction tasks share one forward per modality, cutting memory and time against a dual
 stream (masked for reconstruction + unmasked for the contrastive loss). Each mode runs in
 its own process (peak memory is per process): on a GPU the peak of allocated CUDA memory,
-on a CPU the growth of the process's peak RSS during training.
+on a CPU the growth of the process's peak RSS from before the first training step (model,
+optimizer and batch built) to the end.
 
     python -m bench.mcr_efficiency [--config tiny] [--batch 64] [--steps 20] [--alignment mba]
 """
@@ -51,12 +52,15 @@ def child(args) -> dict:
                           "group": torch.arange(b)}, group=None, image_id=None,
                   caption=None).to(device)
     precision = "bf16" if device.type == "cuda" else "fp32"
+    # the process's peak RSS with the model, optimizer and batch built and no step taken: on
+    # a CPU, what training adds (activations, gradients, optimizer state) is the growth over it
+    # (measured before the warm-up, which already reaches the steps' peak)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for _ in range(3):
         train_step(module, opt, sched, batch, precision, 1.0)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # model, data, 1 step
     t0 = time.perf_counter()
     for _ in range(args.steps):
         train_step(module, opt, sched, batch, precision, 1.0)
@@ -69,7 +73,7 @@ def child(args) -> dict:
     return {"mode": args.mode, "s_per_step": seconds, "samples_per_s": b / seconds,
             "peak_memory_mb": peak, "process_peak_rss_mb": peak_rss,
             "memory_kind": "CUDA max allocated" if device.type == "cuda"
-            else "growth of the process's peak RSS over the timed steps", "device": str(device)}
+            else "growth of the process's peak RSS over training steps", "device": str(device)}
 
 
 def main(argv=None) -> dict:
