@@ -1,9 +1,8 @@
 """The install a newcomer runs, timed: a fresh virtual environment and the README's
-`pip install -e .` (or `.[test]`), with the environment's size on disk and whether pip's
-cache was warm. The README's install figures are generated from its results file.
+`pip install -e .`, with the environment's size on disk and whether pip's cache was warm.
+The README's install figures are generated from its results file.
 
-    python -m bench.install_time                 # pip install -e .
-    python -m bench.install_time --extras test   # pip install -e ".[test]"
+    python -m bench.install_time
 
 The environment is made in a temporary directory and removed afterwards.
 """
@@ -37,26 +36,23 @@ def _pip_cache_bytes() -> int:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--extras", default="", help='extras to install, e.g. "test"')
     p.add_argument("--dir", default=None, help="where the temporary environment goes")
     args = p.parse_args(argv)
-    target = f".[{args.extras}]" if args.extras else "."
     cache_before = _pip_cache_bytes()
     tmp = Path(tempfile.mkdtemp(prefix="rocoray-install-", dir=args.dir))
     try:
         venv = tmp / "venv"
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-e", target], check=True,
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-e", "."], check=True,
                        cwd=ROOT)
         seconds = time.perf_counter() - t0
         size = _size_bytes(venv)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
-        "bench": "install_time" + (f"_{args.extras}" if args.extras else ""),
-        "command": f"python3 -m venv .venv && .venv/bin/pip install -e {target!r}".replace("'", '"')
-        if args.extras else "python3 -m venv .venv && .venv/bin/pip install -e .",
+        "bench": "install_time",
+        "command": "python3 -m venv .venv && .venv/bin/pip install -e .",
         "seconds": round(seconds, 1),
         "venv_gb": round(size / 1e9, 2),
         "pip_cache_before_gb": round(cache_before / 1e9, 2),
