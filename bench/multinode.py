@@ -89,11 +89,13 @@ def train(sim, data: str, nodes: int, seed: int, epochs: int, storage: str) -> d
 def score(sim, checkpoint: str, data: str, nodes: int, out: str) -> dict:
     import pyarrow.parquet as pq
 
+    from core.scoring.settings import ScoringSettings
     from ray_jobs.score import ScoreConfig, run
 
     t0 = time.perf_counter()
-    run(ScoreConfig(model="fusion", checkpoint=checkpoint, data=data, split="test", block=32,
-                    k=10, actors=nodes, cpus_per_actor=1.0, address=sim.address, out=out))
+    run(ScoreConfig(model="fusion", checkpoint=checkpoint, data=data, split="test",
+                    scoring=ScoringSettings(k=10, block=32), actors=nodes, cpus_per_actor=1.0,
+                    address=sim.address, out=out))
     wall = time.perf_counter() - t0
     return {"nodes": nodes, "wall_s": wall,
             "t2i": pq.read_table(Path(out) / "t2i.parquet"),

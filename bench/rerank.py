@@ -26,17 +26,20 @@ def mean_r10(summary: dict) -> float:
 
 def compare(score, args, data: str, split: str, n: int, work: Path) -> list[dict]:
     """Full fusion and rerank at each k on one split, timed here: one row per k."""
+    from core.scoring.settings import ScoringSettings
     from ray_jobs.score import ScoreConfig
 
-    common = {"data": data, "split": split, "max_items": n, "block": 128}
-    full = score(ScoreConfig(model="fusion", checkpoint=args.fusion, **common,
+    common = {"data": data, "split": split, "max_items": n}
+    tiles = ScoringSettings(block=128)
+    full = score(ScoreConfig(model="fusion", checkpoint=args.fusion, **common, scoring=tiles,
                              out=str(work / "fusion")))
     full_s, full_r10 = full["timings"]["score_s"], mean_r10(full)
     full_total = full["timings"]["encode_s"] + full_s
     rows = []
     for k in args.ks:
         s = score(ScoreConfig(model="rerank", checkpoint=args.fusion, retriever=args.two_tower,
-                              **common, rerank_k=k, out=str(work / f"k{k}")))
+                              **common, scoring=tiles.replace(rerank_k=k),
+                              out=str(work / f"k{k}")))
         # the scoring cost of rerank: the retriever's scoring + the fusion head on 2Nk pairs
         # (score_s covers both); from scratch it also encodes the gallery with BOTH models
         # (encode_s sums the two encodings, as it ran them)

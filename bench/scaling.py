@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench._common import RESULTS, held_out_split, write_result
 from core.report import fit_exponent
+from core.scoring.settings import ScoringSettings
 
 
 def main(argv=None) -> dict:
@@ -39,7 +40,8 @@ def main(argv=None) -> dict:
         out = Path(args.work) / f"n{n}"
         shutil.rmtree(out, ignore_errors=True)
         s = score(ScoreConfig(model="fusion", checkpoint=args.checkpoint, data=args.data,
-                              split=args.split, max_items=n, out=str(out), block=128))
+                              split=args.split, max_items=n, out=str(out),
+                              scoring=ScoringSettings(block=128)))
         t = s["timings"]
         rows.append({"n": s["n"], "encode_s": t["encode_s"], "score_s": t["score_s"],
                      "total_s": t["total_s"], "pairs_per_s": t["pairs_per_s"],

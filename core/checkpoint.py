@@ -25,6 +25,7 @@ from safetensors.torch import load_model, save_model
 
 from core import storage
 from core.config import ExperimentConfig, config_from_dict, save_config
+from core.models.kind import ModelKind
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -121,8 +122,8 @@ def load_checkpoint(path: str | Path, expected_kind: str | None = None,
     path = Path(path)
     config = read_checkpoint_config(path)
     if expected_kind is not None and config.model.kind != expected_kind:
-        raise CheckpointError(f"checkpoint {path} holds a {config.model.kind!r} model, "
-                              f"but a {expected_kind!r} model was asked for")
+        raise CheckpointError(f"checkpoint {path} holds a '{config.model.kind}' model, "
+                              f"but a '{expected_kind}' model was asked for")
     model = build_model(config.model, load_weights=False)
     missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False, device=str(device))
     if missing or unexpected:
@@ -148,8 +149,8 @@ def init_fusion_from_two_tower(model: torch.nn.Module, path: str | Path) -> int:
     from safetensors.torch import load_file
 
     config = read_checkpoint_config(path)
-    if config.model.kind != "two_tower":
-        raise CheckpointError(f"{path} holds a {config.model.kind!r} model; a fusion model "
+    if config.model.kind != ModelKind.TWO_TOWER:
+        raise CheckpointError(f"{path} holds a '{config.model.kind}' model; a fusion model "
                               "initialises from a two-tower checkpoint")
     target = unwrap(model).state_dict()
     copied = {}

@@ -12,6 +12,7 @@ loads back with ``load_config(path)`` unchanged, so any result can be reproduced
 from __future__ import annotations
 
 import dataclasses
+import enum
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):  # e.g. model.kind: ModelKind
+        try:
+            return hint(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be one of {', '.join(m.value for m in hint)}; "
+                              f"got {value!r}") from None
     if origin is typing.Literal:  # an enumerated value: checked here, once, at load
         allowed = typing.get_args(hint)
         if isinstance(value, bool) and all(isinstance(a, str) for a in allowed):
@@ -232,8 +239,13 @@ def load_config(preset_or_path: str | Path | None = "tiny",
     return _from_dict(ExperimentConfig, values, "")
 
 
+def _plain(items) -> dict:
+    return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in items}
+
+
 def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
+    """The config as plain YAML / JSON values (enums as their names' values)."""
+    return dataclasses.asdict(config, dict_factory=_plain)
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from core.config import ExperimentConfig, load_config
+from core.config import ExperimentConfig, config_from_dict, load_config, merge, parse_overrides
 
 SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -38,11 +38,16 @@ class SearchSpace:
     overrides: list = field(default_factory=list)
     params: list[Param] = field(default_factory=list)
 
-    def trial_config(self, values: dict, extra_overrides=()) -> ExperimentConfig:
-        """The full experiment config of one trial: preset + fixed overrides + sampled values."""
+    def trial_config(self, values: dict, extra_overrides=(),
+                     base: dict | None = None) -> ExperimentConfig:
+        """The full experiment config of one trial: preset + fixed overrides + sampled values.
+        ``base``: a whole config (``core.config.to_dict``) in place of the space's preset, as
+        a job that runs a search hands it over."""
         overrides = [f"model.kind={self.model}", f"train.epochs={self.epochs}",
                      *self.overrides, *extra_overrides]
         overrides += [f"{k}={_yaml_scalar(v)}" for k, v in values.items()]
+        if base is not None:
+            return config_from_dict(merge(base, parse_overrides(overrides)))
         return load_config(self.config, overrides)
 
 

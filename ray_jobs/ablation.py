@@ -11,6 +11,7 @@ Writes ablation.json, ablation.md and figures/modality_gap.png to --out.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ import numpy as np
 from core.provenance import provenance
 from core import storage
 from core.evaluation.caption_quality import caption_quality
-from core.config import load_config
+from core.config import ExperimentConfig, load_config
+from core.models.kind import ModelKind
+from core.scoring.settings import Method
 from core.data.rocov2 import resolve_split
 from core.scoring import outputs
 from ray_jobs import score, train
@@ -47,6 +50,9 @@ class AblationConfig:
     config: str = opt("tiny", "preset (tiny, base) or YAML file")
     epochs: int | None = opt(None, "override train.epochs")
     set: list = opt([], "config overrides for every variant", metavar="KEY=VALUE")
+    experiment: ExperimentConfig | None = opt(None, "a job that calls this one (the demo) hands its "
+                                              "experiment config over whole, in place of "
+                                              "--config / --set", cli=False)
     split: str = opt("test", "split the variants are scored on")
     out: str = opt("runs/ablation", "output directory")
     overwrite: bool = opt(False, "replace an existing ablation in --out")
@@ -85,8 +91,9 @@ def run(cfg: AblationConfig) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     experiments = []
     for align, mode in variants:
-        exp = load_config(cfg.config, cfg.set)  # the user's --set, checked at load (errors now)
-        exp.model.kind, exp.data.path = "two_tower", cfg.data
+        exp = (copy.deepcopy(cfg.experiment) if cfg.experiment is not None
+               else load_config(cfg.config, cfg.set))  # the user's --set, checked at load
+        exp.model.kind, exp.data.path = ModelKind.TWO_TOWER, cfg.data
         exp.model.two_tower.alignment, exp.model.mcr.mode = align, mode  # parse_variants checked
         exp.train.storage_path, exp.train.name = str(out / "train"), f"{align}-{mode}-{stamp}"
         if cfg.epochs is not None:
@@ -99,9 +106,9 @@ def run(cfg: AblationConfig) -> dict:
         log.info("ablation variant %s: training", name)
         summary = train.run(experiment)
         score_out = str(out / "score" / f"{align}-{mode}")
-        scored = score.run(score.ScoreConfig(model="two_tower", checkpoint=summary["path"],
+        scored = score.run(score.ScoreConfig(model=Method.TWO_TOWER, checkpoint=summary["path"],
                                              data=cfg.data, split=cfg.split, out=score_out))
-        text, image = load_features(scored, "two_tower")
+        text, image = load_features(scored, ModelKind.TWO_TOWER)
         gap = modality_gap(image.embed.numpy(), text.embed.numpy())
         gaps[name] = gap
         captions = outputs.read_gallery(score_out).column("caption").to_pylist()

@@ -16,7 +16,7 @@ inputs are checked before anything is written.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 import shutil
 import time
@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import storage
-from core.config import load_config
+from core.config import ExperimentConfig, load_config
+from core.models.kind import ModelKind
+from core.scoring.settings import ScoringSettings
 from core.provenance import code_state, provenance
 from core.data.rocov2 import resolve_split
 from core.synthetic.generate import SyntheticSpec, existing_synthetic
-from ray_jobs import evaluate, prepare, score, train
+from ray_jobs import evaluate, prepare, train
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import StageClock, init_ray, machine, setup_logging
 
@@ -50,8 +52,8 @@ class DemoConfig:
     config: str = opt("tiny", "preset (tiny, base) or YAML file for both models")
     epochs: int | None = opt(None, "override train.epochs")
     set: list = opt([], "config overrides for both trainings", metavar="KEY=VALUE")
-    rerank_k: int = opt(32, "rerank: first-stage candidates per query")
-    block: int | None = opt(None, "scoring tile side (default: sized for the device)")
+    scoring: ScoringSettings = opt(ScoringSettings(), "k, rerank k, alpha, tiles, precision "
+                                   "(rerank's k and alpha are then chosen on validation)")
     use_gpu: bool = opt(False, "train and score on GPUs (train.use_gpu, scoring actors)")
     tune: bool = opt(False, "also run a small Ray Tune search (2 trials, 1 epoch)")
     gallery_split: str | None = opt("train", "concept-aware retrieval also against this split's "
@@ -70,11 +72,14 @@ class DemoConfig:
         return Path("runs/demo") if self.data is None else Path(f"runs/demo-{Path(self.data).name}")
 
 
-def check(cfg: DemoConfig) -> tuple[Path, list[str]]:
-    """Every input checked before anything is written: data, config, output directory."""
+def check(cfg: DemoConfig) -> tuple[Path, ExperimentConfig]:
+    """Every input checked before anything is written: data, config, output directory.
+    Returns the experiment config every stage starts from (the preset and the user's --set,
+    loaded once; stages set their own fields on copies, never by override strings)."""
     out = cfg.out_dir()
-    overrides = list(cfg.set) + (["train.use_gpu=true"] if cfg.use_gpu else [])
-    load_config(cfg.config, overrides)  # a bad preset or key fails here
+    base = load_config(cfg.config, cfg.set)  # a bad preset or key fails here
+    if cfg.use_gpu:
+        base.train.use_gpu = True
     if cfg.data is not None:
         for split in ("train", "validation", "test"):
             resolve_split(cfg.data, split)
@@ -83,7 +88,7 @@ def check(cfg: DemoConfig) -> tuple[Path, list[str]]:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise UserError(f"{out} already holds a demo run; pass --overwrite to replace it, or "
                         f"--out DIR for a new one")
-    return out, overrides
+    return out, base
 
 
 def synthetic_spec(cfg: DemoConfig) -> SyntheticSpec:
@@ -91,9 +96,10 @@ def synthetic_spec(cfg: DemoConfig) -> SyntheticSpec:
                                 "test": cfg.n_test})
 
 
-def prepare_data(cfg: DemoConfig, out: Path, overrides: list, clock, stages: int) -> str:
+def prepare_data(cfg: DemoConfig, out: Path, base: ExperimentConfig, clock, stages: int) -> str:
     """Stage 1: generate the synthetic set, or read the given data's statistics, tokenizer
-    and concept vocabulary. Returns the data path the trainings read."""
+    and concept vocabulary (``base.model.text.tokenizer`` is set to it). Returns the data
+    path the trainings read."""
     if cfg.data is None:
         log.info("stage 1/%d: synthetic ROCOv2 in %s", stages, cfg.synthetic_dir)
         with clock.stage("prepare"):
@@ -105,23 +111,24 @@ def prepare_data(cfg: DemoConfig, out: Path, overrides: list, clock, stages: int
     # The preset's tokenizer (a pretrained text model's own) and concept min_count.
     with clock.stage("prepare"):
         prepare.run(prepare.PrepareConfig(data=str(cfg.data), out=str(out / "data"),
-                                          config=cfg.config, set=overrides))
-    overrides.append(f"model.text.tokenizer={(out / 'data' / 'tokenizer').resolve()}")
+                                          config=cfg.config, experiment=base))
+    base.model.text.tokenizer = str((out / "data" / "tokenizer").resolve())
     return str(cfg.data)
 
 
-def train_models(cfg: DemoConfig, data: str, out: Path, overrides: list, clock,
+def train_models(cfg: DemoConfig, data: str, out: Path, base: ExperimentConfig, clock,
                  stages: int) -> dict:
     """Stages 2-3: the two-tower model, then the fusion model on its encoders."""
     runs = {}
-    for i, kind in enumerate(("two_tower", "fusion")):
+    for i, kind in enumerate((ModelKind.TWO_TOWER, ModelKind.FUSION)):
         log.info("stage %d/%d: train the %s model%s", 2 + i, stages, kind,
-                 " on the two-tower's encoders (ITC + ITM, as ALBEF)" if kind == "fusion" else "")
-        exp = load_config(cfg.config, overrides)  # the user's --set, checked at load
+                 " on the two-tower's encoders (ITC + ITM, as ALBEF)"
+                 if kind is ModelKind.FUSION else "")
+        exp = copy.deepcopy(base)
         exp.model.kind, exp.data.path = kind, str(data)
-        exp.train.name, exp.train.storage_path = kind, str(out / "train")
-        if kind == "fusion":
-            exp.model.fusion.init_from = runs["two_tower"]["path"]
+        exp.train.name, exp.train.storage_path = str(kind), str(out / "train")
+        if kind is ModelKind.FUSION:
+            exp.model.fusion.init_from = runs[ModelKind.TWO_TOWER]["path"]
         if cfg.epochs is not None:  # --epochs: both models
             exp.train.epochs, exp.train.fusion_epochs = cfg.epochs, None
         with clock.stage(f"train {kind}"):
@@ -129,7 +136,7 @@ def train_models(cfg: DemoConfig, data: str, out: Path, overrides: list, clock,
     return runs
 
 
-def optional_stages(cfg: DemoConfig, data: str, out: Path, overrides: list,
+def optional_stages(cfg: DemoConfig, data: str, out: Path, base: ExperimentConfig,
                     stages: int) -> tuple[dict | None, str | None]:
     """--tune and --ablation: (the Tune summary, the ablation's output directory)."""
     tune_summary, ablation_out = None, None
@@ -139,14 +146,14 @@ def optional_stages(cfg: DemoConfig, data: str, out: Path, overrides: list,
         log.info("stage 4/%d: a small Ray Tune search", stages)
         tune_summary = tune.run(tune.TuneArgs(
             space=str(TUNE_SPACE), data=str(data), name="demo", storage_path=str(out / "tune"),
-            num_samples=2, epochs=1, set=overrides))
+            num_samples=2, epochs=1, experiment=base))
     if cfg.ablation:
         from ray_jobs import ablation
 
         log.info("stage %d/%d: two-tower ablation (AbM / MbA x MCR modes)", stages - 2, stages)
         ablation_out = str(out / "ablation")
         ablation.run(ablation.AblationConfig(data=str(data), config=cfg.config,
-                                             epochs=cfg.epochs, set=overrides, out=ablation_out,
+                                             epochs=cfg.epochs, experiment=base, out=ablation_out,
                                              overwrite=True))
     return tune_summary, ablation_out
 
@@ -155,12 +162,11 @@ def evaluate_models(cfg: DemoConfig, data: str, out: Path, runs: dict, cache: st
                     ablation_out: str | None, clock, stages: int) -> dict:
     log.info("stage %d/%d: score the test split (fusion, two-tower, rerank) and evaluate",
              stages - 1, stages)
-    options = dataclasses.replace(score.ScoringOptions(), rerank_k=cfg.rerank_k, block=cfg.block,
-                                  use_gpu=cfg.use_gpu, cache=cache)
     with clock.stage("score and evaluate"):
         metrics = evaluate.run(evaluate.EvaluateConfig(
-            **dataclasses.asdict(options), two_tower=runs["two_tower"]["path"],
-            fusion=runs["fusion"]["path"], data=str(data), out=str(out / "eval"),
+            scoring=cfg.scoring, use_gpu=cfg.use_gpu, cache=cache,
+            two_tower=runs[ModelKind.TWO_TOWER]["path"], fusion=runs[ModelKind.FUSION]["path"],
+            data=str(data), out=str(out / "eval"),
             gallery_split=cfg.gallery_split, gallery_max_items=cfg.gallery_max_items,
             explain_cases=cfg.explain_cases, ablation=ablation_out))
     log.info("stage %d/%d: report written", stages, stages)
@@ -169,26 +175,27 @@ def evaluate_models(cfg: DemoConfig, data: str, out: Path, runs: dict, cache: st
 
 def run(cfg: DemoConfig) -> dict:
     code = code_state()  # the code this run measures: as it is when the run starts
-    out, overrides = check(cfg)
+    out, base = check(cfg)
     if out.exists() and cfg.overwrite:
         shutil.rmtree(out)  # asked for explicitly, and only after every input checked out
     out.mkdir(parents=True, exist_ok=True)
     # one cache for every stage: the frozen encoders' outputs of a split are computed once
     # and reused by both trainings, the scoring jobs and the analyses
     cache = str((out / "cache").resolve())
-    overrides.append(f"train.cache={cache}")
+    base.train.cache = cache
     clock = StageClock()
     with clock.stage("ray start"):
         init_ray(cfg.address)
     t0 = time.perf_counter()
     stages = 5 + int(cfg.tune) + int(cfg.ablation)
-    data = prepare_data(cfg, out, overrides, clock, stages)
-    runs = train_models(cfg, data, out, overrides, clock, stages)
-    tune_summary, ablation_out = optional_stages(cfg, data, out, overrides, stages)
+    data = prepare_data(cfg, out, base, clock, stages)
+    runs = train_models(cfg, data, out, base, clock, stages)
+    tune_summary, ablation_out = optional_stages(cfg, data, out, base, stages)
     metrics = evaluate_models(cfg, data, out, runs, cache, ablation_out, clock, stages)
     val_size = {k: r["final"].get("val/gallery_size") for k, r in runs.items()}
     summary = {
-        "data": str(data), "config": cfg.config, "overrides": overrides,
+        "data": str(data), "config": cfg.config, "overrides": list(cfg.set),
+        "scoring": cfg.scoring.as_dict(), "cache": cache,
         "minutes": (time.perf_counter() - t0) / 60,
         # peak_rss_mb: resident memory summed over the job's processes (the driver, the local
         # Ray's raylet and workers; pages they share are counted in each)
@@ -202,7 +209,7 @@ def run(cfg: DemoConfig) -> dict:
     if tune_summary:
         summary["tune"] = {k: tune_summary[k] for k in ("experiment", "best", "wall_s")}
     storage.write_json(out, "summary.json", summary)
-    tt, fu = runs["two_tower"]["final"], runs["fusion"]["final"]
+    tt, fu = runs[ModelKind.TWO_TOWER]["final"], runs[ModelKind.FUSION]["final"]
     print(f"\ntraining (validation): two-tower R@10 t2i {tt.get('val/t2i/R@10', 0):.3f} "
           f"(chance {summary['training']['two_tower']['chance_R@10']:.3f}); fusion match "
           f"accuracy {fu.get('val/match_acc', 0):.3f} (chance 0.5)")

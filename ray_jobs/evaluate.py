@@ -24,10 +24,12 @@ from core.analyses import guarded
 from core.analyses.scored import Scored
 from core.explain.study import explanation_study
 from core.models import count_parameters
+from core.models.kind import ModelKind
 from core.provenance import provenance
 from core.report import headline_table, write_report
 from core.scoring import outputs
 from core.evaluation.rerank_selection import select_rerank
+from core.scoring.settings import Method
 from ray_jobs import score
 from ray_jobs.score_methods import tile_side
 from ray_jobs.options import UserError, opt, parse, run_cli
@@ -74,8 +76,8 @@ def score_configs(cfg: EvaluateConfig) -> dict[str, score.ScoreConfig]:
     made = {}
     for m in METHODS:
         made[m] = score.ScoreConfig(**options, model=m, data=cfg.data,
-                                    checkpoint=cfg.two_tower if m == "two_tower" else cfg.fusion,
-                                    retriever=cfg.two_tower if m == "rerank" else None,
+                                    checkpoint=cfg.two_tower if m is Method.TWO_TOWER else cfg.fusion,
+                                    retriever=cfg.two_tower if m is Method.RERANK else None,
                                     out=storage.join(out, m))
     return made
 
@@ -107,7 +109,7 @@ def select_on_validation(cfg: EvaluateConfig, job) -> tuple[dict, dict]:
     validation galleries were encoded (their concept logits choose detection thresholds)."""
     summary = score.execute(job)
     groups = outputs.read_gallery(job.out).column("group").to_numpy()
-    ks = [min(k, job.cfg.rerank_k) for k in cfg.rerank_ks]
+    ks = [min(k, job.settings.rerank_k) for k in cfg.rerank_ks]
     selection = select_rerank(outputs.read_rescored(job.out), groups, ks, cfg.alphas)
     selection.update(split=cfg.val_split, gallery_size=summary["n"])
     log.info("rerank chosen on %s (%d queries): k=%d, alpha=%g (%s)", cfg.val_split,
@@ -123,20 +125,19 @@ def cross_split_topk(cfg: EvaluateConfig, jobs: dict, scored: Scored,
     from ray_jobs.gallery import encode
 
     queries, gallery, ids = {}, {}, {}
-    for kind in ("two_tower", "fusion"):
+    for kind in ModelKind:
         queries[kind] = scored.features(kind)
         g = encode(gallery_jobs[kind], kind, tile_side(gallery_jobs[kind], kind)[0])
         gallery[kind] = (g.features("text"), g.features("image"))
         ids[kind] = g.table.column("image_id").to_pylist()
-    query_ids = [scored.gallery(k).column("image_id").to_pylist() for k in ("two_tower", "fusion")]
-    if ids["two_tower"] != ids["fusion"] or query_ids[0] != query_ids[1]:
+    query_ids = [scored.gallery(k).column("image_id").to_pylist() for k in ModelKind]
+    if ids[ModelKind.TWO_TOWER] != ids[ModelKind.FUSION] or query_ids[0] != query_ids[1]:
         raise UserError("the two models' galleries hold other rows; their top-K cannot be "
                         "compared")
-    models = {"fusion": scored.model("fusion")}
-    rr = jobs["rerank"].cfg
     log.info("concept-aware retrieval against the %s split (%d items)", cfg.gallery_split,
-             len(ids["fusion"]))
-    return across(models, queries, gallery, cfg.k, rr.rerank_k, rr.alpha), ids["fusion"]
+             len(ids[ModelKind.FUSION]))
+    return (across(scored.model(ModelKind.FUSION), queries, gallery, jobs[Method.RERANK].settings),
+            ids[ModelKind.FUSION])
 
 
 def read_ablation(cfg: EvaluateConfig) -> dict | None:
@@ -154,22 +155,25 @@ def read_ablation(cfg: EvaluateConfig) -> dict | None:
 def prepare_jobs(cfg: EvaluateConfig) -> tuple[dict, dict, object, dict | None]:
     """Every scoring job this evaluation runs, validated before Ray starts: (configs, the
     three test jobs, the validation selection job or None, the --gallery-split jobs or None)."""
-    score.check_checkpoint(cfg.two_tower, "two_tower", "--two-tower")  # this job's own flags
-    score.check_checkpoint(cfg.fusion, "fusion", "--fusion")
+    score.check_checkpoint(cfg.two_tower, ModelKind.TWO_TOWER, "--two-tower")  # its own flags
+    score.check_checkpoint(cfg.fusion, ModelKind.FUSION, "--fusion")
     configs = score_configs(cfg)
     jobs = {m: score.prepare(c) for m, c in configs.items()}  # every user error, before Ray
     selection_job = None
     if cfg.select_rerank:  # the k tried are capped at the validation split's rows
-        val = dataclasses.replace(configs["rerank"], split=cfg.val_split, alpha=0.0,
+        rerank = configs[Method.RERANK]
+        val = dataclasses.replace(rerank, split=cfg.val_split,
+                                  scoring=rerank.scoring.replace(alpha=0.0),
                                   out=storage.join(storage.absolute(cfg.out), "validation", "rerank"))
-        rows = score.prepare(dataclasses.replace(val, k=1, rerank_k=1)).rows
+        rows = score.prepare(dataclasses.replace(val, scoring=val.scoring.capped(1))).rows
         k_max = min(max(cfg.rerank_ks), rows)
-        selection_job = score.prepare(dataclasses.replace(val, k=min(val.k, k_max), rerank_k=k_max))
+        selection_job = score.prepare(dataclasses.replace(val, scoring=val.scoring.replace(
+            k=min(val.scoring.k, k_max), rerank_k=k_max)))
     gallery_jobs = None
     if cfg.gallery_split:  # its rows are only encoded: k=1 passes prepare's size check
         gallery_jobs = {kind: score.prepare(dataclasses.replace(
-            configs[kind], split=cfg.gallery_split, max_items=cfg.gallery_max_items, k=1,
-            rerank_k=1)) for kind in ("two_tower", "fusion")}
+            configs[Method(kind)], split=cfg.gallery_split, max_items=cfg.gallery_max_items,
+            scoring=configs[Method(kind)].scoring.capped(1))) for kind in ModelKind}
     return configs, jobs, selection_job, gallery_jobs
 
 
@@ -180,14 +184,15 @@ def score_methods(cfg: EvaluateConfig, configs: dict, jobs: dict, selection_job,
     if selection_job is not None:
         with clock.stage("rerank selection on validation"):
             selection, val_features = select_on_validation(cfg, selection_job)
-        k = min(selection["k"], jobs["rerank"].rows)
-        jobs["rerank"] = score.prepare(dataclasses.replace(
-            configs["rerank"], k=min(cfg.k, k), rerank_k=k, alpha=selection["alpha"]))
+        k = min(selection["k"], jobs[Method.RERANK].rows)
+        rerank = configs[Method.RERANK]
+        jobs[Method.RERANK] = score.prepare(dataclasses.replace(rerank, scoring=rerank.scoring.replace(
+            k=min(rerank.scoring.k, k), rerank_k=k, alpha=selection["alpha"])))
     summaries = {}
     for m in METHODS:
         with clock.stage(f"score {m}"):
             summaries[m] = score.execute(jobs[m])
-    n = summaries["fusion"]["n"]
+    n = summaries[Method.FUSION]["n"]
     for m, s in summaries.items():
         if s["n"] != n:
             raise UserError(f"{m} scored {s['n']} items, fusion {n}: the galleries differ")
@@ -196,15 +201,15 @@ def score_methods(cfg: EvaluateConfig, configs: dict, jobs: dict, selection_job,
 
 def headline(cfg: EvaluateConfig, summaries: dict, scored: Scored, selection) -> dict:
     """metrics.json's scoring part: each method's recall, timings and size, the comparison."""
-    n = summaries["fusion"]["n"]
-    params = {kind: count_parameters(scored.model(kind)) for kind in ("two_tower", "fusion")}
-    params["rerank"] = params["two_tower"] + params["fusion"]
+    n = summaries[Method.FUSION]["n"]
+    params = {Method(kind): count_parameters(scored.model(kind)) for kind in ModelKind}
+    params[Method.RERANK] = sum(params[Method(kind)] for kind in Method.RERANK.models)
     return {
-        "data": summaries["fusion"]["data"], "split": cfg.split, "gallery_size": n,
-        "skipped": summaries["fusion"]["skipped"],
+        "data": summaries[Method.FUSION]["data"], "split": cfg.split, "gallery_size": n,
+        "skipped": summaries[Method.FUSION]["skipped"],
         "methods": {m: {"metrics": s["metrics"], "timings": s["timings"],
                         "parameters": params[m], "checkpoints": s["checkpoints"],
-                        **({"rerank_k": s["rerank_k"], "alpha": s["alpha"]} if m == "rerank" else {})}
+                        **({"rerank_k": s["rerank_k"], "alpha": s["alpha"]} if m is Method.RERANK else {})}
                     for m, s in summaries.items()},
         "training": {kind: analyses.training_record(path)
                      for kind, path in scored.checkpoints.items()},
@@ -218,7 +223,7 @@ def analyse(cfg: EvaluateConfig, metrics: dict, scored: Scored, jobs: dict, gall
             val_features, figures: Path, clock) -> dict:
     """Every analysis of the report, each timed and guarded (one that cannot run on this
     data says n/a and the others go on); returns the example queries."""
-    data, alpha = metrics["data"], jobs["rerank"].cfg.alpha
+    data, rerank = metrics["data"], jobs[Method.RERANK].settings  # as chosen on validation
 
     def step(key, stage, label, fn, *args):
         with clock.stage(stage):
@@ -226,9 +231,9 @@ def analyse(cfg: EvaluateConfig, metrics: dict, scored: Scored, jobs: dict, gall
 
     full = {m: metrics["methods"][m]["timings"]["score_s"] for m in METHODS}
     step("scaling", "scaling curve", "the scaling curve", analyses.scaling_curve, scored,
-         cfg.scaling_points, cfg.rerank_k, full)
+         cfg.scaling_points, rerank.rerank_k, full)
     step("fine_grained", "sibling accuracy", "sibling accuracy", analyses.sibling_accuracy,
-         scored, data, cfg.split, alpha)
+         scored, data, cfg.split, rerank.alpha)
     step("caption_quality", "caption quality", "report quality of the retrieved captions",
          analyses.retrieved_caption_quality, scored)
     cross = (cfg.gallery_split, lambda: cross_split_topk(cfg, jobs, scored, gallery_jobs)
@@ -239,8 +244,8 @@ def analyse(cfg: EvaluateConfig, metrics: dict, scored: Scored, jobs: dict, gall
     log.info("explaining %d test pairs (attention, Grad-CAM, Integrated Gradients)",
              cfg.explain_cases)
     step("explanations", "explanations", "the explanations", explanation_study, data,
-         cfg.split, {k: scored.loaded(k) for k in ("two_tower", "fusion")}, cfg.explain_cases,
-         figures, examples["rerank"]["t2i"])
+         cfg.split, {k: scored.loaded(k) for k in ModelKind}, cfg.explain_cases,
+         figures, examples[Method.RERANK]["t2i"])
     step("modality_gap", "modality gap", "the modality gap", analyses.modality_gaps, scored,
          figures)
     return examples
@@ -258,7 +263,7 @@ def run(cfg: EvaluateConfig) -> dict:
     figures = Path(out) / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     scored = Scored({m: jobs[m].out for m in METHODS},
-                    {kind: jobs[kind].checkpoints[kind] for kind in ("two_tower", "fusion")})
+                    {kind: jobs[kind].checkpoints[kind] for kind in ModelKind})
     metrics = headline(cfg, summaries, scored, selection)
     examples = analyse(cfg, metrics, scored, jobs, gallery_jobs, val_features, figures, clock)
     metrics["ablation"] = ablation

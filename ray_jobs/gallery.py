@@ -25,6 +25,7 @@ from core.evaluation.reference import encode_inputs
 from core.feature_store import FeatureStore
 from core.frozen_store import frozen_identity, model_batch
 from core.models import MODELS
+from core.models.kind import ModelKind
 from core.precision import autocast
 from core.scoring import outputs
 from core.work_cache import keyed_dir
@@ -116,7 +117,7 @@ class GalleryEncoder:
 class Gallery:
     """An encoded gallery: its rows, and its feature blocks in the object store."""
 
-    kind: str
+    kind: ModelKind
     key: dict  # what produced it (features_key)
     table: object  # pyarrow Table: image_id, caption, group
     refs: dict  # side -> [ObjectRef of a block's numpy arrays]
@@ -134,7 +135,7 @@ class Gallery:
         return types[side].cat([types[side].from_numpy(ray.get(r)) for r in self.refs[side]])
 
 
-def features_key(job, kind: str, block: int) -> dict:
+def features_key(job, kind: ModelKind, block: int) -> dict:
     """Everything an encoded gallery depends on: the checkpoint's content (weights and
     config: model kind, preprocessing), the data shards and split, the rows, the block, the
     precision."""
@@ -143,7 +144,7 @@ def features_key(job, kind: str, block: int) -> dict:
             "precision": job.precision}
 
 
-def encode(job, kind: str, block: int) -> Gallery:
+def encode(job, kind: ModelKind, block: int) -> Gallery:
     """Encode the split with ``kind``'s checkpoint once (``job``: a validated
     ``ray_jobs.score.Job``), or reuse a cached encoding that came from the same checkpoint,
     data, split, rows, block and precision."""
@@ -187,7 +188,7 @@ def encoder_dataset(job, checkpoint: str):
     return ds.limit(cfg.max_items) if cfg.max_items is not None else ds
 
 
-def encode_pixels(job, kind: str, block: int, key: dict, store: FeatureStore) -> Gallery:
+def encode_pixels(job, kind: ModelKind, block: int, key: dict, store: FeatureStore) -> Gallery:
     """Ray Data batch inference over the split's row groups (``GalleryEncoder``): the
     feature blocks go to the store and the object store as they come."""
     cfg, root = job.cfg, store.root
@@ -237,7 +238,20 @@ def _load_model(checkpoint: str):
     return load_checkpoint(checkpoint).model
 
 
-def encode_from_frozen(job, kind: str, block: int, key: dict, store: FeatureStore,
+def write_blocks(store: FeatureStore, pending: list[dict], block: int) -> dict:
+    """Each side's encoded rows, in blocks of ``block``, into the feature store and the
+    object store: {side: [object refs]}."""
+    refs = {"text": [], "image": []}
+    for side in refs:
+        features = store.types[side].cat([p[side] for p in pending])
+        for i, start in enumerate(range(0, len(features), block)):
+            part = features.index(slice(start, start + block))
+            store.write_block(side, i, part)
+            refs[side].append(ray.put(part.numpy()))
+    return refs
+
+
+def encode_from_frozen(job, kind: ModelKind, block: int, key: dict, store: FeatureStore,
                        loaded) -> Gallery:
     """A model with frozen encoder layers: their outputs over the split come from the frozen
     store (``ray_jobs.frozen``: encoded once by a Ray Data stage, or reused from training,
@@ -254,7 +268,7 @@ def encode_from_frozen(job, kind: str, block: int, key: dict, store: FeatureStor
         gpus_per_actor=cfg.gpus_per_actor if cfg.use_gpu else 0)
     t0 = time.perf_counter()
     model, device = loaded.model.eval(), "cpu"
-    refs, host, pending, skipped, left = {"text": [], "image": []}, [], [], {}, meta["limit"]
+    host, pending, skipped, left = [], [], {}, meta["limit"]
     for b in range(meta["blocks"]):
         if left is not None and left <= 0:
             break
@@ -275,12 +289,7 @@ def encode_from_frozen(job, kind: str, block: int, key: dict, store: FeatureStor
     if not host:
         raise UserError(f"the gallery is empty: split {cfg.split!r} of {cfg.data} has no usable "
                         f"rows (skipped: {skipped or 'none'})")
-    for side in ("text", "image"):
-        features = store.types[side].cat([p[side] for p in pending])
-        for i, start in enumerate(range(0, len(features), block)):
-            part = features.index(slice(start, start + block))
-            store.write_block(side, i, part)
-            refs[side].append(ray.put(part.numpy()))
+    refs = write_blocks(store, pending, block)
     table = outputs.write_gallery(store.root, *(np.concatenate([h[k] for h in host])
                                                 if k in host[0] else None for k in HOST_COLUMNS))
     gallery_meta = {"n": table.num_rows, "blocks": len(refs["text"]), "block": block,

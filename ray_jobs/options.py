@@ -19,6 +19,7 @@ from typing import Any, Callable
 from core.checkpoint import CheckpointError
 from core.config import ConfigError
 from core.data.rocov2 import DataLayoutError
+from core.scoring.settings import SettingsError
 from core.search_space import SearchSpaceError
 
 
@@ -30,7 +31,7 @@ class UserError(ValueError):
 # What a user can get wrong, reported as one line; anything else is a bug and keeps its
 # traceback.
 USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, ConfigError, CheckpointError, DataLayoutError,
-               SearchSpaceError)
+               SearchSpaceError, SettingsError)
 
 
 def opt(default: Any = None, help: str = "", **metadata) -> Any:
@@ -53,11 +54,22 @@ def _base_type(hint):
     return hint
 
 
+def _nested(cls) -> dict:
+    """The fields of ``cls`` that hold a settings dataclass (its flags sit at the top level)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if dataclasses.is_dataclass(hints[f.name]) and f.metadata.get("cli") is not False}
+
+
 def add_options(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls)
+    nested = _nested(cls)
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         if meta.get("cli") is False:
+            continue
+        if f.name in nested:  # e.g. ScoringSettings: --k, --rerank-k, ... built into one object
+            add_options(parser, nested[f.name])
             continue
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         hint = _base_type(hints[f.name])
@@ -89,8 +101,15 @@ def parser_for(cls, prog: str, doc: str | None) -> argparse.ArgumentParser:
 
 def parse(cls, argv, prog: str, doc: str | None):
     """The dataclass ``cls`` filled from the command line ``argv``."""
-    ns = parser_for(cls, prog, doc).parse_args(argv)
-    return cls(**vars(ns))
+    values = vars(parser_for(cls, prog, doc).parse_args(argv))
+    try:
+        for name, settings in _nested(cls).items():  # built, and so checked, once: here
+            values[name] = settings(**{f.name: values.pop(f.name)
+                                       for f in dataclasses.fields(settings)})
+    except SettingsError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return cls(**values)
 
 
 def run_cli(prog: str, fn: Callable[[], Any]) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core import storage
 from core.concepts.vocabulary import ConceptVocabulary
-from core.config import load_config
+from core.config import ExperimentConfig, load_config
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split, resolve_split
 from core.data.stats import attribute_distribution, format_statistics
@@ -48,6 +48,9 @@ class PrepareConfig:
     tokenizer: str | None = opt(None, "use this HF tokenizer (name or path) instead of "
                                 "training a WordPiece vocabulary")
     splits: list = opt(list(SPLITS), "splits to describe", metavar="SPLIT")
+    experiment: ExperimentConfig | None = opt(None, "a job that calls this one (the demo) hands its "
+                                              "experiment config over whole, in place of "
+                                              "--config / --set", cli=False)
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
@@ -85,7 +88,7 @@ def run(cfg: PrepareConfig) -> dict:
     if cfg.data is not None:
         for split in cfg.splits:  # a wrong path or a missing split fails before Ray starts
             resolve_split(cfg.data, split)
-    config = load_config(cfg.config, cfg.set)
+    config = cfg.experiment if cfg.experiment is not None else load_config(cfg.config, cfg.set)
     spec = SyntheticSpec(sizes={"train": cfg.n_train, "validation": cfg.n_val, "test": cfg.n_test},
                          seed=cfg.seed, image_size=cfg.image_size, rows_per_shard=cfg.rows_per_shard)
     reuse = cfg.synthetic and existing_synthetic(out, spec)  # other data there: an error now

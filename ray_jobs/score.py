@@ -33,8 +33,10 @@ from core import storage
 from core.checkpoint import read_checkpoint_config, resolve_checkpoint
 from core.data.rocov2 import resolve_split, row_groups
 from core.metrics import bidirectional_metrics
+from core.models.kind import ModelKind
 from core.precision import scoring_precision
 from core.scoring import outputs
+from core.scoring.settings import Method, ScoringSettings
 from ray_jobs.actor_pool import peak_rss_mb
 from ray_jobs.gallery import encode
 from ray_jobs.score_methods import fusion_topk, rerank_topk, tile_side, two_tower_topk
@@ -46,22 +48,18 @@ log = logging.getLogger("rocoray.score")
 
 @dataclass
 class ScoringOptions:
-    """Settings shared by ``rocoray score``, ``rocoray evaluate`` and the demo."""
+    """Settings shared by ``rocoray score``, ``rocoray evaluate`` and the demo. ``scoring``
+    (--k, --rerank-k, --alpha, --block, --chunk, --precision) is one typed object, built and
+    checked once where the command line is read, and handed whole to every job."""
 
     split: str = opt("test", "split of --data to score")
-    k: int = opt(10, "top-K kept per query")
-    rerank_k: int = opt(32, "rerank: first-stage candidates per query")
-    alpha: float = opt(0.0, "rerank: fused score = fusion logit + alpha x two-tower cosine")
-    block: int | None = opt(None, "rows per feature block = tile side (default: sized for the device)")
-    chunk: int | None = opt(None, "sub-block side inside a tile (default: sized for the device)")
+    scoring: ScoringSettings = opt(ScoringSettings(), "k, rerank k, alpha, tiles, precision")
     max_items: int | None = opt(None, "score only the first N rows of the split")
     actors: int = opt(2, "actors of the encode and scoring pools")
     cpus_per_actor: float = opt(0.75, "CPUs per actor (fractional on small machines; the "
                                 "frozen encoders' stage shares actors x this among its actors)")
     gpus_per_actor: float = opt(1.0, "GPUs per actor, with --use-gpu")
     use_gpu: bool = opt(False, "encode and score on GPUs")
-    precision: str | None = opt(None, "fp32 or bf16 autocast (default: the checkpoint's "
-                                "train.precision on GPUs, fp32 on CPUs)", choices=["fp32", "bf16"])
     cache: str | None = opt(None, "cached encoded galleries and work items (default: <out>/cache)")
     placement_timeout: float = opt(600.0, "seconds the job waits for a node when every actor of "
                                    "its pool is lost and none can be replaced (spot clusters: "
@@ -71,12 +69,15 @@ class ScoringOptions:
 
 @dataclass
 class ScoreConfig(ScoringOptions):
-    model: str = opt(None, "what to score", choices=["fusion", "two_tower", "rerank"], required=True)
+    model: Method = opt(None, "what to score", choices=[m.value for m in Method], required=True)
     checkpoint: str = opt(None, "checkpoint dir or training run dir (rerank: the fusion model)",
                           required=True)
     retriever: str | None = opt(None, "rerank: the two-tower checkpoint or run")
     data: str | None = opt(None, "ROCOv2 data (default: the checkpoint's data.path)")
     out: str = opt("runs/score", "output directory")
+
+    def __post_init__(self):
+        self.model = Method(self.model)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Job:
     """A validated request: every path resolved, sizes known; nothing written yet."""
 
     cfg: ScoreConfig
-    checkpoints: dict  # kind -> checkpoint dir
+    checkpoints: dict  # ModelKind -> checkpoint dir
     files: object  # core.data.rocov2.SplitFiles
     rows: int  # rows in the split (before skipping), from the Parquet footers
     device: str
@@ -92,8 +93,12 @@ class Job:
     out: str
     cache: str
 
+    @property
+    def settings(self) -> ScoringSettings:
+        return self.cfg.scoring
 
-def check_checkpoint(path: str, kind: str, flag: str) -> str:
+
+def check_checkpoint(path: str, kind: ModelKind, flag: str) -> str:
     """The checkpoint ``path`` (a checkpoint or a run) resolves to, if it holds a ``kind``
     model; a one-line error naming ``flag`` otherwise."""
     resolved = resolve_checkpoint(path)
@@ -106,28 +111,22 @@ def check_checkpoint(path: str, kind: str, flag: str) -> str:
 
 def prepare(cfg: ScoreConfig) -> Job:
     """Check everything a user can get wrong, before Ray starts or anything is written."""
-    need = {"fusion": ["fusion"], "two_tower": ["two_tower"], "rerank": ["fusion", "two_tower"]}
-    given = {"fusion": cfg.checkpoint, "two_tower": cfg.checkpoint}
-    if cfg.model == "rerank":
+    method = cfg.model
+    given = {ModelKind.FUSION: cfg.checkpoint, ModelKind.TWO_TOWER: cfg.checkpoint}
+    flag = dict.fromkeys(ModelKind, "--checkpoint")
+    if method is Method.RERANK:
         if not cfg.retriever:
             raise UserError("--model rerank needs --retriever (a two-tower checkpoint or run)")
-        given["two_tower"] = cfg.retriever
-    flag = {"fusion": "--checkpoint", "two_tower": "--retriever" if cfg.model == "rerank"
-            else "--checkpoint"}
-    checkpoints = {kind: check_checkpoint(given[kind], kind, flag[kind]) for kind in need[cfg.model]}
-    data = cfg.data or read_checkpoint_config(checkpoints[need[cfg.model][0]]).data.path
+        given[ModelKind.TWO_TOWER], flag[ModelKind.TWO_TOWER] = cfg.retriever, "--retriever"
+    checkpoints = {kind: check_checkpoint(given[kind], kind, flag[kind]) for kind in method.models}
+    main = read_checkpoint_config(checkpoints[method.models[0]])
+    data = cfg.data or main.data.path
     files = resolve_split(data, cfg.split)
     rows = sum(n for _, _, n in row_groups(files, cfg.max_items))
     rows = rows if cfg.max_items is None else min(rows, cfg.max_items)
-    wanted = max(cfg.k, cfg.rerank_k) if cfg.model == "rerank" else cfg.k
-    if wanted > rows:
-        raise UserError(f"top-{wanted} asked for (--k/--rerank-k), but split {cfg.split!r} of "
-                        f"{data} holds only {rows} row(s)")
-    if cfg.model == "rerank" and cfg.k > cfg.rerank_k:
-        raise UserError(f"--k {cfg.k} must not exceed --rerank-k {cfg.rerank_k}")
+    cfg.scoring.check(method, rows, f"split {cfg.split!r} of {data}")
     device = "cuda" if cfg.use_gpu else "cpu"
-    precision = scoring_precision(cfg.precision, device, read_checkpoint_config(
-        checkpoints[need[cfg.model][0]]).train.precision)
+    precision = scoring_precision(cfg.scoring.precision, device, main.train.precision)
     out = storage.absolute(cfg.out)
     return Job(dataclasses.replace(cfg, data=data), checkpoints, files, rows, device, precision,
                out, storage.absolute(cfg.cache or storage.join(out, "cache")))
@@ -136,25 +135,26 @@ def prepare(cfg: ScoreConfig) -> Job:
 # --- the job ---------------------------------------------------------------------------------
 
 def execute(job: Job) -> dict:
-    cfg, t_start = job.cfg, time.perf_counter()
-    main_kind = "two_tower" if cfg.model == "two_tower" else "fusion"
+    cfg, settings, t_start = job.cfg, job.settings, time.perf_counter()
+    method = cfg.model
+    main_kind = method.models[0]
     gallery = encode(job, main_kind, tile_side(job, main_kind)[0])
     n = len(gallery.groups)
-    wanted = max(cfg.k, cfg.rerank_k) if cfg.model == "rerank" else cfg.k
-    if wanted > n:
-        raise UserError(f"top-{wanted} asked for (--k/--rerank-k), but only {n} item(s) of the "
-                        f"gallery could be used (skipped: {gallery.meta['skipped'] or 'none'})")
+    settings.check(method, n, f"the gallery (items that could be used; skipped: "
+                   f"{gallery.meta['skipped'] or 'none'})")
     encode_s = {main_kind: gallery.meta["encode_s"]}
-    if cfg.model == "two_tower":
-        results, timings = two_tower_topk(job, gallery, cfg.k)
-    elif cfg.model == "fusion":
+    encoded = {main_kind: gallery.meta}
+    if method is Method.TWO_TOWER:
+        results, timings = two_tower_topk(job, gallery, settings.k)
+    elif method is Method.FUSION:
         results, timings = fusion_topk(job, gallery)
     else:
-        first = encode(job, "two_tower", tile_side(job, "two_tower")[0])
-        encode_s["two_tower"] = first.meta["encode_s"]
+        first = encode(job, ModelKind.TWO_TOWER, tile_side(job, ModelKind.TWO_TOWER)[0])
+        encode_s[ModelKind.TWO_TOWER] = first.meta["encode_s"]
+        encoded = {ModelKind.TWO_TOWER: first.meta, **encoded}  # the report's order
         if first.meta.get("frozen_store") and first.meta["frozen_store"] == gallery.meta.get(
                 "frozen_store"):  # both models on the same frozen towers: encoded once
-            encode_s["two_tower"] -= first.meta["frozen_encode_s"]
+            encode_s[ModelKind.TWO_TOWER] -= first.meta["frozen_encode_s"]
         results, timings = rerank_topk(job, first, gallery)
     storage.write_parquet(job.out, outputs.GALLERY, gallery.table)
     for direction, (index, scores, ranks) in results.items():
@@ -162,21 +162,19 @@ def execute(job: Job) -> dict:
     ks = tuple(k for k in (1, 5, 10) if k <= n)
     metrics = bidirectional_metrics(results["t2i"][2], results["i2t"][2], n_images=n, n_texts=n,
                                     ks=ks)
-    encoded = {"two_tower": first.meta, main_kind: gallery.meta} if cfg.model == "rerank" else \
-        {main_kind: gallery.meta}
     timings.update(encode_s=sum(encode_s.values()), encode_s_by_model=encode_s,
                    encoder_passes={m: meta.get("encoder_passes") for m, meta in encoded.items()},
                    total_s=time.perf_counter() - t_start, driver_peak_rss_mb=peak_rss_mb())
     timings["pairs_per_s"] = timings["pairs"] / max(timings["score_s"], 1e-9)
-    summary = {"model": cfg.model, "checkpoints": job.checkpoints, "data": str(cfg.data),
-               "split": cfg.split, "n": n, "k": cfg.k, "skipped": gallery.meta["skipped"],
+    summary = {"model": method, "checkpoints": job.checkpoints, "data": str(cfg.data),
+               "split": cfg.split, "n": n, "k": settings.k, "skipped": gallery.meta["skipped"],
                "precision": job.precision, "device": job.device, "metrics": metrics,
                "timings": timings, "features": {g: gallery.store.root for g in [main_kind]}}
-    if cfg.model == "rerank":
-        summary.update(rerank_k=cfg.rerank_k, alpha=cfg.alpha)
-        summary["features"]["two_tower"] = first.store.root
+    if method is Method.RERANK:
+        summary.update(rerank_k=settings.rerank_k, alpha=settings.alpha)
+        summary["features"][ModelKind.TWO_TOWER] = first.store.root
     storage.write_json(job.out, outputs.SUMMARY, summary)
-    log.info("%s on %d items: %s (%.1fs)", cfg.model, n, ", ".join(
+    log.info("%s on %d items: %s (%.1fs)", method, n, ", ".join(
         f"{d} R@{k} {metrics[d][f'R@{k}']:.3f}" for d in ("t2i", "i2t") for k in ks),
         timings["total_s"])
     return summary

@@ -12,26 +12,28 @@ import torch
 from core import storage
 from core.checkpoint import load_checkpoint
 from core.evaluation.reference import in_memory_blocks
+from core.models.kind import ModelKind
 from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, outputs, tile_shape
+from core.scoring.settings import Method
 from ray_jobs.actor_pool import ActorExecutor
 from ray_jobs.gallery import Gallery
 from ray_jobs.options import UserError
 
 
-def tile_side(job, kind: str) -> tuple[int, int]:
+def tile_side(job, kind: ModelKind) -> tuple[int, int]:
     """(block, chunk) of ``kind``'s tiles on the job's device (flags win)."""
     memory = (torch.cuda.get_device_properties(0).total_memory
               if job.device == "cuda" and torch.cuda.is_available() else None)
     block, chunk = tile_shape(kind, job.device, memory)
-    return fit_tile(job.cfg.block or block, job.cfg.chunk or chunk)
+    return fit_tile(job.settings.block or block, job.settings.chunk or chunk)
 
 
 def two_tower_topk(job, gallery: Gallery, k: int):
     """Two-tower retrieval: the plan in this process, a matmul per tile (4096 x 4096 unless
     --block / --chunk say otherwise)."""
-    model = load_checkpoint(job.checkpoints["two_tower"]).model
+    model = load_checkpoint(job.checkpoints[ModelKind.TWO_TOWER]).model
     text, image = gallery.features("text"), gallery.features("image")
-    block, chunk = tile_side(job, "two_tower")
+    block, chunk = tile_side(job, ModelKind.TWO_TOWER)
     plan = ScoringPlan(gallery.groups, gallery.groups, block=block, chunk=chunk, k=k)
     t0 = time.perf_counter()
     acc = plan.run_retrieval(local_executor(TileWorker(model, in_memory_blocks(text, image, block),
@@ -41,25 +43,25 @@ def two_tower_topk(job, gallery: Gallery, k: int):
                      "pairs_by_item": plan.pairs_scored}
 
 
-def fusion_items_key(job, method: str, features: dict, chunk: int) -> dict:
+def fusion_items_key(job, method: Method, features: dict, chunk: int) -> dict:
     """Everything a finished fusion work item depends on: the encoded gallery's own key, the
     sub-block, K, precision, the method (and for rerank its candidates)."""
-    key = {"features": features, "chunk": chunk, "k": job.cfg.k, "precision": job.precision,
+    key = {"features": features, "chunk": chunk, "k": job.settings.k, "precision": job.precision,
            "method": method, "format": 2}  # 2: each item's result counts the pairs it scored
-    if method == "rerank":
-        key["rerank_k"] = job.cfg.rerank_k
+    if method is Method.RERANK:
+        key["rerank_k"] = job.settings.rerank_k
     return key
 
 
 def fusion_plan(job, gallery: Gallery, k: int) -> ScoringPlan:
-    block, chunk = tile_side(job, "fusion")
+    block, chunk = tile_side(job, ModelKind.FUSION)
     return ScoringPlan(gallery.groups, gallery.groups, block=block, chunk=chunk, k=k)
 
 
 def fusion_topk(job, gallery: Gallery):
-    plan = fusion_plan(job, gallery, job.cfg.k)
-    execute = ActorExecutor(job, "fusion", plan, gallery,
-                            fusion_items_key(job, "fusion", gallery.key, plan.chunk))
+    plan = fusion_plan(job, gallery, job.settings.k)
+    execute = ActorExecutor(job, ModelKind.FUSION, plan, gallery,
+                            fusion_items_key(job, Method.FUSION, gallery.key, plan.chunk))
     t0 = time.perf_counter()
     acc = plan.run_retrieval(execute)
     results = {d: (*acc.topk(d), r) for d, r in zip(("t2i", "i2t"), acc.ranks())}
@@ -78,16 +80,16 @@ def rerank_topk(job, first: Gallery, gallery: Gallery):
         raise UserError("the two-tower and fusion galleries differ: were they trained on "
                         "different data? Give --data explicitly")
     t0 = time.perf_counter()
-    first_stage, first_timings = two_tower_topk(job, first, job.cfg.rerank_k)
+    first_stage, first_timings = two_tower_topk(job, first, job.settings.rerank_k)
     for direction, (index, scores, ranks) in first_stage.items():  # what the retriever gave
         outputs.write_topk(storage.join(job.out, "first_stage"), direction, first.table, index,
                            scores, ranks)
-    plan = fusion_plan(job, gallery, job.cfg.k)
-    execute = ActorExecutor(job, "fusion", plan, gallery, {
-        **fusion_items_key(job, "rerank", gallery.key, plan.chunk), "first_stage": first.key})
+    plan = fusion_plan(job, gallery, job.settings.k)
+    execute = ActorExecutor(job, ModelKind.FUSION, plan, gallery, {
+        **fusion_items_key(job, Method.RERANK, gallery.key, plan.chunk), "first_stage": first.key})
     rescored = plan.rescore_candidates(execute, first_stage)
     outputs.write_rescored(job.out, rescored)  # k and alpha can be re-chosen from these
-    results = plan.fuse(rescored, job.cfg.alpha)
+    results = plan.fuse(rescored, job.settings.alpha)
     return results, {"score_s": time.perf_counter() - t0, **execute.stats,
                      "pairs": sum(plan.pairs_scored.values()), "pairs_by_item": plan.pairs_scored,
                      "first_stage_pairs": first_timings["pairs"],

@@ -40,7 +40,9 @@ from core.checkpoint import load_checkpoint
 from core.data.rocov2 import resolve_split
 from core.feature_store import FeatureStore
 from core.models import MODELS
+from core.models.kind import ModelKind
 from core.scoring import outputs
+from core.scoring.settings import Method, ScoringSettings
 from core.search import LIMITS, CaseIndex, SearchError, check_image, read_cases
 from core.search.limits import body_limit
 from ray_jobs.options import UserError, opt, parse, run_cli
@@ -75,9 +77,9 @@ class ServeConfig:
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
-def rerank_choice(cfg: ServeConfig) -> tuple[int, float, str]:
-    """(k, alpha, where they come from): the flags, else --evaluation's validation choice,
-    else the scoring job's defaults."""
+def rerank_choice(cfg: ServeConfig) -> tuple[ScoringSettings, str]:
+    """(the scoring settings, where rerank's k and alpha come from): the flags, else
+    --evaluation's validation choice, else the scoring defaults."""
     chosen = {}
     if cfg.evaluation:
         if not storage.exists(cfg.evaluation, "metrics.json"):
@@ -86,14 +88,14 @@ def rerank_choice(cfg: ServeConfig) -> tuple[int, float, str]:
         if not chosen:
             raise UserError(f"--evaluation {cfg.evaluation}: its metrics.json holds no "
                             "rerank_selection (evaluate with --select-rerank)")
-    k = cfg.rerank_k if cfg.rerank_k is not None else chosen.get("k", 32)
-    alpha = cfg.alpha if cfg.alpha is not None else chosen.get("alpha", 0.0)
+    defaults = ScoringSettings()
+    settings = defaults.replace(  # checked on construction: --rerank-k 0 is one clear line
+        rerank_k=int(cfg.rerank_k if cfg.rerank_k is not None else chosen.get("k", defaults.rerank_k)),
+        alpha=float(cfg.alpha if cfg.alpha is not None else chosen.get("alpha", defaults.alpha)))
     source = ("flags" if cfg.rerank_k is not None and cfg.alpha is not None else
               f"chosen on {chosen.get('split', 'validation')} by {cfg.evaluation}" if chosen
               else "defaults (not chosen on validation: pass --evaluation)")
-    if k < 1:
-        raise UserError(f"--rerank-k must be at least 1, got {k}")
-    return int(k), float(alpha), source
+    return settings, source
 
 
 def prepare(cfg: ServeConfig):
@@ -105,16 +107,18 @@ def prepare(cfg: ServeConfig):
         raise UserError(f"--port must be in 1..65535, got {cfg.port}")
     if cfg.replicas < 1:
         raise UserError(f"--replicas must be at least 1, got {cfg.replicas}")
-    k, alpha, source = rerank_choice(cfg)
-    common = dict(data=cfg.data, split=cfg.split, max_items=cfg.max_items, k=1,
+    settings, source = rerank_choice(cfg)
+    common = dict(data=cfg.data, split=cfg.split, max_items=cfg.max_items,
                   actors=cfg.actors, cpus_per_actor=cfg.cpus_per_actor, cache=cfg.cache,
                   out="runs/serve", address=cfg.address)
-    if cfg.fusion:
-        job = prepare_scoring(ScoreConfig(model="rerank", checkpoint=cfg.fusion,
-                                          retriever=cfg.two_tower, rerank_k=k, **common))
+    if cfg.fusion:  # the gallery holds at least rerank k items
+        job = prepare_scoring(ScoreConfig(model=Method.RERANK, checkpoint=cfg.fusion,
+                                          retriever=cfg.two_tower,
+                                          scoring=settings.replace(k=1), **common))
     else:
-        job = prepare_scoring(ScoreConfig(model="two_tower", checkpoint=cfg.two_tower, **common))
-    return job, (min(k, job.rows), alpha, source)
+        job = prepare_scoring(ScoreConfig(model=Method.TWO_TOWER, checkpoint=cfg.two_tower,
+                                          scoring=settings.replace(k=1), **common))
+    return job, (settings.capped(job.rows), source)
 
 
 def encode_galleries(job) -> dict:
@@ -140,13 +144,13 @@ def load_index(spec: dict) -> CaseIndex:
         features[kind] = {side: store.read_all(side, where["blocks"]) for side in ("text", "image")}
         loaded[kind] = load_checkpoint(spec["checkpoints"][kind], expected_kind=kind)
         ids[kind] = [str(i) for i in outputs.read_gallery(where["root"]).column("image_id").to_pylist()]
-    if "fusion" in ids and ids["fusion"] != ids["two_tower"]:
+    if ModelKind.FUSION in ids and ids[ModelKind.FUSION] != ids[ModelKind.TWO_TOWER]:
         # rerank indexes the fusion features by the two-tower candidates' rows
         raise ValueError("the fusion and two-tower galleries hold different rows")
-    cases = read_cases(resolve_split(spec["data"], spec["split"]), ids["two_tower"])
-    index = CaseIndex(loaded["two_tower"], features["two_tower"], cases,
-                      reranker=loaded.get("fusion"), fusion_gallery=features.get("fusion"),
-                      rerank_k=spec["rerank_k"], alpha=spec["alpha"])
+    cases = read_cases(resolve_split(spec["data"], spec["split"]), ids[ModelKind.TWO_TOWER])
+    index = CaseIndex(loaded[ModelKind.TWO_TOWER], features[ModelKind.TWO_TOWER], cases,
+                      reranker=loaded.get(ModelKind.FUSION),
+                      fusion_gallery=features.get(ModelKind.FUSION), scoring=spec["scoring"])
     log.info("case index: %d cases, rerank %s, loaded in %.1fs", len(index),
              "on" if index.reranker is not None else "off", time.perf_counter() - t0)
     return index
@@ -328,10 +332,10 @@ def deployment():
 
 def application(cfg: ServeConfig):
     """The bound Serve application: galleries encoded (or reused) first."""
-    job, (k, alpha, source) = prepare(cfg)
+    job, (settings, source) = prepare(cfg)
     init_ray(cfg.address)
-    spec = encode_galleries(job) | {"rerank_k": k, "alpha": alpha, "cpus": cfg.cpus_per_replica}
-    log.info("rerank: k=%d alpha=%g (%s)", k, alpha, source)
+    spec = encode_galleries(job) | {"scoring": settings, "cpus": cfg.cpus_per_replica}
+    log.info("rerank: k=%d alpha=%g (%s)", settings.rerank_k, settings.alpha, source)
     # Requests wait in the replica's queue rather than in the router: past Serve's default of 5
     # ongoing requests the router backs off and retries, and throughput falls (measured: 44
     # req/s at 8 clients, 12 at 32 with the default, by bench.serve_latency.load on 2 CPUs).

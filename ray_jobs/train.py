@@ -30,6 +30,7 @@ from core.data.rocov2 import resolve_split
 from core.data.tokenizer import resolve_tokenizer
 from core.training.loop import steps_per_epoch
 from core.precision import training_precision
+from core.models.kind import ModelKind
 from ray_jobs.options import UserError, opt, parse, run_cli
 from ray_jobs.runtime import format_epoch, init_ray, setup_logging, storage_reach
 from ray_jobs.train_worker import HISTORY, fatal_name, initial_model, train_loop_per_worker
@@ -57,14 +58,21 @@ class TrainArgs:
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
     def experiment(self) -> ExperimentConfig:
-        overrides = list(self.set)
-        for value, key in ((self.model, "model.kind"), (self.data, "data.path"),
-                           (self.name, "train.name"), (self.storage_path, "train.storage_path"),
-                           (self.epochs, "train.epochs"), (self.num_workers, "train.num_workers"),
-                           (self.init_from, "model.fusion.init_from")):
+        """The preset and --set (checked at load), then this command's own flags, set as
+        typed fields."""
+        cfg = load_config(self.config, self.set)
+        for value, (section, key) in ((self.model, ("model", "kind")), (self.data, ("data", "path")),
+                                      (self.name, ("train", "name")),
+                                      (self.storage_path, ("train", "storage_path")),
+                                      (self.epochs, ("train", "epochs")),
+                                      (self.num_workers, ("train", "num_workers"))):
             if value is not None:
-                overrides.append(f"{key}={value}")
-        return load_config(self.config, overrides)
+                setattr(getattr(cfg, section), key, value)
+        if self.model is not None:
+            cfg.model.kind = ModelKind(self.model)
+        if self.init_from is not None:
+            cfg.model.fusion.init_from = self.init_from
+        return cfg
 
 
 def run_dir(cfg: ExperimentConfig) -> str:
@@ -133,15 +141,15 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
                         f"({t.num_workers}), got {t.min_workers}")
     for split in (cfg.data.train_split, cfg.data.val_split):
         resolve_split(cfg.data.path, split, cfg.data.storage_options)
-    if cfg.model.kind == "fusion" and cfg.model.fusion.init_from:
+    if cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.init_from:
         source = resolve_checkpoint(cfg.model.fusion.init_from)
-        if read_checkpoint_config(source).model.kind != "two_tower":
+        if read_checkpoint_config(source).model.kind != ModelKind.TWO_TOWER:
             raise UserError(f"model.fusion.init_from {cfg.model.fusion.init_from} is not a "
                             "two-tower checkpoint or run")
         cfg.model.fusion.init_from = str(Path(source).resolve())  # workers run elsewhere
-    if cfg.model.kind == "fusion" and cfg.train.fusion_epochs is not None:
+    if cfg.model.kind == ModelKind.FUSION and cfg.train.fusion_epochs is not None:
         cfg.train.epochs, cfg.train.fusion_epochs = cfg.train.fusion_epochs, None
-    if cfg.model.kind == "fusion" and cfg.model.fusion.freeze_encoders:
+    if cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.freeze_encoders:
         cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1
     if not cfg.train.name:
         cfg.train.name = f"{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -176,8 +184,8 @@ def concept_vocabulary(cfg: ExperimentConfig):
 def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concepts=None):
     """Build and fit the TorchTrainer; returns the ray.train.Result. ``datasets`` (train,
     validation, and the number of training rows) replaces the config's data, for benchmarks."""
-    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
-                           ScalingConfig)
+    from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
+                           RunConfig, ScalingConfig)
     from ray.train.torch import TorchTrainer
 
     datasets, rows = datasets or build_datasets(cfg, tokenizer, concepts)
@@ -190,6 +198,10 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
+    # Train's ingest options, with the rows in the seeded row-group order rather than in the
+    # order the read tasks happen to finish: the same seed trains on the same batches.
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "concepts": concepts,
@@ -206,7 +218,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
                                                checkpoint_score_attribute="val/mean_recall",
                                                checkpoint_score_order="max")),
-        datasets=datasets or None)
+        datasets=datasets or None, dataset_config=DataConfig(execution_options=ingest))
     log.info("training %s on %d rows: %d worker(s)%s x batch %d, %d steps/epoch, %d epochs",
              cfg.model.kind, rows, t.num_workers,
              f" (elastic: down to {t.min_workers})" if t.min_workers is not None else "",

@@ -33,6 +33,7 @@ from core.models import build_model, count_parameters
 from core.precision import training_precision
 from core.training.loop import (LossModule, build_optimizer, build_scheduler, steps_per_epoch,
                                  train_one_epoch)
+from core.models.kind import ModelKind
 from ray_jobs.runtime import Progress, format_epoch
 
 log = logging.getLogger("rocoray.train")
@@ -47,7 +48,7 @@ def initial_model(cfg: ExperimentConfig, init: bool = True, log_init: bool = Fal
     """The run's model before its first step: pretrained encoders, and a fusion model's
     encoders and ITC heads from ``model.fusion.init_from`` (when ``init``)."""
     model = build_model(cfg.model)
-    if init and cfg.model.kind == "fusion" and cfg.model.fusion.init_from:
+    if init and cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.init_from:
         copied = init_fusion_from_two_tower(model, cfg.model.fusion.init_from)
         if log_init:
             log.info("fusion encoders and ITC heads initialised from %s (%d tensors)",
@@ -83,7 +84,7 @@ def setup(loop_config: dict) -> WorkerState:
     torch.manual_seed(cfg.train.seed + rank)
     model = initial_model(cfg, init=not ray.train.get_checkpoint(), log_init=rank == 0)
     swap = (swap_pairs(loop_config["tokenizer"], cfg.model.fusion.swap_negatives)
-            if cfg.model.kind == "fusion" else None)
+            if cfg.model.kind == ModelKind.FUSION else None)
     vocab = loop_config.get("concepts")
     pos_weight = (torch.from_numpy(vocab.pos_weight(cfg.model.concepts.max_pos_weight))
                   if vocab is not None and cfg.model.concepts.num_concepts else None)
@@ -205,7 +206,7 @@ def validate_epoch(state: WorkerState, splits: Splits) -> dict | None:
     """Each rank encodes its shard of the validation split; rank 0 scores the gathered
     gallery (two-tower: all of it; fusion: the first ``fusion_val_max_items``)."""
     cfg = state.cfg
-    limit = cfg.train.fusion_val_max_items if cfg.model.kind == "fusion" else cfg.train.val_max_items
+    limit = cfg.train.fusion_val_max_items if cfg.model.kind == ModelKind.FUSION else cfg.train.val_max_items
     per_rank = None if limit is None else math.ceil(limit / state.world)
     state.model.eval()
     precision = training_precision(cfg.train.precision, state.device.type)  # as training runs
@@ -256,7 +257,7 @@ def save(state: WorkerState, epoch: int, metrics: dict, tokenizer, concepts=None
         checkpoint = None
         if state.rank == 0:
             cfg = state.cfg
-            if cfg.model.kind == "fusion" and cfg.model.fusion.score_alpha is None:
+            if cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.score_alpha is None:
                 # the checkpoint ranks with the fused score's alpha chosen on validation
                 cfg = config_from_dict(to_dict(cfg))
                 cfg.model.fusion.score_alpha = state.model.score_alpha

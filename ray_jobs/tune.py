@@ -23,7 +23,7 @@ from pathlib import Path
 
 from core import storage
 from ray_jobs import faults
-from core.config import save_config
+from core.config import ExperimentConfig, save_config, to_dict
 from core.search_space import SearchSpace, load_search_space
 from ray_jobs.options import opt, parse, run_cli
 from ray_jobs.runtime import init_ray, setup_logging
@@ -44,6 +44,9 @@ class TuneArgs:
     search: str | None = opt(None, "override the space's search", choices=["random", "grid", "optuna"])
     max_concurrent_trials: int | None = opt(None, "override the space's max_concurrent_trials")
     set: list = opt([], "fixed config overrides for every trial", metavar="KEY=VALUE")
+    experiment: ExperimentConfig | None = opt(None, "a job that calls this one (the demo) hands its "
+                                              "experiment config over whole, in place of "
+                                              "--config / --set", cli=False)
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
@@ -78,7 +81,7 @@ def trial_driver(config: dict) -> None:
     ctx = ray.tune.get_context()
     space = SearchSpace(**config["__space__"])
     values = {k: v for k, v in config.items() if not k.startswith("__")}
-    cfg = space.trial_config(values, config["__overrides__"])
+    cfg = space.trial_config(values, config["__overrides__"], config.get("__base__"))
     cfg.train.name = f"train_{ctx.get_trial_id()}"
     cfg.train.storage_path = config["__train_storage__"]
     faults.maybe_fail("tune.trial", 1)  # tests: the first trial to get here fails, once
@@ -89,7 +92,7 @@ def trial_driver(config: dict) -> None:
 
 
 def build_tuner(space: SearchSpace, experiment_path: str, overrides: list,
-                max_failures: int = 0):
+                max_failures: int = 0, base: dict | None = None):
     """The Tuner. ``max_failures`` (the trials' ``train.max_failures``): a trial whose driver
     is lost with its node is started again that many times, and its Ray Train run (the same
     name and storage) resumes from its last checkpoint; a lost training worker alone is
@@ -111,7 +114,7 @@ def build_tuner(space: SearchSpace, experiment_path: str, overrides: list,
         search_alg = ConcurrencyLimiter(OptunaSearch(), max_concurrent=space.max_concurrent_trials)
     parent, name = os.path.split(experiment_path.rstrip("/"))
     fixed = {"__space__": {k: v for k, v in vars(space).items() if k != "params"},
-             "__overrides__": overrides,
+             "__overrides__": overrides, "__base__": base,
              "__train_storage__": f"{experiment_path}/trainer_runs"}
     return tune.Tuner(
         trainable,
@@ -131,7 +134,8 @@ def short_trial_name(dirname: str) -> str:
     return m.group(1) if m else dirname
 
 
-def summarize(results, space: SearchSpace, experiment_path: Path, overrides: list) -> dict:
+def summarize(results, space: SearchSpace, experiment_path: Path, overrides: list,
+              base: dict | None = None) -> dict:
     keys = [p.key for p in space.params]
     rows = []
     for r in results:
@@ -160,7 +164,7 @@ def summarize(results, space: SearchSpace, experiment_path: Path, overrides: lis
     best = None
     if ranked and ranked[0][space.metric] is not None:
         values = {k: ranked[0][k] for k in keys}
-        best_cfg = space.trial_config(values, overrides)
+        best_cfg = space.trial_config(values, overrides, base)
         best_cfg.train.name = None  # a fresh run name when reused
         save_config(best_cfg, experiment_path / "best_config.yaml")
         best = {"trial": ranked[0]["trial"], "metric": ranked[0][space.metric], "values": values,
@@ -182,13 +186,14 @@ def run(args: TuneArgs) -> dict:
     from core.data.rocov2 import resolve_split
     from core.data.tokenizer import resolve_tokenizer
 
-    probe = space.trial_config({}, overrides)
+    base = to_dict(args.experiment) if args.experiment is not None else None
+    probe = space.trial_config({}, overrides, base)
     # Trials run in their own working directories: pin local paths down now.
     for key, value in (("data.path", probe.data.path), ("model.text.tokenizer", probe.model.text.tokenizer),
                        ("model.text.name_or_path", probe.model.text.name_or_path)):
         if isinstance(value, str) and not storage.is_url(value) and Path(value).exists():
             overrides.append(f"{key}={Path(value).resolve()}")
-    probe = space.trial_config({}, overrides)
+    probe = space.trial_config({}, overrides, base)
     for param in space.params:  # sampled local paths too (e.g. model.fusion.init_from)
         param.values = [str(Path(v).resolve()) if isinstance(v, str) and not storage.is_url(v)
                         and "/" in v and Path(v).exists() else v for v in param.values]
@@ -206,7 +211,7 @@ def run(args: TuneArgs) -> dict:
         tuner = tune.Tuner.restore(experiment_path, trainable=tune.with_resources(
             trial_driver, {"CPU": 0.25}), resume_errored=True, restart_errored=False)
     else:
-        tuner = build_tuner(space, experiment_path, overrides, probe.train.max_failures)
+        tuner = build_tuner(space, experiment_path, overrides, probe.train.max_failures, base)
     t0 = time.perf_counter()
     results = tuner.fit()
     # Summaries go beside the trials; with remote storage, into a local folder of that name.
@@ -215,7 +220,7 @@ def run(args: TuneArgs) -> dict:
     storage.write_json(local, SEARCH_SPACE_FILE,
                        {**{k: v for k, v in vars(space).items() if k != "params"},
                         "params": [vars(p) for p in space.params], "overrides": overrides})
-    summary = summarize(results, space, local, overrides)
+    summary = summarize(results, space, local, overrides, base)
     summary["wall_s"] = time.perf_counter() - t0
     print(f"\n{summary['table']}\n")
     if summary["best"]:

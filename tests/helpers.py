@@ -76,3 +76,15 @@ def bad_rows() -> list[dict]:
 
 def write_parquet(table: pa.Table, path) -> None:
     pq.write_table(table, str(path))
+
+
+def with_scoring(**kwargs) -> dict:
+    """Job-config keyword arguments with the scoring settings (k, rerank_k, alpha, block,
+    chunk, precision) gathered into the one ``ScoringSettings`` they travel in."""
+    import dataclasses
+
+    from core.scoring.settings import ScoringSettings
+
+    names = {f.name for f in dataclasses.fields(ScoringSettings)}
+    settings = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    return {**kwargs, "scoring": ScoringSettings(**settings)}

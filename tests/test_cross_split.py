@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.scoring.settings import ScoringSettings
+
 from core.config import load_config
 from core.evaluation.cross_split import across, topk_rows
 from core.models import build_model
@@ -36,8 +38,8 @@ def test_every_method_matches_a_brute_force_across_splits():
     with torch.no_grad():
         for name, (px, ids, mask) in (("q", q), ("g", g)):
             feats[name] = {k: (m.encode_text(ids, mask), m.encode_image(px)) for k, m in models.items()}
-        got = across({"fusion": models["fusion"]}, feats["q"], feats["g"], k=4, first_k=6,
-                     alpha=2.0)
+        got = across(models["fusion"], feats["q"], feats["g"],
+                     ScoringSettings(k=4, rerank_k=6, alpha=2.0))
         f = models["fusion"]
         full_t2i = f.score(feats["q"]["fusion"][0], feats["g"]["fusion"][1]).numpy()
         full_i2t = f.score(feats["g"]["fusion"][0], feats["q"]["fusion"][1]).numpy().T

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from core.scoring.settings import ScoringSettings
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--epochs", "1", "--rerank-k", "16", "--block", "16",
          "--set", "train.batch_size=32", "train.fusion_val_max_items=32"]
@@ -185,8 +187,8 @@ def test_leakage_canary_test_labels_permuted(synthetic_demo, tmp_path):
     summary = json.loads((demo / "summary.json").read_text())
     runs = {k: v["path"] for k, v in summary["training"].items()}
     canary = run(EvaluateConfig(two_tower=runs["two_tower"], fusion=runs["fusion"],
-                                data=str(permuted), out=str(tmp_path / "canary"), rerank_k=16,
-                                block=16, explain_cases=0, scaling_points=2, examples=1))
+                                data=str(permuted), out=str(tmp_path / "canary"),
+                                scoring=ScoringSettings(rerank_k=16, block=16), explain_cases=0, scaling_points=2, examples=1))
     chosen = lambda m: (m["rerank_selection"]["k"], m["rerank_selection"]["alpha"],  # noqa: E731
                         m["rerank_selection"]["table"],
                         {k: d["threshold"] for k, d in m["concepts"]["detection"]["methods"].items()})
@@ -207,7 +209,8 @@ def test_evaluation_and_report_on_the_real_sample(synthetic_demo, real_sample, t
     runs = {k: v["path"] for k, v in summary["training"].items()}
     out = tmp_path / "eval"
     run(EvaluateConfig(two_tower=runs["two_tower"], fusion=runs["fusion"], data=str(real_sample),
-                       out=str(out), rerank_k=16, block=16, scaling_points=2))
+                       out=str(out), scoring=ScoringSettings(rerank_k=16, block=16),
+                       scaling_points=2))
     metrics = strict_json(out / "metrics.json")
     assert metrics["gallery_size"] == 38  # every test row of the sample decoded and scored
     assert set(metrics["methods"]) == {"two_tower", "fusion", "rerank"}

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import truncated_jpeg
+from tests.helpers import truncated_jpeg, with_scoring
 
 pytestmark = [pytest.mark.ray, pytest.mark.multinode, pytest.mark.slow]
 
@@ -126,7 +126,7 @@ def scoring_reference(cluster, checkpoints, synthetic_dir, tmp_path_factory):
     common = dict(model="fusion", checkpoint=checkpoints["fusion"], data=str(synthetic_dir),
                   block=8, k=10, actors=2, cpus_per_actor=1.0, address=sim.address)
     out = tmp_path_factory.mktemp("scoring") / "reference"
-    return common, out, run(ScoreConfig(**common, out=str(out)))
+    return common, out, run(ScoreConfig(**with_scoring(**common, out=str(out))))
 
 
 def disturbed_scoring(sim, reference, tmp_path, replace: bool) -> tuple[str, dict]:

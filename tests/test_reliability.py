@@ -20,6 +20,7 @@ from core.checkpoint import RUN_RESULT, resolve_checkpoint, save_checkpoint
 from core.config import load_config
 from core.models import build_model
 from core.work_cache import keyed_dir
+from tests.helpers import with_scoring
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def test_cached_work_is_keyed_on_everything_that_produced_it(two_checkpoints, sy
                 out=str(tmp_path / "o"), k=5)
 
     def keys(block=16, chunk=8, **changes):
-        job = prepare(ScoreConfig(**{**base, **changes}))
+        job = prepare(ScoreConfig(**with_scoring(**{**base, **changes})))
         fkey = features_key(job, "fusion", block)
         return fkey, fusion_items_key(job, "fusion", fkey, chunk)
 
@@ -71,7 +72,7 @@ def test_cached_work_is_keyed_on_everything_that_produced_it(two_checkpoints, sy
         assert variants[what][0] != reference[0], f"changing the {what} must not reuse features"
     # the model kind and method: rerank's items are keyed apart from fusion's, and a two-tower
     # gallery apart from a fusion one (the checkpoint identity carries the kind)
-    job = prepare(ScoreConfig(**base))
+    job = prepare(ScoreConfig(**with_scoring(**base)))
     assert fusion_items_key(job, "fusion", reference[0], 8) != \
         fusion_items_key(job, "rerank", reference[0], 8)
     assert reference[0]["checkpoint"]["kind"] == "fusion"

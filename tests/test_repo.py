@@ -118,3 +118,35 @@ def test_imports_run_one_way_between_packages():
     for unit in sorted(edges):
         if unit not in state:
             visit(unit)
+
+
+def test_model_kinds_and_methods_are_compared_as_enums_never_as_strings():
+    """``core.models.kind.ModelKind`` and ``core.scoring.settings.Method`` name the models
+    and methods; a comparison with the bare string ("fusion" == kind) is how the two
+    defaults and 45 scattered checks came about."""
+    names = {"two_tower", "fusion", "rerank"}
+    found = []
+    for folder in ("core", "ray_jobs"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Compare):
+                    continue
+                for side in [node.left, *node.comparators]:
+                    consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                    if any(isinstance(c, ast.Constant) and c.value in names for c in consts):
+                        found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not found, "compare with ModelKind / Method members: " + ", ".join(found)
+
+
+def test_functions_stay_short_and_the_jobs_thin():
+    """No function over 60 lines in core/ or ray_jobs/; the scoring job under 250 lines."""
+    long = []
+    for folder in ("core", "ray_jobs"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > 60:
+                        long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines})")
+    assert not long, "split these: " + ", ".join(long)
+    assert len((REPO / "ray_jobs" / "score.py").read_text().splitlines()) <= 250

@@ -12,6 +12,7 @@ from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
 from core.evaluation.reference import encode_batches, score_matrix
 from core.metrics import evaluate_scores, ranks_from_scores
+from tests.helpers import with_scoring
 
 N_TEST = 64
 
@@ -29,7 +30,8 @@ def reference(checkpoint, synthetic_dir):
 def run_score(**kwargs):
     from ray_jobs.score import ScoreConfig, run
 
-    return run(ScoreConfig(**{k: (str(v) if hasattr(v, "parts") else v) for k, v in kwargs.items()}))
+    return run(ScoreConfig(**with_scoring(**{k: (str(v) if hasattr(v, "parts") else v)
+                                            for k, v in kwargs.items()})))
 
 
 @pytest.fixture(scope="module")

@@ -309,7 +309,9 @@ def test_a_replica_refuses_galleries_of_different_rows(checkpoints, synthetic_di
     from core.data.preprocess import build_preprocessor
 
     table = read_split(synthetic_dir, "test").slice(0, 8)
-    spec = {"data": str(synthetic_dir), "split": "test", "rerank_k": 4, "alpha": 0.0,
+    from core.scoring.settings import ScoringSettings
+
+    spec = {"data": str(synthetic_dir), "split": "test", "scoring": ScoringSettings(rerank_k=4),
             "checkpoints": checkpoints, "features": {}}
     for kind, order in (("two_tower", range(8)), ("fusion", [1, 0, *range(2, 8)])):
         loaded = load_checkpoint(checkpoints[kind])

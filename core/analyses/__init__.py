@@ -17,7 +17,7 @@ import numpy as np
 from core.concepts import evaluation as concept_evaluation
 from core.evaluation import fine_grained
 from core.checkpoint import read_checkpoint_config
-from core.evaluation.comparison import DIRECTIONS, METHODS
+from core.evaluation.comparison import DIRECTIONS, FUSION_ITC, METHODS
 from core.config import to_dict
 from core.data.rocov2 import image_bytes_column, read_split
 from core.evaluation.reference import rerank_retrieval, stream_retrieval
@@ -26,6 +26,7 @@ from core.metrics import ranks_from_scores
 from core.report.common import fit_exponent
 from core.scoring import outputs, tile_shape
 from core.evaluation.significance import bootstrap_ci, per_query
+from core.models.kind import ModelKind
 
 log = logging.getLogger("rocoray.evaluate")
 
@@ -118,7 +119,7 @@ def sibling_accuracy(scored: Scored, data, split: str, alpha: float) -> dict | N
             "fusion": fine_grained.score_wins(
                 lambda ti, ii: fine_grained.pair_scores(fusion, f_text, f_image, ti, ii), pairs),
             "rerank": fine_grained.rerank_wins(scored.rescored(), alpha, pairs, tt),
-            "fusion_itc": fine_grained.score_wins(itc, pairs)}
+            FUSION_ITC: fine_grained.score_wins(itc, pairs)}
     result = fine_grained.compare_methods(wins, pairs)
     groups = scored.groups()
     scores = (f_text.embed @ f_image.embed.T).numpy()
@@ -173,7 +174,7 @@ def concept_sections(scored: Scored, data, split: str, val_split: str,
         across["random"] = _random_topk(rng, len(gallery_ids), len(ids), k)
         out["retrieval"][gallery_split] = concept_evaluation.retrieval(
             test_cuis, cuis(gallery_split, gallery_ids), across)
-    for kind in ("two_tower", "fusion"):
+    for kind in ModelKind:
         vocab = scored.loaded(kind).concepts
         own = scored.gallery(kind)  # this model's gallery, in its own order
         logits = outputs.concept_logits(own)

@@ -11,12 +11,15 @@ import numpy as np
 from scipy.special import gammaln
 
 from core.evaluation.significance import bootstrap_ci, paired_difference, per_query
+from core.scoring.settings import Method
 
 # the scored methods, in the order every table and chart lists them
-METHODS = ("two_tower", "fusion", "rerank")
+METHODS = tuple(Method)
+# The fusion model's own ITC heads, compared beside the methods in the fine-grained study.
+FUSION_ITC = "fusion_itc"
 DIRECTIONS = {"t2i": "text → image", "i2t": "image → text"}
 LABELS = {"two_tower": "two-tower", "fusion": "fusion (all pairs)", "rerank": "rerank",
-          "fusion_itc": "fusion's ITC heads (ablation)"}
+          FUSION_ITC: "fusion's ITC heads (ablation)"}
 COLORS = {"two_tower": "#1f77b4", "fusion": "#d62728", "rerank": "#2ca02c"}
 METRICS = ("R@1", "R@5", "R@10", "MRR")
 

@@ -17,7 +17,9 @@ import torch
 from core.evaluation.reference import score_matrix
 from core.features import Features
 from core.metrics import keys_to_index, order_keys
+from core.models.kind import ModelKind
 from core.retrieval import fused_scores, topk_keys
+from core.scoring.settings import Method, ScoringSettings
 
 
 def topk_rows(scores: np.ndarray, k: int, columns: np.ndarray | None = None) -> np.ndarray:
@@ -61,19 +63,22 @@ def rerank_topk(model, text: Features, image: Features, first_scores: np.ndarray
     return topk_rows(fused, k, candidates)
 
 
-def across(models: dict, queries: dict, gallery: dict, k: int, first_k: int,
-           alpha: float) -> dict:
-    """{method: {"t2i": (Nq, k), "i2t": (Nq, k)}} gallery rows for the three methods.
-    ``queries[kind]`` / ``gallery[kind]``: (text features, image features) of each model."""
-    tt_q, tt_g = queries["two_tower"], gallery["two_tower"]
+def across(fusion, queries: dict, gallery: dict, settings: ScoringSettings) -> dict:
+    """{method: {"t2i": (Nq, k), "i2t": (Nq, k)}} gallery rows for the three methods, with
+    the rerank ``settings`` as chosen on validation (k, rerank k, alpha). ``fusion``: the
+    fusion model; ``queries[kind]`` / ``gallery[kind]``: (text features, image features) of
+    each model."""
+    k = settings.k
+    tt_q, tt_g = queries[ModelKind.TWO_TOWER], gallery[ModelKind.TWO_TOWER]
     cos = {"t2i": (tt_q[0].embed @ tt_g[1].embed.T).float().numpy(),
            "i2t": (tt_q[1].embed @ tt_g[0].embed.T).float().numpy()}
-    f_q, f_g = queries["fusion"], gallery["fusion"]
+    f_q, f_g = queries[ModelKind.FUSION], gallery[ModelKind.FUSION]
     pairs = {"t2i": (f_q[0], f_g[1], True), "i2t": (f_g[0], f_q[1], False)}
-    out = {"two_tower": {d: topk_rows(s, k) for d, s in cos.items()},
-           "fusion": {}, "rerank": {}}
+    out = {Method.TWO_TOWER: {d: topk_rows(s, k) for d, s in cos.items()},
+           Method.FUSION: {}, Method.RERANK: {}}
     for d, (text, image, by_text) in pairs.items():
-        out["fusion"][d] = fusion_topk(models["fusion"], text, image, k, by_text)
-        out["rerank"][d] = rerank_topk(models["fusion"], text, image, cos[d],
-                                       min(first_k, cos[d].shape[1]), k, alpha, by_text)
+        out[Method.FUSION][d] = fusion_topk(fusion, text, image, k, by_text)
+        out[Method.RERANK][d] = rerank_topk(fusion, text, image, cos[d],
+                                            min(settings.rerank_k, cos[d].shape[1]), k,
+                                            settings.alpha, by_text)
     return out

@@ -17,6 +17,8 @@ from core.retrieval import StreamingRetrieval, fused_scores, rerank, topk_keys
 from core.precision import autocast
 from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, score_block
 from core.scoring.plan import default_tile
+from core.scoring.settings import ScoringSettings
+from core.models.kind import ModelKind
 
 def default_chunk(model) -> int:
     """The sub-block side of ``model``'s tiles on CPUs (``core.scoring.plan.tile_shape``, the
@@ -155,11 +157,14 @@ def rerank_matrices(itm: np.ndarray, itc: np.ndarray, groups: np.ndarray, k: int
 
 @torch.no_grad()
 def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10),
-             rerank_k: int = 16, rerank_alpha: float = 0.0, precision: str = "fp32") -> dict:
+             rerank_k: int | None = None, rerank_alpha: float = 0.0,
+             precision: str = "fp32") -> dict:
     """Retrieval metrics on an encoded gallery (its first ``max_items`` items), scored in
     ``precision`` (training's: ``core.precision.training_precision``). For the fusion
     model also its match accuracy, its ITC retrieval (``itc``) and retrieve-and-rerank inside
-    the model (``rerank``: ITC top-``rerank_k`` re-ordered by the fused score)."""
+    the model (``rerank``: ITC top-``rerank_k`` re-ordered by the fused score; None: the
+    scoring jobs' default)."""
+    rerank_k = ScoringSettings().rerank_k if rerank_k is None else rerank_k
     device = next(model.parameters()).device
     with autocast(device, precision):
         return _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha)
@@ -173,7 +178,7 @@ def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha) -> dict:
         text, image, groups = text.index(head), image.index(head), groups[head]
         n = max_items
     ks = tuple(k for k in ks if k <= n)
-    fusion = model.kind == "fusion"
+    fusion = model.kind == ModelKind.FUSION
     if fusion and model.config.fusion.score_alpha is None:
         model.score_alpha, scores = choose_score_alpha(model, text, image, groups, ks)
     else:

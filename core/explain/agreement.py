@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from core.explain import attribution as explain
+from core.models.kind import ModelKind
 
 STEPS = 10  # 0 %, 10 %, ... 100 % of the pixels
 TOP = (0.05, 0.20)
@@ -112,7 +113,8 @@ def agreement_study(cases: list[dict], seed: int = 0, steps: int = explain.IG_ST
             entry = agreement.setdefault(f"{a} vs {b}", {})
             for metric, value in map_agreement(up[a], up[b]).items():
                 entry.setdefault(metric, []).append(value)
-        first = explain.LABELS[("fusion", "gradcam")] if ("fusion", "gradcam") in maps else next(iter(up))
+        fusion_gradcam = (ModelKind.FUSION, "gradcam")
+        first = explain.LABELS[fusion_gradcam] if fusion_gradcam in maps else next(iter(up))
         entry = agreement.setdefault(f"{first} vs random map", {})
         for metric, value in map_agreement(up[first], up["random map"]).items():
             entry.setdefault(metric, []).append(value)

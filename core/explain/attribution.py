@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from core.models.kind import ModelKind
 
 IG_STEPS = 32
 
@@ -49,7 +50,7 @@ def pair_score(model, x: torch.Tensor, input_ids: torch.Tensor,
     """The score explained: fusion's match logit or the two-tower cosine, for standardised
     pixels ``x`` and captions, either side of batch 1 broadcast over the other."""
     mask = attention_mask.expand(len(input_ids), -1)
-    if model.kind == "fusion":  # the model broadcasts a side of batch 1, encoded once
+    if model.kind == ModelKind.FUSION:  # the model broadcasts a side of batch 1, encoded once
         return model(x, input_ids, mask)
     return (model.embed_image(x) * model.embed_text(input_ids, mask)).sum(-1)
 
@@ -142,7 +143,7 @@ def explain(model, pixels, input_ids, attention_mask, steps: int = IG_STEPS) -> 
     """Every map of this model for one pair (pixels (1,3,S,S) uint8, ids/mask (1,T))."""
     model.eval()
     out = {}
-    if model.kind == "fusion":
+    if model.kind == ModelKind.FUSION:
         att = fusion_attention(model, pixels, input_ids, attention_mask)
         out.update(attention=att["attention"], gradcam=att["gradcam"])
     else:

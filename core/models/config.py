@@ -4,18 +4,18 @@ lives beside its model (encoders, fusion, two-tower, concept head, masking)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from core.models.concept_head import ConceptConfig
 from core.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from core.models.fusion import FusionConfig
+from core.models.kind import ModelKind
 from core.models.masking import McrConfig
 from core.models.two_tower import TwoTowerConfig
 
 
 @dataclass
 class ModelConfig:
-    kind: Literal["two_tower", "fusion"] = "two_tower"
+    kind: ModelKind = ModelKind.TWO_TOWER
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)

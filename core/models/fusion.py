@@ -32,6 +32,7 @@ from core.features import Features
 from core.models.concept_head import build_concept_head
 from core.models.encoders import (ImageEncoder, TextEncoder, contrastive_heads, l2_normalize,
                                   masked_mean, register_logit_scale)
+from core.models.kind import ModelKind
 
 if TYPE_CHECKING:  # the model's config type, defined beside every model's part
     from core.models.config import ModelConfig
@@ -75,8 +76,9 @@ class FusionConfig:
     # records the number it chose.
     score_alpha: float | None = 0.0
     # Retrieve-and-rerank inside the fusion model, in validation: the ITC top-k re-scored by
-    # the match logit + rerank_alpha x the ITC cosine (the fused score).
-    rerank_k: int = 16
+    # the match logit + rerank_alpha x the ITC cosine (the fused score). None: the one
+    # default of every scoring job (core.scoring.settings.ScoringSettings.rerank_k).
+    rerank_k: int | None = None
     rerank_alpha: float = 0.0
 
 
@@ -161,7 +163,7 @@ class CrossAttentionLayer(nn.Module):
 
 
 class FusionModel(nn.Module):
-    kind = "fusion"
+    kind = ModelKind.FUSION
     feature_types = {"text": FusionText, "image": FusionImage}
 
     def __init__(self, config: ModelConfig, load_weights: bool = True):

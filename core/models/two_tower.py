@@ -20,6 +20,7 @@ from core.models.concept_head import build_concept_head
 from core.models.pooling import AttentionPool
 from core.models.encoders import (ImageEncoder, TextEncoder, contrastive_heads, l2_normalize,
                                   register_logit_scale, trim_padding)
+from core.models.kind import ModelKind
 
 if TYPE_CHECKING:  # the model's config type, defined beside every model's part
     from core.models.config import ModelConfig
@@ -42,7 +43,7 @@ class TwoTowerConfig:
 
 
 class TwoTowerModel(nn.Module):
-    kind = "two_tower"
+    kind = ModelKind.TWO_TOWER
     feature_types = {"text": Embeddings, "image": Embeddings}
 
     def __init__(self, config: ModelConfig, load_weights: bool = True):

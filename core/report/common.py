@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.evaluation.comparison import METHODS
+from core.models.kind import ModelKind
 
 KS = (1, 5, 10)
 
@@ -54,9 +55,9 @@ def encoder_epochs(training: dict) -> dict[str, int]:
     """Epochs each model's encoders were trained: the fusion model's include those of the
     two-tower checkpoint it started from."""
     epochs = {m: len(t.get("history") or []) for m, t in training.items()}
-    init = (training.get("fusion", {}).get("config") or {}).get("model", {}).get("fusion", {})
-    if init.get("init_from") and "two_tower" in epochs:
-        epochs["fusion"] += epochs["two_tower"]
+    init = (training.get(ModelKind.FUSION, {}).get("config") or {}).get("model", {}).get("fusion", {})
+    if init.get("init_from") and ModelKind.TWO_TOWER in epochs:
+        epochs[ModelKind.FUSION] += epochs[ModelKind.TWO_TOWER]
     return epochs
 
 

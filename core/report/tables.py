@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.evaluation.comparison import DIRECTIONS, LABELS
+from core.evaluation.comparison import DIRECTIONS, FUSION_ITC, LABELS
 from core.report.common import cost_seconds, encoder_epochs, fmt as _f, ks_of, methods_of
+from core.scoring.settings import Method
 
 
 def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
@@ -57,10 +58,10 @@ def cost_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
         info = metrics["methods"][m]
         t = info["timings"]
         pairs = t.get("pairs")
-        if m == "fusion":
+        if m == Method.FUSION:
             evals = f"{pairs:,} fusion-head pairs (N² = {n * n:,})"
             growth = "O(N) encode + O(N²) head"
-        elif m == "two_tower":
+        elif m == Method.TWO_TOWER:
             evals = f"{pairs:,} dot products (N² = {n * n:,}, as matmuls)"
             growth = "O(N) encode + O(N² d) matmul"
         else:
@@ -85,12 +86,12 @@ def training_rows(training: dict) -> tuple[list[str], list[list[str]]]:
         image, text = model.get("image", {}), model.get("text", {})
         head = (f"fusion width {model['fusion']['width']} x {model['fusion']['num_layers']} layers, "
                 f"{model['fusion']['negatives_per_positive']} {model['fusion']['negative_mode']} negatives"
-                if m == "fusion" else
+                if m == Method.FUSION else
                 f"{model['two_tower']['embed_dim']}-d, T={model['two_tower']['temperature']}"
                 if model else "")
         hist = t.get("history") or []
         encoder = text.get("name_or_path") or "BERT from config"
-        init = (model.get("fusion", {}).get("init_from") if m == "fusion" else None)
+        init = (model.get("fusion", {}).get("init_from") if m == Method.FUSION else None)
         rows.append([LABELS[m], f"{len(hist)} of {train.get('epochs', '?')}",
                      f"two-tower {Path(init).name}" if init else "scratch",
                      str(train.get("batch_size", "")), str(train.get("lr", "")),
@@ -135,12 +136,12 @@ def fine_grained_verdict(fg: dict | None, training: dict | None = None) -> str:
     text = (f"Fine-grained: over {fg['pairs']} one-attribute sibling pairs (both directions, "
             f"chance 0.5), the true item is ranked above its sibling by " + "; ".join(parts) + ".")
     for x in fg["differences"]:
-        if {x["a"], x["b"]} == {"fusion", "two_tower"}:
-            sign = 1 if x["a"] == "fusion" else -1
+        if {x["a"], x["b"]} == {Method.FUSION, Method.TWO_TOWER}:
+            sign = 1 if x["a"] == Method.FUSION else -1
             lo, hi = sorted((sign * x["low"], sign * x["high"]))
             text += (f" Fusion minus two-tower: {sign * x['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                      f"{'' if x['significant'] else ' (within noise)'}.")
-        if {x["a"], x["b"]} == {"fusion", "fusion_itc"} and not x["significant"]:
+        if {x["a"], x["b"]} == {Method.FUSION, FUSION_ITC} and not x["significant"]:
             text += (" The fusion model's own ITC heads, on the same encoders without "
                      "cross-attention, do as well on siblings (within noise): the gain here comes "
                      "from the encoders, trained jointly with the match head, rather than from "

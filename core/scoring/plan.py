@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from core.retrieval import StreamingRetrieval, correct_pairs, fuse, positive_keys
+from core.models.kind import ModelKind
 
 DIRECTIONS = ("t2i", "i2t")
 
@@ -54,7 +55,7 @@ def tile_shape(kind: str, device_type: str, memory_bytes: int | None = None) -> 
     sub-blocks in 1024 x 1024 tiles, halved on GPUs with less than 40 GB. The GPU sizes are
     a default, not a measurement: no GPU run has measured them yet (`python -m bench.gpu`
     writes bench/results/gpu.json, which would). The two-tower score is one matmul per tile."""
-    if kind == "two_tower":
+    if kind == ModelKind.TWO_TOWER:
         return (4096, 4096)
     if device_type != "cuda":
         return (64, 16)

@@ -24,6 +24,8 @@ from core.data.tokenizer import tokenize
 from core.retrieval import fused_scores
 from core.search.cases import Cases
 from core.search.limits import LIMITS, Limits, SearchError, check_k, check_query
+from core.models.kind import ModelKind
+from core.scoring.settings import ScoringSettings
 
 
 @dataclass
@@ -54,7 +56,7 @@ class CaseIndex:
     ``fusion_gallery`` the fusion model's features, both in ``cases`` order."""
 
     def __init__(self, retriever, gallery: dict, cases: Cases, reranker=None,
-                 fusion_gallery: dict | None = None, rerank_k: int = 32, alpha: float = 0.0,
+                 fusion_gallery: dict | None = None, scoring: ScoringSettings = ScoringSettings(),
                  limits: Limits = LIMITS):
         for side in ("text", "image"):
             if len(gallery[side]) != len(cases):
@@ -70,7 +72,7 @@ class CaseIndex:
         self.text_embed = gallery["text"].embed.float()
         self.fusion_gallery = fusion_gallery
         self.cases = cases
-        self.rerank_k, self.alpha = int(rerank_k), float(alpha)
+        self.rerank_k, self.alpha = scoring.rerank_k, scoring.alpha  # rerank's, as chosen
         self.limits = limits
 
     def __len__(self) -> int:
@@ -174,7 +176,7 @@ class CaseIndex:
         image = decode_image(self.cases.image[pos])
         pixels = _pixels(image, loaded.config.model.image.image_size)
         ids, mask = self._tokens(loaded, caption)
-        if model.kind == "fusion":
+        if model.kind == ModelKind.FUSION:
             maps = attribution.fusion_attention(model, pixels, ids, mask)
             panels = {"Grad-CAM (cross-attention)": maps["gradcam"],
                       "attention": maps["attention"]}

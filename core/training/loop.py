@@ -27,6 +27,7 @@ from core.losses.swap import swap_each_attribute
 from core.models import masking
 from core.models.encoders import trim_padding
 from core.precision import autocast
+from core.models.kind import ModelKind
 
 
 class LossModule(nn.Module):
@@ -41,7 +42,7 @@ class LossModule(nn.Module):
                  mask_seed: int = 0):
         super().__init__()
         self.mcr = config.mcr
-        if self.mcr.mode != "off" and config.kind == "two_tower" and mask_token_id is None:
+        if self.mcr.mode != "off" and config.kind == ModelKind.TWO_TOWER and mask_token_id is None:
             raise ValueError("model.mcr.mode needs the tokenizer's [MASK] token id")
         self.mask_token_id, self.mask_seed = mask_token_id, mask_seed
         self.mask_step = 0  # masks are drawn from (mask_seed, step): reproducible per step
@@ -60,7 +61,7 @@ class LossModule(nn.Module):
         """(loss, {name: float tensor}) for one batch. ``image_prefix`` / ``text_prefix``:
         the frozen encoder layers' outputs, encoded once before training, in place of the
         pixels (then None) / of the first layers' work."""
-        if self.kind == "two_tower":
+        if self.kind == ModelKind.TWO_TOWER:
             loss, stats, concept_logits = self._two_tower(pixel_values, input_ids,
                                                           attention_mask, group, image_prefix,
                                                           text_prefix)
