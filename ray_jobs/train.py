@@ -186,6 +186,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     validation, and the number of training rows) replaces the config's data, for benchmarks."""
     from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
                            RunConfig, ScalingConfig)
+    from ray.data import DataContext, ExecutionOptions
     from ray.train.torch import TorchTrainer
 
     datasets, rows = datasets or build_datasets(cfg, tokenizer, concepts)
@@ -200,8 +201,9 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
         resources["GPU"] = t.gpus_per_worker
     # Train's ingest options, with the rows in the seeded row-group order rather than in the
     # order the read tasks happen to finish: the same seed trains on the same batches.
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True
+    current = DataContext.get_current().execution_options
+    ingest = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+                              verbose_progress=current.verbose_progress)
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "concepts": concepts,
