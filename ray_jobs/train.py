@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,7 +187,6 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     validation, and the number of training rows) replaces the config's data, for benchmarks."""
     from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
                            RunConfig, ScalingConfig)
-    from ray.data import DataContext, ExecutionOptions
     from ray.train.torch import TorchTrainer
 
     datasets, rows = datasets or build_datasets(cfg, tokenizer, concepts)
@@ -201,9 +201,10 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
         resources["GPU"] = t.gpus_per_worker
     # Train's ingest options, with the rows in the seeded row-group order rather than in the
     # order the read tasks happen to finish: the same seed trains on the same batches.
-    current = DataContext.get_current().execution_options
-    ingest = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
-                              verbose_progress=current.verbose_progress)
+    with warnings.catch_warnings():  # Ray's own defaults carry a deprecated field over
+        warnings.filterwarnings("ignore", message=".*exclude_resources.*")
+        ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "concepts": concepts,
