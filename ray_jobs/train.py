@@ -62,17 +62,15 @@ class TrainArgs:
         """The preset and --set (checked at load), then this command's own flags, set as
         typed fields."""
         cfg = load_config(self.config, self.set)
-        for value, (section, key) in ((self.model, ("model", "kind")), (self.data, ("data", "path")),
-                                      (self.name, ("train", "name")),
-                                      (self.storage_path, ("train", "storage_path")),
-                                      (self.epochs, ("train", "epochs")),
-                                      (self.num_workers, ("train", "num_workers"))):
+        for value, section, key in ((self.data, cfg.data, "path"), (self.name, cfg.train, "name"),
+                                    (self.storage_path, cfg.train, "storage_path"),
+                                    (self.epochs, cfg.train, "epochs"),
+                                    (self.num_workers, cfg.train, "num_workers"),
+                                    (self.init_from, cfg.model.fusion, "init_from")):
             if value is not None:
-                setattr(getattr(cfg, section), key, value)
-        if self.model is not None:
+                setattr(section, key, value)
+        if self.model is not None:  # argparse's choices checked the name
             cfg.model.kind = ModelKind(self.model)
-        if self.init_from is not None:
-            cfg.model.fusion.init_from = self.init_from
         return cfg
 
 
