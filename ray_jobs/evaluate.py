@@ -136,8 +136,9 @@ def cross_split_topk(cfg: EvaluateConfig, jobs: dict, scored: Scored,
                         "compared")
     log.info("concept-aware retrieval against the %s split (%d items)", cfg.gallery_split,
              len(ids[ModelKind.FUSION]))
-    return (across(scored.model(ModelKind.FUSION), queries, gallery, jobs[Method.RERANK].settings),
-            ids[ModelKind.FUSION])
+    rerank = jobs[Method.RERANK]  # as chosen on validation, in the scoring jobs' precision
+    return (across(scored.model(ModelKind.FUSION), queries, gallery,
+                   rerank.settings.replace(precision=rerank.precision)), ids[ModelKind.FUSION])
 
 
 def read_ablation(cfg: EvaluateConfig) -> dict | None:
@@ -231,7 +232,7 @@ def analyse(cfg: EvaluateConfig, metrics: dict, scored: Scored, jobs: dict, gall
 
     full = {m: metrics["methods"][m]["timings"]["score_s"] for m in METHODS}
     step("scaling", "scaling curve", "the scaling curve", analyses.scaling_curve, scored,
-         cfg.scaling_points, rerank.rerank_k, full)
+         cfg.scaling_points, rerank.rerank_k, full, jobs[Method.FUSION].precision)
     step("fine_grained", "sibling accuracy", "sibling accuracy", analyses.sibling_accuracy,
          scored, data, cfg.split, rerank.alpha)
     step("caption_quality", "caption quality", "report quality of the retrieved captions",

@@ -158,7 +158,8 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
         cfg.model.text.vocab_size = len(tokenizer)
     if training_precision(cfg.train.precision, "cuda" if cfg.train.use_gpu else "cpu") != \
             cfg.train.precision:
-        log.info("train.precision bf16 applies on GPUs; this CPU run trains in fp32")
+        log.info("train.precision bf16 applies on GPUs and CPUs with native bf16; this CPU "
+                 "run trains in fp32")
     return cfg, tokenizer, source, concept_vocabulary(cfg)
 
 

@@ -53,11 +53,12 @@ def guarded(label: str, analysis: Callable, *args, **kwargs):
 
 
 def scaling_curve(scored: Scored, points: int, rerank_k: int,
-                  full_seconds: dict[str, float] | None = None) -> dict:
+                  full_seconds: dict[str, float] | None = None, precision: str = "fp32") -> dict:
     """Scoring time of each method at growing gallery sizes, one process, on the features the
-    scoring jobs encoded (encoders excluded: they are linear in N). The full gallery was
-    scored already: with ``full_seconds`` (each method's scoring time there) it is not
-    scored again; only the smaller sizes are measured, and the slopes are fit on them."""
+    scoring jobs encoded (encoders excluded: they are linear in N), fusion in the scoring
+    jobs' ``precision``. The full gallery was scored already: with ``full_seconds`` (each
+    method's scoring time there) it is not scored again; only the smaller sizes are
+    measured, and the slopes are fit on them."""
     fusion, two_tower = scored.model("fusion"), scored.model("two_tower")
     f_text, f_image = scored.features("fusion")
     t_text, t_image = scored.features("two_tower")
@@ -72,7 +73,8 @@ def scaling_curve(scored: Scored, points: int, rerank_k: int,
         head, g = slice(0, size), groups[:size]
         t0 = time.perf_counter()
         stream_retrieval(fusion, f_text.index(head), f_image.index(head), g, g,
-                         k=min(10, size), block=tile_shape("fusion", "cpu")[0])
+                         k=min(10, size), block=tile_shape("fusion", "cpu")[0],
+                         precision=precision)
         seconds["fusion"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         kc = min(rerank_k, size)
@@ -82,10 +84,11 @@ def scaling_curve(scored: Scored, points: int, rerank_k: int,
         first = {d: (*acc.topk(d), r) for d, r in zip(DIRECTIONS, acc.ranks())}
         t0 = time.perf_counter()
         rerank_retrieval(fusion, f_text.index(head), f_image.index(head), g, first,
-                         k=min(10, kc), block=tile_shape("fusion", "cpu")[0])
+                         k=min(10, kc), block=tile_shape("fusion", "cpu")[0],
+                         precision=precision)
         seconds["rerank"].append(seconds["two_tower"][-1] + time.perf_counter() - t0)
         log.info("scaling N=%d: %s", size, {m: round(s[-1], 3) for m, s in seconds.items()})
-    out = {"sizes": sizes, "seconds": seconds,
+    out = {"sizes": sizes, "seconds": seconds, "precision": precision,
            "exponents": {m: fit_exponent(sizes, s) for m, s in seconds.items()}}
     if full_seconds is not None:
         out["full"] = {"size": n, "seconds": {m: full_seconds[m] for m in METHODS},

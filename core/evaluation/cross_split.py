@@ -18,6 +18,7 @@ from core.evaluation.reference import score_matrix
 from core.features import Features
 from core.metrics import keys_to_index, order_keys
 from core.models.kind import ModelKind
+from core.precision import autocast
 from core.retrieval import fused_scores, topk_keys
 from core.scoring.settings import Method, ScoringSettings
 
@@ -65,7 +66,8 @@ def rerank_topk(model, text: Features, image: Features, first_scores: np.ndarray
 
 def across(fusion, queries: dict, gallery: dict, settings: ScoringSettings) -> dict:
     """{method: {"t2i": (Nq, k), "i2t": (Nq, k)}} gallery rows for the three methods, with
-    the rerank ``settings`` as chosen on validation (k, rerank k, alpha). ``fusion``: the
+    the rerank ``settings`` as chosen on validation (k, rerank k, alpha; fusion pairs in
+    ``settings.precision``, fp32 when None). ``fusion``: the
     fusion model; ``queries[kind]`` / ``gallery[kind]``: (text features, image features) of
     each model."""
     k = settings.k
@@ -76,9 +78,11 @@ def across(fusion, queries: dict, gallery: dict, settings: ScoringSettings) -> d
     pairs = {"t2i": (f_q[0], f_g[1], True), "i2t": (f_g[0], f_q[1], False)}
     out = {Method.TWO_TOWER: {d: topk_rows(s, k) for d, s in cos.items()},
            Method.FUSION: {}, Method.RERANK: {}}
+    device = next(fusion.parameters()).device
     for d, (text, image, by_text) in pairs.items():
-        out[Method.FUSION][d] = fusion_topk(fusion, text, image, k, by_text)
-        out[Method.RERANK][d] = rerank_topk(fusion, text, image, cos[d],
-                                            min(settings.rerank_k, cos[d].shape[1]), k,
-                                            settings.alpha, by_text)
+        with autocast(device, settings.precision or "fp32"):
+            out[Method.FUSION][d] = fusion_topk(fusion, text, image, k, by_text)
+            out[Method.RERANK][d] = rerank_topk(fusion, text, image, cos[d],
+                                                min(settings.rerank_k, cos[d].shape[1]), k,
+                                                settings.alpha, by_text)
     return out

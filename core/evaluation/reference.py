@@ -97,13 +97,13 @@ def stream_retrieval(model, text: Features, image: Features, text_groups, image_
 @torch.no_grad()
 def rerank_retrieval(model, text: Features, image: Features, groups, first_stage: dict,
                      k: int = 10, alpha: float = 0.0, block: int = 256,
-                     chunk: int | None = None) -> dict:
+                     chunk: int | None = None, precision: str = "fp32") -> dict:
     """Retrieve-and-rerank in this process: ``first_stage[d]`` = (candidate rows, scores,
     ranks) per direction, re-scored by ``model`` (see ``ScoringPlan.run_rerank``)."""
     block, chunk = fit_tile(block, chunk or default_chunk(model))
     plan = ScoringPlan(groups, groups, block=block, chunk=chunk, k=k)
     device = next(model.parameters()).device
-    worker = TileWorker(model, in_memory_blocks(text, image, block), plan, device)
+    worker = TileWorker(model, in_memory_blocks(text, image, block), plan, device, precision)
     return plan.run_rerank(local_executor(worker), first_stage, alpha)
 
 

@@ -1,0 +1,58 @@
+"""Precision: bf16 where the device computes it natively (GPUs, CPUs with AVX512-BF16 / AMX),
+fp32 elsewhere; and every fusion scoring path of an evaluation runs in the scoring job's
+precision (the cross-split retrieval too, not only the scoring actors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core import precision
+from core.config import load_config
+from core.evaluation.cross_split import across
+from core.models import build_model
+from core.scoring.settings import ScoringSettings
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_bf16_is_honoured_on_cpus_that_compute_it_natively(monkeypatch, native, expected):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert precision.training_precision("bf16", "cpu") == expected
+    assert precision.training_precision("bf16", "cuda") == "bf16"
+    assert precision.training_precision("fp32", "cpu") == "fp32"
+    # scoring: the flag wins; else the checkpoint's training precision where it runs
+    assert precision.scoring_precision(None, "cpu", "bf16") == expected
+    assert precision.scoring_precision("fp32", "cpu", "bf16") == "fp32"
+    assert precision.scoring_precision(None, "cpu", "fp32") == "fp32"
+
+
+def _models_and_features():
+    torch.manual_seed(0)
+    models, feats = {}, {}
+    for kind in ("two_tower", "fusion"):
+        cfg = load_config("tiny", [f"model.kind={kind}"])
+        cfg.model.text.vocab_size = 100
+        models[kind] = build_model(cfg.model).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, n in (("q", 5), ("g", 9)):
+            px = torch.randint(0, 255, (n, 3, 64, 64), dtype=torch.uint8, generator=gen)
+            ids = torch.randint(5, 100, (n, 8), generator=gen)
+            mask = torch.ones(n, 8, dtype=torch.long)
+            feats[name] = {k: (m.encode_text(ids, mask), m.encode_image(px)) for k, m in models.items()}
+    return models, feats
+
+
+@pytest.mark.parametrize("wanted", ["bf16", "fp32", None])
+def test_cross_split_retrieval_scores_fusion_pairs_in_the_settings_precision(wanted):
+    models, feats = _models_and_features()
+    seen = []
+    hooks = [m.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+             for m in models["fusion"].modules() if isinstance(m, torch.nn.Linear)]
+    got = across(models["fusion"], feats["q"], feats["g"],
+                 ScoringSettings(k=3, rerank_k=4, precision=wanted))
+    for h in hooks:
+        h.remove()
+    assert seen and set(seen) == {wanted == "bf16"}
+    assert np.asarray(got["fusion"]["t2i"]).shape == (5, 3)
