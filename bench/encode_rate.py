@@ -1,7 +1,8 @@
 """The frozen towers' encode stage through Ray against the same work in one process, side by
 side in one run: rows/s of EfficientNet-Lite0 + MiniLM (roco_cpu, 224 px) over the same
 real figures (the embedded datasets/roco-ccby training split), decode and preprocessing
-included in both.
+included in both, both in the precision roco_cpu's training runs in (bf16 on CPUs with
+native bf16: ``core.precision``).
 
   in process   one process, torch on all the machine's cores: read, preprocess, run the
                frozen layers (``core.training.frozen_features.encode_frozen``), 64 rows a batch
@@ -37,7 +38,7 @@ def build(config):
     return build_model(config.model).eval()
 
 
-def in_process(config, tokenizer, rows: int) -> float:
+def in_process(config, tokenizer, rows: int, precision: str) -> float:
     from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import read_split
     from core.training.frozen_features import encode_frozen
@@ -48,11 +49,11 @@ def in_process(config, tokenizer, rows: int) -> float:
     t0 = time.perf_counter()
     table = read_split(DATA, "train", max_rows=rows)
     for start in range(0, table.num_rows, 64):
-        encode_frozen(model, pre(table.slice(start, 64)))
+        encode_frozen(model, pre(table.slice(start, 64)), precision=precision)
     return table.num_rows / (time.perf_counter() - t0)
 
 
-def ray_stage(config, tokenizer, rows: int, cpus: float) -> tuple[float, dict]:
+def ray_stage(config, tokenizer, rows: int, cpus: float, precision: str) -> tuple[float, dict]:
     from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import resolve_split
     from ray_jobs.frozen import ensure_store
@@ -66,7 +67,7 @@ def ray_stage(config, tokenizer, rows: int, cpus: float) -> tuple[float, dict]:
                                resolve_split(str(DATA), "train"), rows,
                                build_model=partial(build, config),
                                preprocessor=build_preprocessor(config.model, tokenizer),
-                               actors=1, cpus=cpus)
+                               actors=1, cpus=cpus, precision=precision)
         wall = time.perf_counter() - t0
     return meta["rows"] / wall, {"rows": meta["rows"], "wall_s": wall, "stage_s": meta["encode_s"]}
 
@@ -81,11 +82,15 @@ def main(argv=None) -> dict:
     config = load_config("roco_cpu")
     tokenizer, _ = resolve_tokenizer(config.model.text, str(DATA))
     cpus = config.train.num_workers * config.train.cpus_per_worker  # what training reserves
-    local = in_process(config, tokenizer, args.rows)
-    staged, info = ray_stage(config, tokenizer, args.rows, cpus)
+    from core.precision import training_precision
+
+    precision = training_precision(config.train.precision, "cpu")  # as roco_cpu's training runs
+    local = in_process(config, tokenizer, args.rows, precision)
+    staged, info = ray_stage(config, tokenizer, args.rows, cpus, precision)
     result = {"bench": "encode_rate", "data": str(DATA), "rows": args.rows,
               "in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
               "ratio": staged / local, "ray_stage": info, "ray_stage_cpus": cpus,
+              "precision": precision,
               "threads_in_process": torch.get_num_threads(), "target_ratio": 0.8}
     print(f"in process {local:.1f} rows/s; Ray stage {staged:.1f} rows/s ({staged / local:.2f}x)")
     write_result(result)
@@ -95,7 +100,8 @@ def main(argv=None) -> dict:
 def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     """This benchmark's rows of the README's performance table: (benchmark, measured,
     target, verdict), from its results file (``bench.summary`` collects them)."""
-    return [("frozen towers' encode stage (roco_cpu, 224 px), Ray stage vs one process",
+    return [(f"frozen towers' encode stage (roco_cpu, 224 px, {r.get('precision', 'fp32')}), "
+             "Ray stage vs one process",
              f"{r['ray_stage_rows_per_s']:.1f} vs {r['in_process_rows_per_s']:.1f} rows/s: "
              f"{r['ratio']:.2f}x ({r['rows']} real figures; the stage's wall includes "
              "starting its actor)", f">= {r['target_ratio']:.1f}x",

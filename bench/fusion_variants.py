@@ -193,6 +193,7 @@ def main(argv=None) -> dict:
     from core.checkpoint import load_checkpoint, resolve_checkpoint
     from core.data.rocov2 import resolve_split, split_identity
     from core.frozen_store import FrozenStore, store_key
+    from core.precision import training_precision
 
     def log(line):
         print(line, flush=True)
@@ -204,8 +205,9 @@ def main(argv=None) -> dict:
     tt = load_checkpoint(tt_path)
     rows, tt_features = {}, {}
     for split in SPLITS:
-        key = store_key(tt.model, tt.config.model, tt.tokenizer,
-                        split_identity(resolve_split(data, split)), None)
+        key = store_key(tt.model, tt.config.model, tt.tokenizer,  # as the demo's training ran
+                        split_identity(resolve_split(data, split)), None,
+                        training_precision(tt.config.train.precision, "cpu"))
         store = FrozenStore.find(str(run / "cache"), key)
         if store is None:
             raise SystemExit(f"{run}/cache holds no frozen store of the {split} split for "

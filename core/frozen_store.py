@@ -74,9 +74,10 @@ def tokenizer_identity(tokenizer) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def store_key(model, model_config, tokenizer, split: dict, max_rows: int | None) -> dict | None:
-    """Everything a frozen store's content depends on; None when the model has no frozen
-    layers (nothing to store)."""
+def store_key(model, model_config, tokenizer, split: dict, max_rows: int | None,
+              precision: str = "fp32") -> dict | None:
+    """Everything a frozen store's content depends on (``precision``: what the frozen layers
+    ran in); None when the model has no frozen layers (nothing to store)."""
     frozen = frozen_identity(model)
     if frozen is None:
         return None
@@ -85,7 +86,8 @@ def store_key(model, model_config, tokenizer, split: dict, max_rows: int | None)
     ic = model_config.image
     return {"format": FORMAT, "frozen": frozen, "arch": ic.arch, "image_size": ic.image_size,
             "normalization": normalization(ic), "max_length": model_config.text.max_length,
-            "tokenizer": tokenizer_identity(tokenizer), "data": split, "max_rows": max_rows}
+            "tokenizer": tokenizer_identity(tokenizer), "data": split, "max_rows": max_rows,
+            "precision": precision}
 
 
 class FrozenStore:

@@ -39,11 +39,13 @@ class FrozenStageEncoder:
     """Ray Data actor: read row groups, preprocess, run the model's frozen layers."""
 
     def __init__(self, build_model: Callable[[], torch.nn.Module], preprocessor, filesystem,
-                 columns: list[str], threads: int, device: str = "cpu"):
+                 columns: list[str], threads: int, device: str = "cpu",
+                 precision: str = "fp32"):
         torch.set_num_threads(threads)  # the CPUs this actor reserved, not Ray's one thread
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.model = build_model().to(self.device).eval()
         self.preprocessor, self.filesystem, self.columns = preprocessor, filesystem, columns
+        self.precision = precision
 
     def __call__(self, units: dict) -> dict:
         parts = []
@@ -52,7 +54,7 @@ class FrozenStageEncoder:
             cui = table.column("cui").to_pylist() if "cui" in table.column_names else None
             for start in range(0, table.num_rows, 64):
                 rows = self.preprocessor(table.slice(start, 64))
-                out = encode_frozen(self.model, rows, device=self.device)
+                out = encode_frozen(self.model, rows, device=self.device, precision=self.precision)
                 out["cui"] = np.empty(len(rows["skip"]), dtype=object)
                 out["cui"][:] = [list(c or []) for c in cui[start:start + 64]] if cui else [[]] * len(
                     rows["skip"])
@@ -63,17 +65,20 @@ class FrozenStageEncoder:
 def ensure_store(cache: str, model, model_config, tokenizer, files: SplitFiles,
                  max_rows: int | None, build_model: Callable[[], torch.nn.Module],
                  preprocessor, actors: int = 1, cpus: float = 1.0,
-                 gpus_per_actor: float = 0.0) -> tuple[FrozenStore, dict] | None:
+                 gpus_per_actor: float = 0.0,
+                 precision: str = "fp32") -> tuple[FrozenStore, dict] | None:
     """The complete frozen store of this split for ``model``'s frozen layers: reused when one
     with the same key exists under ``cache``, else encoded now by up to ``actors`` actors
     sharing ``cpus`` CPUs (``build_model`` makes the model inside each actor; each runs
-    torch on the cores it reserved). None when the model has no frozen layers."""
+    torch on the cores it reserved, in ``precision``: the run's training precision, so
+    training, scoring and serve share one store). None when the model has no frozen layers."""
     identity = split_identity(files)
-    key = store_key(model, model_config, tokenizer, identity, max_rows)
+    key = store_key(model, model_config, tokenizer, identity, max_rows, precision)
     if key is None:
         return None
     if max_rows is not None:  # the whole split's store serves its first rows too
-        whole = FrozenStore.find(cache, store_key(model, model_config, tokenizer, identity, None))
+        whole = FrozenStore.find(cache, store_key(model, model_config, tokenizer, identity, None,
+                                                 precision))
         if whole is not None:
             return _reused(whole, files.split, max_rows)
     store = FrozenStore.find(cache, key)
@@ -96,7 +101,8 @@ def ensure_store(cache: str, model, model_config, tokenizer, files: SplitFiles,
         ds = ds.map_batches(
             FrozenStageEncoder, fn_constructor_args=(build_model, preprocessor, files.filesystem,
                                                      columns_to_read(files), threads,
-                                                     "cuda" if gpus_per_actor else "cpu"),
+                                                     "cuda" if gpus_per_actor else "cpu",
+                                                     precision),
             batch_size=1, batch_format="numpy", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
             compute=ray.data.ActorPoolStrategy(size=actors), max_restarts=0)
     ds.context.execution_options.preserve_order = True  # the store keeps the split's order
@@ -114,8 +120,8 @@ def ensure_store(cache: str, model, model_config, tokenizer, files: SplitFiles,
     seconds = time.perf_counter() - t0
     meta = dict(store.finish(blocks, written, skipped, seconds), reused=False, limit=max_rows)
     log.info("%s split: frozen encoders ran once over %d rows in %.0f s (%.1f rows/s, %d "
-             "actor(s) x %d thread(s)); skipped %s", files.split, written, seconds,
-             written / max(seconds, 1e-9), actors, threads,
+             "actor(s) x %d thread(s), %s); skipped %s", files.split, written, seconds,
+             written / max(seconds, 1e-9), actors, threads, precision,
              skipped or "none")
     return store, meta
 

@@ -26,7 +26,7 @@ from core.feature_store import FeatureStore
 from core.frozen_store import frozen_identity, model_batch
 from core.models import MODELS
 from core.models.kind import ModelKind
-from core.precision import autocast
+from core.precision import autocast, training_precision
 from core.scoring import outputs
 from core.work_cache import keyed_dir
 from ray_jobs.options import UserError
@@ -265,7 +265,8 @@ def encode_from_frozen(job, kind: ModelKind, block: int, key: dict, store: Featu
         build_model=partial(_load_model, job.checkpoints[kind]),
         preprocessor=build_preprocessor(loaded.config.model, loaded.tokenizer),
         actors=pool_size(cfg), cpus=cfg.actors * cfg.cpus_per_actor,  # the pool's CPUs
-        gpus_per_actor=cfg.gpus_per_actor if cfg.use_gpu else 0)
+        gpus_per_actor=cfg.gpus_per_actor if cfg.use_gpu else 0,  # in training's precision:
+        precision=training_precision(loaded.config.train.precision, job.device))  # its store
     t0 = time.perf_counter()
     model, device = loaded.model.eval(), "cpu"
     host, pending, skipped, left = [], [], {}, meta["limit"]

@@ -123,7 +123,8 @@ def frozen_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[di
             build_model=partial(initial_model, cfg),
             preprocessor=build_preprocessor(cfg.model, tokenizer),
             actors=t.num_workers, cpus=t.num_workers * t.cpus_per_worker,  # training's CPUs
-            gpus_per_actor=t.gpus_per_worker if t.use_gpu else 0)
+            gpus_per_actor=t.gpus_per_worker if t.use_gpu else 0,
+            precision=training_precision(t.precision, "cuda" if t.use_gpu else "cpu"))
         datasets[name] = {"store": store.root, "limit": meta["limit"]}
         if name == "train":
             rows = meta["rows"] if meta["limit"] is None else min(meta["rows"], meta["limit"])

@@ -47,6 +47,9 @@ def test_the_key_is_the_frozen_weights_and_the_preprocessing():
     assert store_key(two_tower, cfg.model, tok, SPLIT, None) != key
     cfg.model.image.image_size -= 32
     assert store_key(two_tower, cfg.model, Tokenizer(["[PAD]", "left"]), SPLIT, None) != key
+    # and the precision they ran in (bf16 outputs are not fp32's)
+    assert store_key(two_tower, cfg.model, tok, SPLIT, None, "bf16") != key
+    assert store_key(two_tower, cfg.model, tok, SPLIT, None, "fp32") == key
     # a BatchNorm statistic of a frozen stage is part of what they compute with
     with torch.no_grad():
         next(b for n, b in two_tower.image_encoder.named_buffers() if "running_mean" in n).add_(1)

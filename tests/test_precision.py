@@ -56,3 +56,26 @@ def test_cross_split_retrieval_scores_fusion_pairs_in_the_settings_precision(wan
         h.remove()
     assert seen and set(seen) == {wanted == "bf16"}
     assert np.asarray(got["fusion"]["t2i"]).shape == (5, 3)
+
+
+@pytest.mark.parametrize("wanted", ["bf16", "fp32"])
+def test_the_frozen_layers_run_in_the_requested_precision(wanted):
+    from core.training.frozen_features import encode_frozen
+
+    cfg = load_config("tiny", ["model.kind=two_tower", "model.image.freeze_stages=-1",
+                               "model.text.freeze_layers=-1"])
+    cfg.model.text.vocab_size = 100
+    model = build_model(cfg.model).eval()
+    seen = []
+    hooks = [m.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+             for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    rng = np.random.default_rng(0)
+    rows = {"pixel_values": rng.integers(0, 255, (3, 3, 64, 64), dtype=np.uint8),
+            "input_ids": rng.integers(5, 100, (3, 8)), "attention_mask": np.ones((3, 8), np.int64),
+            "group": np.arange(3), "skip": np.zeros(3, np.int8), "image_id": np.array(["a", "b", "c"], dtype=object),
+            "caption": np.array(["x", "y", "z"], dtype=object)}
+    out = encode_frozen(model, rows, precision=wanted)
+    for h in hooks:
+        h.remove()
+    assert seen and set(seen) == {wanted == "bf16"}
+    assert out["image_prefix"].shape[0] == 3 and out["text_prefix"].shape[0] == 3

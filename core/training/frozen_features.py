@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.precision import autocast
+
 from core.batch import collate
 
 
@@ -20,11 +22,18 @@ def frozen_parts(model) -> dict[str, bool]:
 
 
 @torch.no_grad()
-def encode_frozen(model, rows: dict, dtype=torch.float16, device="cpu") -> dict:
+def encode_frozen(model, rows: dict, dtype=torch.float16, device="cpu",
+                  precision: str = "fp32") -> dict:
     """A preprocessed numpy batch -> the same batch with ``image_prefix`` (B, C, h, w) in
     place of ``pixel_values`` and ``text_prefix`` (B, T, H) beside the token ids, both stored
     as ``dtype`` (half the bytes; the trainable layers compute in their own precision), run
-    on ``device``. Skipped rows keep their place with zeros, as everywhere."""
+    on ``device`` in ``precision`` (the run's training precision: ``core.precision``; the
+    store's key records it). Skipped rows keep their place with zeros, as everywhere."""
+    with autocast(device, precision):
+        return _encode_frozen(model, rows, dtype, device)
+
+
+def _encode_frozen(model, rows: dict, dtype, device) -> dict:
     parts = frozen_parts(model)
     out = dict(rows)
     keep = np.asarray(rows["skip"]) == 0
