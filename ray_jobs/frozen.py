@@ -108,8 +108,20 @@ def ensure_store(cache: str, model, model_config, tokenizer, files: SplitFiles,
     ds.context.execution_options.preserve_order = True  # the store keeps the split's order
     if max_rows is not None:
         ds = ds.limit(max_rows)
+    blocks, written, skipped, seconds = _write(store, ds, files.split, rows)
+    meta = dict(store.finish(blocks, written, skipped, seconds), reused=False, limit=max_rows)
+    log.info("%s split: frozen encoders ran once over %d rows in %.0f s (%.1f rows/s, %d "
+             "actor(s) x %d thread(s), %s); skipped %s", files.split, written, seconds,
+             written / max(seconds, 1e-9), actors, threads, precision,
+             skipped or "none")
+    return store, meta
+
+
+def _write(store: FrozenStore, ds, split: str, rows: int) -> tuple[int, int, dict, float]:
+    """The stage's output into the store, block by block, with progress: (blocks, rows
+    written, skipped counts, seconds)."""
     t0 = time.perf_counter()
-    progress = Progress(f"{files.split} split: frozen encoder outputs", total=rows, every=10.0)
+    progress = Progress(f"{split} split: frozen encoder outputs", total=rows, every=10.0)
     blocks, written, skipped = 0, 0, {}
     for batch in ds.iter_batches(batch_size=STORE_BLOCK, batch_format="numpy"):
         store.write_block(blocks, batch)
@@ -117,13 +129,7 @@ def ensure_store(cache: str, model, model_config, tokenizer, files: SplitFiles,
         written += len(batch["skip"])
         skipped = merge_counts(skipped, count_skips(np.asarray(batch["skip"])))
         progress.update(len(batch["skip"]))
-    seconds = time.perf_counter() - t0
-    meta = dict(store.finish(blocks, written, skipped, seconds), reused=False, limit=max_rows)
-    log.info("%s split: frozen encoders ran once over %d rows in %.0f s (%.1f rows/s, %d "
-             "actor(s) x %d thread(s), %s); skipped %s", files.split, written, seconds,
-             written / max(seconds, 1e-9), actors, threads, precision,
-             skipped or "none")
-    return store, meta
+    return blocks, written, skipped, time.perf_counter() - t0
 
 
 def _reused(store: FrozenStore, split: str, limit: int | None) -> tuple[FrozenStore, dict]:
