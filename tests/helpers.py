@@ -88,3 +88,28 @@ def with_scoring(**kwargs) -> dict:
     names = {f.name for f in dataclasses.fields(ScoringSettings)}
     settings = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
     return {**kwargs, "scoring": ScoringSettings(**settings)}
+
+
+def tiny_models_and_features(queries: int, gallery: int) -> tuple[dict, dict]:
+    """Seeded random ``tiny`` two-tower and fusion models (eval mode) and both models'
+    (text, image) features of ``queries`` and ``gallery`` random pairs (64 px, 8 tokens):
+    ({kind: model}, {"q" | "g": {kind: (text, image)}})."""
+    import torch
+
+    from core.config import load_config
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    models, feats = {}, {}
+    for kind in ("two_tower", "fusion"):
+        cfg = load_config("tiny", [f"model.kind={kind}"])
+        cfg.model.text.vocab_size = 100
+        models[kind] = build_model(cfg.model).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, n in (("q", queries), ("g", gallery)):
+            px = torch.randint(0, 255, (n, 3, 64, 64), dtype=torch.uint8, generator=gen)
+            ids = torch.randint(5, 100, (n, 8), generator=gen)
+            mask = torch.ones(n, 8, dtype=torch.long)
+            feats[name] = {k: (m.encode_text(ids, mask), m.encode_image(px)) for k, m in models.items()}
+    return models, feats

@@ -8,9 +8,8 @@ import torch
 
 from core.scoring.settings import ScoringSettings
 
-from core.config import load_config
 from core.evaluation.cross_split import across, topk_rows
-from core.models import build_model
+from tests.helpers import tiny_models_and_features
 
 
 def test_topk_rows_orders_by_score_then_lower_index():
@@ -21,23 +20,8 @@ def test_topk_rows_orders_by_score_then_lower_index():
 
 
 def test_every_method_matches_a_brute_force_across_splits():
-    torch.manual_seed(0)
-    models, feats = {}, {}
-    for kind in ("two_tower", "fusion"):
-        cfg = load_config("tiny", [f"model.kind={kind}"])
-        cfg.model.text.vocab_size = 100
-        models[kind] = build_model(cfg.model).eval()
-    gen = torch.Generator().manual_seed(1)
-
-    def rows(n):
-        px = torch.randint(0, 255, (n, 3, 64, 64), dtype=torch.uint8, generator=gen)
-        ids = torch.randint(5, 100, (n, 8), generator=gen)
-        return px, ids, torch.ones(n, 8, dtype=torch.long)
-
-    q, g = rows(5), rows(11)
+    models, feats = tiny_models_and_features(5, 11)
     with torch.no_grad():
-        for name, (px, ids, mask) in (("q", q), ("g", g)):
-            feats[name] = {k: (m.encode_text(ids, mask), m.encode_image(px)) for k, m in models.items()}
         got = across(models["fusion"], feats["q"], feats["g"],
                      ScoringSettings(k=4, rerank_k=6, alpha=2.0))
         f = models["fusion"]

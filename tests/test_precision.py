@@ -13,6 +13,7 @@ from core.config import load_config
 from core.evaluation.cross_split import across
 from core.models import build_model
 from core.scoring.settings import ScoringSettings
+from tests.helpers import tiny_models_and_features
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
@@ -27,26 +28,9 @@ def test_bf16_is_honoured_on_cpus_that_compute_it_natively(monkeypatch, native, 
     assert precision.scoring_precision(None, "cpu", "fp32") == "fp32"
 
 
-def _models_and_features():
-    torch.manual_seed(0)
-    models, feats = {}, {}
-    for kind in ("two_tower", "fusion"):
-        cfg = load_config("tiny", [f"model.kind={kind}"])
-        cfg.model.text.vocab_size = 100
-        models[kind] = build_model(cfg.model).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, n in (("q", 5), ("g", 9)):
-            px = torch.randint(0, 255, (n, 3, 64, 64), dtype=torch.uint8, generator=gen)
-            ids = torch.randint(5, 100, (n, 8), generator=gen)
-            mask = torch.ones(n, 8, dtype=torch.long)
-            feats[name] = {k: (m.encode_text(ids, mask), m.encode_image(px)) for k, m in models.items()}
-    return models, feats
-
-
 @pytest.mark.parametrize("wanted", ["bf16", "fp32", None])
 def test_cross_split_retrieval_scores_fusion_pairs_in_the_settings_precision(wanted):
-    models, feats = _models_and_features()
+    models, feats = tiny_models_and_features(5, 9)
     seen = []
     hooks = [m.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
              for m in models["fusion"].modules() if isinstance(m, torch.nn.Linear)]
