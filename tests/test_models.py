@@ -185,3 +185,34 @@ def test_the_fused_score_adds_the_itc_cosine_and_its_alpha_is_chosen_on_validati
     assert found["score_alpha"] == model.score_alpha == best
     assert found["mean_recall"] == pytest.approx(evaluate_scores(
         itm + best * itc, groups, groups, ks=(1, 5, 10))["mean_recall"])
+
+
+def test_fusion_attention_explicit_under_bf16_training_matches_the_fused_kernel(monkeypatch):
+    """``attend`` runs the explicit product where autograd records bf16 on a CPU (SDPA's
+    backward is 5-6x slower there: bench/fusion_step.py) and the fused kernel elsewhere;
+    both give the same attention and the same gradients."""
+    import core.models.fusion as fusion
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 4, n, 16, generator=g) for n in (9, 49, 49))
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(fusion.F, "scaled_dot_product_attention",
+                        lambda *a: calls.append(1) or sdpa(*a))
+
+    def run(dtype, grad):
+        leaves = [t.to(dtype).clone().requires_grad_(grad) for t in (q, k, v)]
+        with torch.set_grad_enabled(grad):
+            out = fusion.attend(*leaves)
+        grads = torch.autograd.grad(out.float().square().sum(), leaves) if grad else None
+        return out.float().detach(), grads
+
+    reference, ref_grads = run(torch.float32, True)
+    assert len(calls) == 1  # fp32 with grad: the fused kernel
+    out, grads = run(torch.bfloat16, True)
+    assert len(calls) == 1  # bf16 training on a CPU: the explicit product
+    torch.testing.assert_close(out, reference, atol=0.03, rtol=0.03)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.05)
+    run(torch.bfloat16, False)
+    assert len(calls) == 2  # bf16 inference (scoring): the fused kernel again

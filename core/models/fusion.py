@@ -112,6 +112,18 @@ class FusionText(Features):
                           self.mask[:, :length], self.embed)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh)) v, the one attention of the fusion layers. PyTorch's fused
+    kernel (SDPA) everywhere but where autograd records it in bf16 on a CPU: there SDPA's
+    backward is 5-6x slower than the explicit product's (``bench/fusion_step.py``), so the
+    product runs, its softmax in fp32 as the fused kernel computes it."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled() and (
+            q.requires_grad or k.requires_grad or v.requires_grad):
+        weights = ((q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5).softmax(-1)
+        return weights.to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class CrossAttentionLayer(nn.Module):
     """Pre-norm cross-attention (text queries, image keys/values) + feed-forward, residual."""
 
@@ -158,7 +170,7 @@ class CrossAttentionLayer(nn.Module):
         if need_weights:
             weights = (q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)).softmax(-1)
             return self.finish(text, self.merge_heads(weights @ v)), weights
-        attended = F.scaled_dot_product_attention(q, k, v)
+        attended = attend(q, k, v)
         return self.finish(text, self.merge_heads(attended)), None
 
 
@@ -248,7 +260,7 @@ class FusionModel(nn.Module):
         t = first.finish(text.tokens[valid][None], first.merge_heads(attended))  # (Ni, V, d)
         for i, layer in enumerate(self.layers[1:], start=1):
             # each image's patches attended by all the block's tokens: one batched SDPA call
-            attended = F.scaled_dot_product_attention(layer.query(t), image.k[:, i], image.v[:, i])
+            attended = attend(layer.query(t), image.k[:, i], image.v[:, i])
             t = layer.finish(t, layer.merge_heads(attended))
         pooled = t.new_zeros((t.shape[0], len(text), t.shape[2])).index_add_(1, owner, t)
         counts = torch.bincount(owner, minlength=len(text)).clamp_min(1).to(t.dtype)
@@ -271,7 +283,7 @@ class FusionModel(nn.Module):
         t = text.tokens
         for i, layer in enumerate(self.layers):
             q = text.q0 if i == 0 else layer.query(t)
-            attended = F.scaled_dot_product_attention(q, image.k[:, i], image.v[:, i])
+            attended = attend(q, image.k[:, i], image.v[:, i])
             t = layer.finish(t, layer.merge_heads(attended))
         logits = self._match_logit(t, text.mask)
         if ranking and self.score_alpha:

@@ -51,7 +51,8 @@ class ScoringSettings:
     chunk: int | None = _field(None, "sub-block side inside a tile (default: sized for the "
                                "device)")
     precision: str | None = _field(None, "fp32 or bf16 autocast (default: the checkpoint's "
-                                   "train.precision on GPUs, fp32 on CPUs)",
+                                   "train.precision on GPUs and on CPUs with native bf16, "
+                                   "else fp32)",
                                    choices=list(PRECISIONS))
 
     def __post_init__(self):
