@@ -54,6 +54,7 @@ VARIANTS = [
      ["model.fusion.width=128", "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
     ("width 128, random negatives (3 per positive), 24 epochs",
      ["model.fusion.width=128", "train.epochs=24"]),
+    ("random negatives (3 per positive), 8 epochs", ["train.epochs=8"]),
 ]
 
 
@@ -78,14 +79,18 @@ def features(model, rows: dict) -> dict:
 
 
 @torch.no_grad()
-def matrices(fusion, two_tower_features: dict, rows: dict) -> dict:
-    """ITM, fusion ITC and two-tower cosine (caption x image), and the groups."""
+def matrices(fusion, two_tower_features: dict, rows: dict, precision: str) -> dict:
+    """ITM, fusion ITC and two-tower cosine (caption x image), and the groups; the fusion
+    model run in ``precision`` (as the scoring jobs run it by default)."""
     from core.evaluation.reference import score_matrix
+    from core.precision import autocast
 
-    enc = features(fusion, rows)
+    with autocast("cpu", precision):
+        enc = features(fusion, rows)
+        itm = score_matrix(fusion, enc["text"], enc["image"])
     tt = two_tower_features
     assert list(enc["image_id"]) == list(tt["image_id"])
-    return {"itm": score_matrix(fusion, enc["text"], enc["image"]),
+    return {"itm": np.asarray(itm, np.float32),
             "itc": (enc["text"].embed @ enc["image"].embed.T).float().numpy(),
             "tt": (tt["text"].embed @ tt["image"].embed.T).float().numpy(),
             "group": np.asarray(enc["group"])}
@@ -138,7 +143,7 @@ def apply_rule(m: dict, rule: str, setting: dict) -> dict:
 
 
 def train_variant(overrides: list, two_tower: str, rows: dict, base_cfg, pos_weight, scale: float,
-                  log) -> tuple:
+                  log, precision: str) -> tuple:
     from core.checkpoint import init_fusion_from_two_tower
     from core.config import load_config
     from core.models import build_model
@@ -158,7 +163,8 @@ def train_variant(overrides: list, two_tower: str, rows: dict, base_cfg, pos_wei
     t0 = time.perf_counter()
     for epoch in range(cfg.train.epochs):
         stats = train_one_epoch(module, optimizer, scheduler,
-                                batches(rows, cfg.train.batch_size, cfg.train.seed + epoch), "cpu")
+                                batches(rows, cfg.train.batch_size, cfg.train.seed + epoch), "cpu",
+                                precision)
         summary = stats.summary()
         log(f"    epoch {epoch + 1}/{cfg.train.epochs}: loss {summary.get('loss', float('nan')):.4f} "
             f"match acc {summary.get('match_acc', float('nan')):.3f} "
@@ -203,11 +209,12 @@ def main(argv=None) -> dict:
     data = summary["data"]
     tt_path = resolve_checkpoint(run / "train" / "two_tower")
     tt = load_checkpoint(tt_path)
+    precision = training_precision(tt.config.train.precision, "cpu")  # as the demo trained
     rows, tt_features = {}, {}
     for split in SPLITS:
         key = store_key(tt.model, tt.config.model, tt.tokenizer,  # as the demo's training ran
                         split_identity(resolve_split(data, split)), None,
-                        training_precision(tt.config.train.precision, "cpu"))
+                        precision)
         store = FrozenStore.find(str(run / "cache"), key)
         if store is None:
             raise SystemExit(f"{run}/cache holds no frozen store of the {split} split for "
@@ -224,8 +231,8 @@ def main(argv=None) -> dict:
     for name, overrides in VARIANTS:
         log(f"{name}")
         model, info = train_variant(overrides, tt_path, rows["train"], tt.config, pos_weight,
-                                    args.epochs_scale, log)
-        val = matrices(model, tt_features["validation"], rows["validation"])
+                                    args.epochs_scale, log, precision)
+        val = matrices(model, tt_features["validation"], rows["validation"], precision)
         chosen = rules(val)
         row = {"variant": name, "overrides": overrides, **info, "validation": {
             rule: {"setting": setting, "mean_recall": mean_recall(r),
@@ -248,7 +255,7 @@ def main(argv=None) -> dict:
     for row in (results[0], kept):
         if row["variant"] in test:
             continue
-        m = matrices(models[row["variant"]], tt_features["test"], rows["test"])
+        m = matrices(models[row["variant"]], tt_features["test"], rows["test"], precision)
         two_tower = ranks_all_pairs(m["tt"], m["group"])
         test[row["variant"]] = {"two_tower": ci_row(two_tower)} | {
             rule: ci_row(apply_rule(m, rule, v["setting"]), two_tower)
@@ -260,6 +267,7 @@ def main(argv=None) -> dict:
     from core.provenance import portable_path
 
     result = {"bench": "fusion_variants", "data": data, "run": portable_path(run),
+              "precision": precision,
               "two_tower_validation_mean_recall": mean_recall(val_tt),
               "test_items": int(len(rows["test"]["group"])), "epochs_scale": args.epochs_scale,
               "criterion": "validation mean recall (R@1/5/10, both directions) of the variant's "
