@@ -10,8 +10,8 @@ native bf16: ``core.precision``).
                (the CPUs a training run reserves), writing the store; its wall time includes
                starting the actor and loading the model, a fixed cost, so the rate is
                measured on the first 640 rows and on the whole split
-  2 x 1        the same stage split over two actors of one thread each (what the scoring
-               jobs' 2 x 0.75 CPUs ran before ``ray_jobs.frozen.MIN_CPU_THREADS``), 640 rows
+  2 x 1        the same CPUs split over two actors of one thread each (as the scoring jobs'
+               default pool, 2 actors x 0.75 CPU, runs the stage), 640 rows
 
     python -m bench.encode_rate [--rows 640]
 
@@ -57,27 +57,22 @@ def in_process(config, tokenizer, rows: int, precision: str) -> float:
 
 
 def ray_stage(config, tokenizer, rows: int | None, cpus: float, precision: str,
-              actors: int = 1, min_threads: int | None = None) -> tuple[float, dict]:
+              actors: int = 1) -> tuple[float, dict]:
     from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import resolve_split
-    from ray_jobs import frozen
+    from ray_jobs.frozen import ensure_store
     from ray_jobs.runtime import init_ray
 
     init_ray(num_cpus=os.cpu_count())
     model = build(config)
-    kept = frozen.MIN_CPU_THREADS
-    frozen.MIN_CPU_THREADS = min_threads or kept
-    try:
-        with tempfile.TemporaryDirectory() as cache:
-            t0 = time.perf_counter()
-            _, meta = frozen.ensure_store(cache, model, config.model, tokenizer,
-                                          resolve_split(str(DATA), "train"), rows,
-                                          build_model=partial(build, config),
-                                          preprocessor=build_preprocessor(config.model, tokenizer),
-                                          actors=actors, cpus=cpus, precision=precision)
-            wall = time.perf_counter() - t0
-    finally:
-        frozen.MIN_CPU_THREADS = kept
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        _, meta = ensure_store(cache, model, config.model, tokenizer,
+                               resolve_split(str(DATA), "train"), rows,
+                               build_model=partial(build, config),
+                               preprocessor=build_preprocessor(config.model, tokenizer),
+                               actors=actors, cpus=cpus, precision=precision)
+        wall = time.perf_counter() - t0
     return meta["rows"] / wall, {"rows": meta["rows"], "wall_s": wall, "stage_s": meta["encode_s"]}
 
 
@@ -98,8 +93,7 @@ def main(argv=None) -> dict:
     staged, info = ray_stage(config, tokenizer, args.rows, cpus, precision)
     split_local = in_process(config, tokenizer, None, precision)
     split_staged, split_info = ray_stage(config, tokenizer, None, cpus, precision)
-    two, two_info = ray_stage(config, tokenizer, args.rows, cpus, precision, actors=2,
-                              min_threads=1)
+    two, two_info = ray_stage(config, tokenizer, args.rows, cpus, precision, actors=2)
     result = {"bench": "encode_rate", "data": str(DATA), "rows": args.rows,
               "in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
               "ratio": staged / local, "ray_stage": info, "ray_stage_cpus": cpus,
@@ -134,10 +128,10 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
                      f">= {r['target_ratio']:.1f}x",
                      "met" if whole["ratio"] >= r["target_ratio"] else "missed"))
         two = r["two_actors_one_thread"]
-        rows.append(("the same stage as 2 actors x 1 thread, vs one process",
-                     f"{two['rows_per_s']:.1f} rows/s: {two['ratio']:.2f}x ({r['rows']} real "
-                     "figures)", "below the 1-actor stage (why it runs 1 x 2)",
-                     "met" if two["rows_per_s"] < r["ray_stage_rows_per_s"] else "missed"))
+        rows.append(("the same stage as 2 actors x 1 thread (the scoring jobs' pool), vs one "
+                     "process", f"{two['rows_per_s']:.1f} rows/s: {two['ratio']:.2f}x "
+                     f"({r['rows']} real figures)", f">= {r['target_ratio']:.1f}x",
+                     "met" if two["ratio"] >= r["target_ratio"] else "missed"))
     return rows
 
 

@@ -32,9 +32,6 @@ from ray_jobs.runtime import Progress
 
 log = logging.getLogger("rocoray.frozen")
 
-# A CPU actor of this stage runs torch on at least this many threads: one actor of 2 threads
-# encodes faster than two of 1 on the same 2 CPUs (bench/encode_rate.py measures both).
-MIN_CPU_THREADS = 2
 STORE_BLOCK = 128  # rows per stored block (about 22 MB at 224 px with a 7x7x1280 grid)
 
 
@@ -65,18 +62,6 @@ class FrozenStageEncoder:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def stage_actors(actors: int, cpus: float, gpus_per_actor: float,
-                 units: int) -> tuple[int, float, int]:
-    """(actors, CPUs per actor, torch threads per actor) of the encode stage: at most
-    ``actors`` (and one per work unit) sharing ``cpus``; CPU actors each get at least
-    ``MIN_CPU_THREADS`` threads' worth of the CPUs, so there are fewer of them."""
-    actors = max(1, min(actors, units))
-    if not gpus_per_actor:
-        actors = max(1, min(actors, int(cpus // MIN_CPU_THREADS)))
-    cpus_per_actor = cpus / actors
-    return actors, cpus_per_actor, max(1, math.ceil(cpus_per_actor - 1e-9))
-
-
 def ensure_store(cache: str, model, model_config, tokenizer, files: SplitFiles,
                  max_rows: int | None, build_model: Callable[[], torch.nn.Module],
                  preprocessor, actors: int = 1, cpus: float = 1.0,
@@ -103,7 +88,9 @@ def ensure_store(cache: str, model, model_config, tokenizer, files: SplitFiles,
     units = row_groups(files, max_rows)
     rows = sum(n for _, _, n in units)
     rows = rows if max_rows is None else min(rows, max_rows)
-    actors, cpus_per_actor, threads = stage_actors(actors, cpus, gpus_per_actor, len(units))
+    actors = max(1, min(actors, len(units)))
+    cpus_per_actor = cpus / actors
+    threads = max(1, math.ceil(cpus_per_actor - 1e-9))
     ds = ray.data.from_items([{"path": p, "row_group": g} for p, g, _ in units],
                              override_num_blocks=len(units))
     with warnings.catch_warnings():

@@ -84,17 +84,3 @@ def test_workers_read_equal_disjoint_shards_and_validation_reads_every_row(tmp_p
     assert sorted(np.concatenate(validation).tolist()) == list(range(rows))
     assert StoredSplit(store.root, limit=6).rows == 6
 
-
-def test_cpu_encode_stages_run_fewer_actors_on_more_threads():
-    """The scoring jobs' pool (2 actors x 0.75 CPU) encodes as one actor of 2 threads (one
-    actor of 2 threads is the faster of the two on 2 CPUs: bench/encode_rate.py); GPU actors
-    and CPU actors with room for 2 threads each keep their number; never more actors than
-    work units."""
-    from ray_jobs.frozen import stage_actors
-
-    assert stage_actors(2, 1.5, 0.0, units=7) == (1, 1.5, 2)
-    assert stage_actors(1, 1.5, 0.0, units=7) == (1, 1.5, 2)  # training's reservation
-    assert stage_actors(4, 16.0, 0.0, units=7) == (4, 4.0, 4)
-    assert stage_actors(8, 6.0, 0.0, units=7) == (3, 2.0, 2)
-    assert stage_actors(2, 2.0, 1.0, units=7) == (2, 1.0, 1)  # GPUs: one actor per GPU
-    assert stage_actors(4, 16.0, 0.0, units=2) == (2, 8.0, 8)
