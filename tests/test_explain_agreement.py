@@ -49,3 +49,23 @@ def test_deletion_and_insertion_reward_the_map_that_points_at_what_the_score_rea
     bad = deletion_insertion(model, pixels, ids, mask, wrong)
     assert good["deletion_auc"] < 0.25 < 0.75 < bad["deletion_auc"]
     assert good["insertion_auc"] > 0.75 > 0.25 > bad["insertion_auc"]
+
+
+def test_a_pair_whose_image_barely_moves_its_score_cannot_dominate_the_areas():
+    """Curves are scaled by the model's median |score(full) - score(mean image)|, not each
+    pair's own: a real ROCO fusion pair with a difference of 0.009 (median 4) had swung the
+    mean deletion area from 0.3 to -14.7."""
+    from core.explain.agreement import curve_areas, faithfulness_areas
+
+    falls = np.linspace(4.0, 0.0, 11)  # full image 4 above the mean image, falling linearly
+    rises = falls[::-1]
+    tiny = np.array([1.419, 1.2, 0.9, 0.5, 0.0, -0.5, -0.9, -0.5, 0.0, 1.0, 1.41])  # span 0.009
+    flipped = -falls  # the full image scores 4 BELOW the mean image
+    curves = {"map": ("fusion", [(falls, rises), (tiny, tiny[::-1]), (falls, rises),
+                                 (flipped, -rises)])}
+    areas = faithfulness_areas(curves)["map"]
+    assert areas["deletion_auc"][0] == pytest.approx(0.5)
+    assert areas["insertion_auc"][0] == pytest.approx(0.5)
+    assert abs(areas["deletion_auc"][1]) < 1 and abs(areas["insertion_auc"][1]) < 1
+    assert curve_areas(tiny, tiny[::-1], tiny[0] - tiny[-1])["deletion_auc"] < -30  # own span
+    assert areas["deletion_auc"][3] == pytest.approx(0.5)  # oriented by the pair's sign

@@ -23,8 +23,9 @@ AGREEMENT_NOTE = (
     "pair (Pearson r of the maps, IoU of their top-5 % and top-20 % most salient pixels; a "
     "random map gives the floor), and faithfulness (the score as the most salient pixels "
     "are deleted from the image or inserted into the mean image, 10 % at a time; area under "
-    "the curve, the pair's score scaled to 1 for the full image and 0 for the mean image: "
-    "deletion low and insertion high is faithful; a random map is the baseline). 95 % "
+    "the curve of the score minus the mean image's, in units of the model's median change "
+    "between the mean and the full image over these pairs: deletion low and insertion high "
+    "is faithful; a random map is the baseline). 95 % "
     "bootstrap intervals over pairs.")
 
 
