@@ -41,20 +41,20 @@ ALPHAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 RERANK_KS = (16, 32, 64)
 # (name, overrides of the roco_cpu fusion model); the first is the preset as it stands.
 VARIANTS = [
-    ("roco_cpu as it was: random negatives (3 per positive), 4 epochs", []),
+    ("roco_cpu (the preset): random negatives (3 per positive), 4 epochs", []),
     ("hard negatives by ITC (warm: the two-tower's heads), 1 per positive each way (ALBEF), "
      "12 epochs",
      ["model.fusion.negative_mode=hard", "model.fusion.negatives_per_positive=1",
-      "train.epochs=12"]),
+      "train.fusion_epochs=12"]),
     ("random negatives, token projections from the ITC heads, 4 epochs",
      ["model.fusion.token_proj_from_itc=true"]),
     ("width 128, MLP x2, random negatives (3 per positive), 12 epochs",
-     ["model.fusion.width=128", "train.epochs=12"]),
+     ["model.fusion.width=128", "train.fusion_epochs=12"]),
     ("width 128, random negatives, 1 per positive each way, 12 epochs",
-     ["model.fusion.width=128", "model.fusion.negatives_per_positive=1", "train.epochs=12"]),
+     ["model.fusion.width=128", "model.fusion.negatives_per_positive=1", "train.fusion_epochs=12"]),
     ("width 128, random negatives (3 per positive), 24 epochs",
-     ["model.fusion.width=128", "train.epochs=24"]),
-    ("random negatives (3 per positive), 8 epochs", ["train.epochs=8"]),
+     ["model.fusion.width=128", "train.fusion_epochs=24"]),
+    ("random negatives (3 per positive), 8 epochs", ["train.fusion_epochs=8"]),
 ]
 
 
@@ -152,6 +152,8 @@ def train_variant(overrides: list, two_tower: str, rows: dict, base_cfg, pos_wei
     cfg = load_config("roco_cpu", ["model.kind=fusion", *overrides])
     cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1  # freeze_encoders
     cfg.model.concepts.num_concepts = base_cfg.model.concepts.num_concepts
+    if cfg.train.fusion_epochs is not None:  # a fusion run's epochs, as `rocoray train` takes them
+        cfg.train.epochs, cfg.train.fusion_epochs = cfg.train.fusion_epochs, None
     cfg.train.epochs = max(1, round(cfg.train.epochs * scale))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
