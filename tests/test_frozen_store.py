@@ -83,4 +83,3 @@ def test_workers_read_equal_disjoint_shards_and_validation_reads_every_row(tmp_p
     validation = [np.concatenate([b["group"] for b in split.batches(4, r, 2)]) for r in range(2)]
     assert sorted(np.concatenate(validation).tolist()) == list(range(rows))
     assert StoredSplit(store.root, limit=6).rows == 6
-
