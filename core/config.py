@@ -59,6 +59,10 @@ class TrainConfig:
     # checkpoint (each keeps batch_size, so the global batch shrinks with them) and grows
     # back when nodes join. Without it a lost node's workers wait for a replacement node.
     min_workers: int | None = None
+    # An elastic run, while healthy, checks this often whether the cluster can place more
+    # workers; growing restarts the workers from the last checkpoint (Ray Train's
+    # ScalingConfig.elastic_resize_monitor_interval_s).
+    elastic_resize_interval_s: float = 60.0
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0

@@ -24,6 +24,7 @@ from core.analyses import guarded
 from core.analyses.scored import Scored
 from core.explain.study import explanation_study
 from core.models import count_parameters
+from core.models.fusion import FUSED_SCORE_ALPHAS
 from core.models.kind import ModelKind
 from core.provenance import provenance
 from core.report import headline_table, write_report
@@ -64,7 +65,7 @@ class EvaluateConfig(score.ScoringOptions):
                                "report includes")
     explain_cases: int = opt(EXPLAIN_CASES, "test pairs with a lesion box explained and scored for "
                              "localisation (0: none)")
-    alphas: list = opt([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "rerank alpha values tried on --val-split",
+    alphas: list = opt(list(FUSED_SCORE_ALPHAS), "rerank alpha values tried on --val-split",
                        item_type=float, metavar="ALPHA")
 
 

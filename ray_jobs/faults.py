@@ -7,7 +7,8 @@ goes on. It is read from the environment of the process that reaches the point (
 it to its workers, see ``ray_jobs.runtime.init_ray``) and never written into a config or a
 checkpoint.
 
-Points: ``train.step`` (a Ray Train worker process dies after n optimizer steps),
+Points: ``train.step`` (a Ray Train worker process dies after n optimizer steps, once Ray
+Train has had time to collect what it reported before: see ``maybe_fail``),
 ``score.item`` (a scoring actor raises after n work items), ``score.pause`` (a scoring
 actor, at its n-th item, writes its node id into the marker and sleeps: a test removes that
 node meanwhile), ``tune.trial=1`` (the first trial driver to get there raises).
@@ -56,6 +57,11 @@ def maybe_fail(point: str, count: int, hard: bool = False) -> None:
     if not _claim(spec[1] / f"fault-{point}"):
         return
     if hard:
+        # Ray Train takes a worker's reports (its checkpoints) when its controller polls it,
+        # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s); a report still queued in a process that
+        # dies is lost, and a run restarts from the checkpoint before it. The injected death
+        # waits out three polls, so a test knows which checkpoint the restart resumes from.
+        time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
         os._exit(1)
     raise InjectedFault(f"injected fault at {point} #{count} (test hook {ENV})")
 

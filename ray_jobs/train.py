@@ -139,6 +139,9 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
     if t.min_workers is not None and not 1 <= t.min_workers <= t.num_workers:
         raise UserError(f"train.min_workers must be between 1 and train.num_workers "
                         f"({t.num_workers}), got {t.min_workers}")
+    if t.elastic_resize_interval_s < 0:
+        raise UserError("train.elastic_resize_interval_s must be >= 0, got "
+                        f"{t.elastic_resize_interval_s}")
     for split in (cfg.data.train_split, cfg.data.val_split):
         resolve_split(cfg.data.path, split, cfg.data.storage_options)
     if cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.init_from:
@@ -196,6 +199,8 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     t = cfg.train
     steps = steps_per_epoch(rows, t.batch_size, t.num_workers)
     workers = (t.min_workers, t.num_workers) if t.min_workers is not None else t.num_workers
+    elastic = {"elastic_resize_monitor_interval_s": t.elastic_resize_interval_s} \
+        if t.min_workers is not None else {}
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
@@ -211,7 +216,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
                            "rows": rows, "run_dir": run_dir(cfg), "stored": stored},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,
                                      resources_per_worker=resources,
-                                     placement_strategy=t.placement_strategy),
+                                     placement_strategy=t.placement_strategy, **elastic),
         run_config=RunConfig(
             name=t.name, storage_path=storage.absolute(t.storage_path), callbacks=callbacks,
             failure_config=FailureConfig(max_failures=t.max_failures),

@@ -249,11 +249,11 @@ def train_workers() -> list:
 @pytest.mark.timeout(420)
 def test_an_elastic_run_shrinks_when_a_lost_node_is_not_replaced(cluster, synthetic_dir,
                                                                  tmp_path):
-    """train.min_workers: two workers, one per node; one node is removed after the first
-    checkpoint and none joins. Ray Train restarts the run with the one worker the cluster
-    can still place, it resumes from the checkpoint, says so in one line, and finishes every
-    epoch; the history shows the world size going from 2 to 1. The module's cluster gets its
-    second node back afterwards."""
+    """train.min_workers: two workers, one per node; one node is removed after a checkpoint
+    trained on both and none joins. Ray Train restarts the run with the one worker the
+    cluster can still place, it resumes from the checkpoint, says so in one line, and
+    finishes every epoch; the history shows the world size going from 2 to 1. The module's
+    cluster gets its second node back afterwards."""
     import json
 
     from ray_jobs.runtime import init_ray
@@ -262,16 +262,19 @@ def test_an_elastic_run_shrinks_when_a_lost_node_is_not_replaced(cluster, synthe
     init_ray(sim.address)
     run_dir = tmp_path / "runs" / "elastic"
     # 0.6 CPU per worker: one worker per 1-CPU node, the rest for Ray Data's tasks
-    proc = train_process(sim, synthetic_dir, tmp_path / "runs", "elastic", 2, 4,
+    epochs = 6
+    proc = train_process(sim, synthetic_dir, tmp_path / "runs", "elastic", 2, epochs,
                          "train.min_workers=1", "train.cpus_per_worker=0.6",
-                         "train.preprocess_num_cpus=0.2", "train.placement_strategy=SPREAD")
+                         "train.preprocess_num_cpus=0.2", "train.placement_strategy=SPREAD",
+                         "train.elastic_resize_interval_s=3")
     try:
         try:
             # an elastic run starts with the workers the cluster can place at that moment (Ray
-            # Data's reservations may hold one back; it grows within a minute): wait for an
-            # epoch trained on two nodes
-            wait_for_checkpoint(run_dir, proc, lambda h: h["train/nodes"] == 2)
-            time.sleep(3)  # Ray Train registers the checkpoint after it is written
+            # Data's reservations may hold one back) and grows at its next resize check (3 s
+            # here, a minute by default; a 1-worker run of this size can finish within a
+            # minute): wait for an epoch trained on two nodes, and for Ray Train to register it
+            history = wait_for_checkpoint(run_dir, proc, lambda h: h["train/nodes"] == 2)
+            wait_for_registration(run_dir, history.parent.name, proc)
             log = preempt(sim, sorted({w.node_id for w in train_workers()})[0], proc,
                           replace=False)
         finally:
@@ -279,7 +282,7 @@ def test_an_elastic_run_shrinks_when_a_lost_node_is_not_replaced(cluster, synthe
                 proc.kill()
         assert proc.returncode == 0, log[-3000:]
         history = json.loads((run_dir / "result.json").read_text())["history"]
-        assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+        assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
         assert any(h["train/world_size"] == 2 for h in history), history
         assert history[-1]["train/world_size"] == history[-1]["train/nodes"] == 1
         assert "the run continues on 1 of 2 workers" in log, log[-3000:]

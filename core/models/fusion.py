@@ -84,8 +84,10 @@ class FusionConfig:
 
 
 # The fused score's alphas tried on the validation split when model.fusion.score_alpha is
-# None (ITC cosines are in [-1, 1], match logits spread over a few units).
-FUSED_SCORE_ALPHAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+# None, and retrieve-and-rerank's (``rocoray evaluate --alphas``). ITC cosines are in [-1, 1]
+# and match logits spread over a few units: at the top of the grid the cosine ranks almost
+# alone, so a choice there says the match logit adds little on validation.
+FUSED_SCORE_ALPHAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 
 
 @dataclass
