@@ -262,7 +262,7 @@ def test_an_elastic_run_shrinks_when_a_lost_node_is_not_replaced(cluster, synthe
     init_ray(sim.address)
     run_dir = tmp_path / "runs" / "elastic"
     # 0.6 CPU per worker: one worker per 1-CPU node, the rest for Ray Data's tasks
-    epochs = 6
+    epochs = 8
     proc = train_process(sim, synthetic_dir, tmp_path / "runs", "elastic", 2, epochs,
                          "train.min_workers=1", "train.cpus_per_worker=0.6",
                          "train.preprocess_num_cpus=0.2", "train.placement_strategy=SPREAD",
