@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from bench._common import shuffled_batches, write_result
+from core.models.fusion import FUSED_SCORE_ALPHAS as ALPHAS  # the grid training and evaluate use
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
-ALPHAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 RERANK_KS = (16, 32, 64)
 # (name, overrides of the roco_cpu fusion model); the first is the preset as it stands.
 VARIANTS = [
