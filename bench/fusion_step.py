@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--steps", type=int, default=4)
     args = p.parse_args(argv)
-    from core.config import load_config
+    from core.config import load_config, resolve_fusion_run
     from core.models.fusion import attend
     from core.models.kind import ModelKind
     from core.precision import training_precision
@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     config = load_config("roco_cpu")
     config.model.kind = ModelKind.FUSION
     config.model.fusion.freeze_encoders = True
-    config.model.image.freeze_stages = config.model.text.freeze_layers = -1
+    resolve_fusion_run(config)
     trained = training_precision(config.train.precision, "cpu")
     rows = {}
     for precision in dict.fromkeys(("fp32", trained)):

@@ -26,7 +26,6 @@ and its two-tower checkpoint). Writes bench/results/fusion_variants.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
@@ -35,10 +34,10 @@ import torch
 
 from bench._common import shuffled_batches, write_result
 from core.models.fusion import FUSED_SCORE_ALPHAS as ALPHAS  # the grid training and evaluate use
+from core.scoring.settings import RERANK_KS  # the k `rocoray evaluate` tries
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
-RERANK_KS = (16, 32, 64)
 # (name, overrides of the roco_cpu fusion model); the first is the preset as it stands.
 VARIANTS = [
     ("roco_cpu (the preset): random negatives (3 per positive), 4 epochs", []),
@@ -55,6 +54,10 @@ VARIANTS = [
     ("width 128, random negatives (3 per positive), 24 epochs",
      ["model.fusion.width=128", "train.fusion_epochs=24"]),
     ("random negatives (3 per positive), 8 epochs", ["train.fusion_epochs=8"]),
+    ("random negatives (3 per positive), concept soft labels (1 x Jaccard of the UMLS "
+     "concepts), 4 epochs", ["model.fusion.concept_soft_labels=1.0"]),
+    ("random negatives, token projections from the ITC heads, concept soft labels, 4 epochs",
+     ["model.fusion.token_proj_from_itc=true", "model.fusion.concept_soft_labels=1.0"]),
 ]
 
 
@@ -145,15 +148,12 @@ def apply_rule(m: dict, rule: str, setting: dict) -> dict:
 def train_variant(overrides: list, two_tower: str, rows: dict, base_cfg, pos_weight, scale: float,
                   log, precision: str) -> tuple:
     from core.checkpoint import init_fusion_from_two_tower
-    from core.config import load_config
+    from core.config import load_config, resolve_fusion_run
     from core.models import build_model
     from core.training.loop import LossModule, build_optimizer, build_scheduler, train_one_epoch
 
-    cfg = load_config("roco_cpu", ["model.kind=fusion", *overrides])
-    cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1  # freeze_encoders
+    cfg = resolve_fusion_run(load_config("roco_cpu", ["model.kind=fusion", *overrides]))
     cfg.model.concepts.num_concepts = base_cfg.model.concepts.num_concepts
-    if cfg.train.fusion_epochs is not None:  # a fusion run's epochs, as `rocoray train` takes them
-        cfg.train.epochs, cfg.train.fusion_epochs = cfg.train.fusion_epochs, None
     cfg.train.epochs = max(1, round(cfg.train.epochs * scale))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
@@ -245,7 +245,7 @@ def main(argv=None) -> dict:
         log("  validation mean recall: " + ", ".join(
             f"{rule} {v['mean_recall']:.4f} {v['setting']}" for rule, v in row["validation"].items()))
         results.append(row)
-        models[name] = copy.deepcopy(model)
+        models[name] = model
     kept = max(results, key=lambda r: r["val_mean_recall"])
     kept["kept"] = True
     v = tt_features["validation"]

@@ -243,6 +243,21 @@ def load_config(preset_or_path: str | Path | None = "tiny",
     return _from_dict(ExperimentConfig, values, "")
 
 
+def resolve_fusion_run(cfg: ExperimentConfig) -> ExperimentConfig:
+    """A fusion run's settings as its training reads them (in place): ``train.fusion_epochs``
+    becomes ``train.epochs``, and ``model.fusion.freeze_encoders`` freezes both towers whole.
+    Other kinds are returned as they are."""
+    from core.models.kind import ModelKind
+
+    if cfg.model.kind != ModelKind.FUSION:
+        return cfg
+    if cfg.train.fusion_epochs is not None:
+        cfg.train.epochs, cfg.train.fusion_epochs = cfg.train.fusion_epochs, None
+    if cfg.model.fusion.freeze_encoders:
+        cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1
+    return cfg
+
+
 def _plain(items) -> dict:
     return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in items}
 

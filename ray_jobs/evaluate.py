@@ -30,7 +30,7 @@ from core.provenance import provenance
 from core.report import headline_table, write_report
 from core.scoring import outputs
 from core.evaluation.rerank_selection import select_rerank
-from core.scoring.settings import Method
+from core.scoring.settings import RERANK_KS, Method
 from ray_jobs import score
 from ray_jobs.score_methods import tile_side
 from ray_jobs.options import UserError, opt, parse, run_cli
@@ -56,7 +56,7 @@ class EvaluateConfig(score.ScoringOptions):
     select_rerank: bool = opt(True, "choose rerank's k and alpha on --val-split (never on the "
                               "test split) instead of taking --rerank-k / --alpha")
     val_split: str = opt("validation", "the split rerank's k and alpha are chosen on")
-    rerank_ks: list = opt([16, 32, 64], "rerank k values tried on --val-split", item_type=int,
+    rerank_ks: list = opt(list(RERANK_KS), "rerank k values tried on --val-split", item_type=int,
                           metavar="K")
     gallery_split: str | None = opt(None, "also judge concept-aware retrieval with test queries "
                                     "against this split's items (e.g. train)")

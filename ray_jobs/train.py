@@ -25,7 +25,7 @@ from pathlib import Path
 from core import storage
 from core.concepts.vocabulary import resolve_vocabulary
 from core.checkpoint import RUN_RESULT, read_checkpoint_config, resolve_checkpoint
-from core.config import ExperimentConfig, load_config, save_config, to_dict
+from core.config import ExperimentConfig, load_config, resolve_fusion_run, save_config, to_dict
 from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import resolve_split
 from core.data.tokenizer import resolve_tokenizer
@@ -142,6 +142,9 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
     if t.elastic_resize_interval_s < 0:
         raise UserError("train.elastic_resize_interval_s must be >= 0, got "
                         f"{t.elastic_resize_interval_s}")
+    if not 0 <= cfg.model.fusion.concept_soft_labels <= 1:
+        raise UserError("model.fusion.concept_soft_labels must be in [0, 1], got "
+                        f"{cfg.model.fusion.concept_soft_labels}")
     for split in (cfg.data.train_split, cfg.data.val_split):
         resolve_split(cfg.data.path, split, cfg.data.storage_options)
     if cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.init_from:
@@ -150,10 +153,7 @@ def prepare_run(cfg: ExperimentConfig) -> tuple[ExperimentConfig, object, str, o
             raise UserError(f"model.fusion.init_from {cfg.model.fusion.init_from} is not a "
                             "two-tower checkpoint or run")
         cfg.model.fusion.init_from = str(Path(source).resolve())  # workers run elsewhere
-    if cfg.model.kind == ModelKind.FUSION and cfg.train.fusion_epochs is not None:
-        cfg.train.epochs, cfg.train.fusion_epochs = cfg.train.fusion_epochs, None
-    if cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.freeze_encoders:
-        cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1
+    resolve_fusion_run(cfg)
     if not cfg.train.name:
         cfg.train.name = f"{cfg.model.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     tokenizer, source = resolve_tokenizer(cfg.model.text, cfg.data.path, cfg.data.train_split,
@@ -172,11 +172,18 @@ def concept_vocabulary(cfg: ExperimentConfig):
     > 0 and concept ids in the data), with ``model.concepts.num_concepts`` set; else None."""
     cc = cfg.model.concepts
     cc.num_concepts = 0
+    soft = cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.concept_soft_labels
     if cc.weight <= 0:
+        if soft:
+            raise UserError("model.fusion.concept_soft_labels needs model.concepts.weight > 0 "
+                            "(the concept vocabulary it reads)")
         return None
     vocab, where = resolve_vocabulary(cfg.data.path, cfg.data.train_split, cc.min_count,
                                       cfg.data.storage_options)
     if not len(vocab):
+        if soft:
+            raise UserError(f"model.fusion.concept_soft_labels needs concept ids in the data; "
+                            f"{where} has none")
         log.info("no concept ids in this data (%s): no concept head", where)
         return None
     cc.num_concepts = len(vocab)

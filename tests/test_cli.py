@@ -66,6 +66,8 @@ def test_score_help_examples_use_the_demos_paths():
     (("train", "--data", "{tmp}/typo", "--num-workers", "2", "--set", "train.min_workers=1",
       "train.elastic_resize_interval_s=-1"),
      "rocoray train: error: train.elastic_resize_interval_s must be >= 0, got -1.0"),
+    (("train", "--data", "{tmp}/typo", "--set", "model.fusion.concept_soft_labels=1.5"),
+     "rocoray train: error: model.fusion.concept_soft_labels must be in [0, 1], got 1.5"),
     (("prepare",), "rocoray prepare: error: give exactly one of --synthetic"),
     (("ablation", "--data", "{tmp}/typo", "--out", "{tmp}/runs"),
      "rocoray ablation: error: ROCOv2 data path does not exist: {tmp}/typo"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.losses import InfoNCELoss, MatchLoss, group_targets, sample_negatives
+from core.losses import InfoNCELoss, MatchLoss, concept_overlap, group_targets, sample_negatives
 
 
 def _log_softmax(row):
@@ -87,3 +87,31 @@ def test_match_loss_pairs_and_balance():
     ref = 0.5 * (np.mean([math.log1p(math.exp(-x)) for x in pos.tolist()])
                  + np.mean([math.log1p(math.exp(x)) for x in neg.tolist()]))
     assert loss_fn(logits, labels).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_concept_soft_labels_are_the_scaled_jaccard_overlap_of_negatives():
+    concepts = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    ti, ii = torch.tensor([0, 0, 1, 2, 0]), torch.tensor([0, 1, 0, 3, 2])
+    # {0,1} vs {0,2}: 1 shared of 3; two empty sets: 0, not 0/0
+    assert concept_overlap(concepts, ti, ii).tolist() == pytest.approx([1.0, 1 / 3, 1 / 3, 0.0, 0.0])
+
+    from core.models.config import ModelConfig
+    from core.models.kind import ModelKind
+    from core.training.loop import LossModule
+
+    config = ModelConfig(kind=ModelKind.FUSION)
+    config.fusion.concept_soft_labels = 0.5
+    module = LossModule(torch.nn.Identity(), config)
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
+    targets = module._soft_targets(labels, concepts, ti, ii)
+    assert targets.tolist() == pytest.approx([1.0, 0.5 / 3, 0.5 / 3, 0.0, 0.0])  # positives stay 1
+    with pytest.raises(ValueError, match="concept_soft_labels needs concept ids"):
+        module._soft_targets(labels, None, ti, ii)
+    # the BCE of the negatives is taken against the soft targets
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0])
+    bce = lambda x, y: -(y * math.log(1 / (1 + math.exp(-x)))  # noqa: E731
+                         + (1 - y) * math.log(1 - 1 / (1 + math.exp(-x))))
+    ref = 0.5 * (bce(2.0, 1.0) + np.mean([bce(x, y) for x, y in
+                                          zip(logits[1:].tolist(), targets[1:].tolist())]))
+    assert MatchLoss()(logits, labels, targets=targets).item() == pytest.approx(ref, rel=1e-5)
+    assert MatchLoss()(logits, labels).item() != pytest.approx(ref, rel=1e-3)

@@ -4,6 +4,6 @@ image-only concept head."""
 
 from core.losses.concepts import ConceptLoss
 from core.losses.infonce import InfoNCELoss, group_targets
-from core.losses.match import MatchLoss, sample_negatives
+from core.losses.match import MatchLoss, concept_overlap, sample_negatives
 
-__all__ = ["ConceptLoss", "InfoNCELoss", "MatchLoss", "group_targets", "sample_negatives"]
+__all__ = ["ConceptLoss", "InfoNCELoss", "MatchLoss", "concept_overlap", "group_targets", "sample_negatives"]

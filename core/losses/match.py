@@ -11,6 +11,11 @@ similarity:
            of learnable pairs (measured: no progress in 3 epochs of the tiny preset). Rows of the same group
 (identical captions) are never used as each other's negatives. Positives and negatives are
 weighted equally (each side's BCE is averaged separately), so k does not tilt the balance.
+
+Soft match labels from concepts (``model.fusion.concept_soft_labels``): a sampled negative's
+target is ``scale`` x the Jaccard overlap of the two items' UMLS concept sets instead of 0,
+so a CT of another chest is partly a match for a chest-CT caption (the semantic matching of
+MedCLIP, Wang et al. 2022, applied to the match head's BCE).
 """
 
 from __future__ import annotations
@@ -42,6 +47,17 @@ def sample_negatives(similarity: torch.Tensor, groups: torch.Tensor, k: int, mod
     raise ValueError(f"negative_mode must be 'random', 'hard' or 'hardest', got {mode!r}")
 
 
+def concept_overlap(concepts: torch.Tensor, text_index: torch.Tensor,
+                    image_index: torch.Tensor) -> torch.Tensor:
+    """Jaccard overlap of the multi-hot concept rows ``concepts`` (B, C) of each pair
+    (caption's item, image's item); 0 where both items have no concept."""
+    a = concepts[text_index].float()
+    b = concepts[image_index].float()
+    both = (a * b).sum(-1)
+    either = a.sum(-1) + b.sum(-1) - both
+    return torch.where(either > 0, both / either.clamp_min(1), torch.zeros_like(both))
+
+
 class MatchLoss(nn.Module):
     def __init__(self, negatives_per_positive: int = 3, mode: str = "hard",
                  temperature: float = 0.07):
@@ -66,15 +82,19 @@ class MatchLoss(nn.Module):
         return text_index, image_index, labels
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
-                extra_negatives: torch.Tensor | None = None) -> torch.Tensor:
+                extra_negatives: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         """Positives weigh half, negatives the other half (so their number does not tilt the
         head towards "no match"); ``extra_negatives`` (e.g. swapped captions) share the
-        negatives' half equally with the sampled ones."""
+        negatives' half equally with the sampled ones. ``targets``: the BCE targets where
+        they are not the 0 / 1 ``labels`` (soft labels; ``labels`` still says which pairs
+        are the positives)."""
         pos, neg = labels > 0.5, labels < 0.5
-        loss = F.binary_cross_entropy_with_logits(logits[pos], labels[pos])
+        targets = labels if targets is None else targets
+        loss = F.binary_cross_entropy_with_logits(logits[pos], targets[pos])
         negatives = []
         if neg.any():
-            negatives.append(F.binary_cross_entropy_with_logits(logits[neg], labels[neg]))
+            negatives.append(F.binary_cross_entropy_with_logits(logits[neg], targets[neg]))
         if extra_negatives is not None and len(extra_negatives):
             negatives.append(F.binary_cross_entropy_with_logits(
                 extra_negatives, torch.zeros_like(extra_negatives)))

@@ -70,6 +70,11 @@ class FusionConfig:
     # model's (linear) ITC heads, so cross-attention begins in the space the two-tower
     # model aligned (needs model.two_tower.proj_layers 1 and embed_dim = width).
     token_proj_from_itc: bool = False
+    # Soft match labels: a sampled negative pair's BCE target is this x the Jaccard overlap
+    # of the two items' UMLS concepts (the concept vocabulary's) instead of 0
+    # (core.losses.match). 0: hard labels. Needs concept ids in the data and
+    # model.concepts.weight > 0 (the vocabulary the concept head trains on).
+    concept_soft_labels: float = 0.0
     # The ranking score over all pairs: match logit + score_alpha x the ITC cosine (the
     # fused score, as ALBEF/BLIP combine ITM and ITC); 0: the match logit alone. None: chosen
     # on the validation split after every epoch (from FUSED_SCORE_ALPHAS), and the checkpoint

@@ -33,6 +33,12 @@ class Method(StrEnum):
         return (ModelKind(self.value),)
 
 
+# Rerank's k tried on the validation split when it is chosen there (``rocoray evaluate
+# --rerank-ks``, ``bench.fusion_variants``); its alpha is chosen from
+# ``core.models.fusion.FUSED_SCORE_ALPHAS``.
+RERANK_KS = (16, 32, 64)
+
+
 class SettingsError(ValueError):
     """A scoring setting out of range (a user error: one line, exit code 2)."""
 

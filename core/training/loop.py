@@ -22,7 +22,7 @@ from core.config import TrainConfig
 from core.models.config import ModelConfig
 from core.data.preprocess import merge_counts
 from core.distributed import all_ranks_agree
-from core.losses import ConceptLoss, InfoNCELoss, MatchLoss
+from core.losses import ConceptLoss, InfoNCELoss, MatchLoss, concept_overlap
 from core.losses.swap import swap_each_attribute
 from core.models import masking
 from core.models.encoders import trim_padding
@@ -54,6 +54,7 @@ class LossModule(nn.Module):
         self.match = MatchLoss(config.fusion.negatives_per_positive, config.fusion.negative_mode,
                                config.fusion.temperature)
         self.contrastive_weight = config.fusion.contrastive_weight
+        self.soft_labels = config.fusion.concept_soft_labels
         self.register_buffer("swap", swap, persistent=False)
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, group=None,
@@ -68,7 +69,8 @@ class LossModule(nn.Module):
         else:
             image, concept_logits = self.model.encode_image_with_concepts(pixel_values,
                                                                           image_prefix)
-            loss, stats = self._fusion(image, input_ids, attention_mask, group, text_prefix)
+            loss, stats = self._fusion(image, input_ids, attention_mask, group, text_prefix,
+                                       concepts)
         if concept_logits is not None and concepts is not None and self.concept_weight > 0:
             concept = self.concept_loss(concept_logits, concepts)
             loss = loss + self.concept_weight * concept
@@ -117,7 +119,7 @@ class LossModule(nn.Module):
                      text_recon_loss=l_txt.detach())
         return loss, stats, head(pooled) if head is not None else None
 
-    def _fusion(self, image, input_ids, attention_mask, group, text_prefix=None):
+    def _fusion(self, image, input_ids, attention_mask, group, text_prefix=None, concepts=None):
         m = self.model
         ids, mask = trim_padding(input_ids, attention_mask)
         text = m.encode_text(ids, mask, None if text_prefix is None
@@ -132,13 +134,24 @@ class LossModule(nn.Module):
                 swapped_logits = m.score_pairs(m.encode_text(swapped, mask[rows]), image,
                                                image_index=rows)
                 stats["swap_acc"] = (swapped_logits <= 0).float().mean().detach()
-        loss = self.match(logits, labels, swapped_logits)
+        loss = self.match(logits, labels, swapped_logits, self._soft_targets(labels, concepts,
+                                                                             ti, ii))
         stats["match_loss"] = loss.detach()
         if self.contrastive_weight > 0:
             itc = self.infonce(image.embed, text.embed, m.itc_scale(), group)
             loss = loss + self.contrastive_weight * itc
             stats["itc_loss"] = itc.detach()
         return loss, stats
+
+    def _soft_targets(self, labels, concepts, text_index, image_index):
+        """The match targets with concept soft labels for the negatives, or None (0 / 1)."""
+        if self.soft_labels <= 0:
+            return None
+        if concepts is None:
+            raise ValueError("model.fusion.concept_soft_labels needs concept ids in the batch "
+                             "(a concept vocabulary: model.concepts.weight > 0)")
+        overlap = concept_overlap(concepts, text_index, image_index)
+        return torch.where(labels > 0.5, labels, self.soft_labels * overlap.to(labels.dtype))
 
 
 ENCODERS = ("image_encoder.", "text_encoder.")
