@@ -170,3 +170,25 @@ def test_retrieval_sections_have_intervals_per_method_and_direction():
     assert out["fusion"]["i2t"]["MRR@2"]["value"] < 1.0
     e = out["fusion"]["t2i"]["nDCG@5"]
     assert e["low"] <= e["value"] <= e["high"] and e["n"] == 5
+
+
+def test_concept_soft_labels_reach_the_fusion_match_loss():
+    """The batch's concepts reach the match loss: with shared concepts the negatives' targets
+    are soft, and the loss differs from hard labels on the same pairs; without them, an error."""
+    cfg = load_config("tiny", ["model.kind=fusion", "model.concepts.num_concepts=4",
+                               "model.fusion.negative_mode=random",
+                               "model.fusion.contrastive_weight=0", "model.concepts.weight=0"])
+    cfg.model.text.vocab_size = 200
+    px = torch.randint(0, 255, (4, 3, 64, 64), dtype=torch.uint8)
+    ids, mask = torch.randint(5, 200, (4, 10)), torch.ones(4, 10, dtype=torch.long)
+    concepts = torch.ones(4, 4, dtype=torch.uint8)  # every pair overlaps fully: targets 0.5
+    losses = {}
+    for soft in (0.0, 0.5):
+        cfg.model.fusion.concept_soft_labels = soft
+        torch.manual_seed(0)
+        module = LossModule(build_model(cfg.model).eval(), cfg.model)
+        torch.manual_seed(1)  # the same negatives drawn
+        losses[soft] = module(px, ids, mask, torch.arange(4), concepts)[0].item()
+    assert losses[0.5] != pytest.approx(losses[0.0], rel=1e-4)
+    with pytest.raises(ValueError, match="concept_soft_labels needs concept ids"):
+        module(px, ids, mask, torch.arange(4), None)
