@@ -40,6 +40,37 @@ def test_resnet50_patch_grid_and_pooled():
     assert enc.grid == (7, 7)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "roco_cpu"])
+def test_image_encoder_runs_its_convolutions_channels_last_with_the_nchw_result(preset):
+    """Every image-encoder call feeds the backbone NHWC (oneDNN's fast kernels on a CPU,
+    bench/channels_last.py): from uint8 pixels, from standardised floats (explanations) and
+    from a frozen prefix; the features equal NCHW's up to float rounding."""
+    cfg = load_config(preset).model.image
+    if preset == "roco_cpu":
+        cfg.freeze_stages = 5  # a frozen prefix, then trainable stages that read it
+    enc = ImageEncoder(cfg, load_weights=False).eval()
+    seen = []
+    hooks = [enc.backbone[i].register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        for i in (0, len(enc.frozen) if enc.frozen else 0)]
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (2, 3, cfg.image_size, cfg.image_size), generator=g,
+                           dtype=torch.uint8)
+    with torch.no_grad():
+        patches, pooled = enc(pixels)
+        _, from_float = enc(enc.normalize(pixels).contiguous())
+        if enc.frozen:
+            _, from_prefix = enc(None, prefix=enc.frozen_prefix(pixels).contiguous())
+            torch.testing.assert_close(from_prefix, pooled, rtol=1e-4, atol=1e-4)
+        for h in hooks:
+            h.remove()
+        nchw = enc.backbone(enc.normalize(pixels).contiguous()).flatten(2).mean(-1)
+    assert seen and all(seen)
+    torch.testing.assert_close(from_float, pooled)
+    torch.testing.assert_close(pooled, nchw, rtol=1e-4, atol=1e-4)
+    assert patches.shape == (2, enc.num_patches, enc.out_dim)
+
+
 def test_text_encoder_from_local_pretrained_dir(tmp_path):
     from transformers import BertConfig, BertModel
 

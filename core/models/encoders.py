@@ -151,6 +151,14 @@ def freeze(modules: list[nn.Module]) -> None:
             p.requires_grad_(False)
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A 4-d image batch in channels-last (NHWC) memory order: every convolution after it
+    runs on oneDNN's NHWC kernels, 1.2-2x faster on a CPU than NCHW, forward and backward
+    (``bench/channels_last.py``; the values are the same up to float rounding). The weights
+    stay NCHW, so checkpoints and digests are unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, config: ImageEncoderConfig, load_weights: bool = True):
         """``load_weights=False`` builds the architecture only (a checkpoint's weights follow)."""
@@ -183,10 +191,11 @@ class ImageEncoder(nn.Module):
         return self
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> standardised float; float input is taken as standardised."""
+        """uint8 (B, 3, H, W) -> standardised float; float input is taken as standardised.
+        Either way in channels-last memory order (``channels_last``)."""
         if pixels.dtype != torch.uint8:
-            return pixels
-        return (pixels.to(self.mean.dtype) - self.mean) * self.inv_std
+            return channels_last(pixels)
+        return channels_last((pixels.to(self.mean.dtype) - self.mean) * self.inv_std)
 
     def frozen_prefix(self, pixels: torch.Tensor) -> torch.Tensor:
         """The frozen stages' output map: what a run with frozen stages encodes once and
@@ -202,7 +211,7 @@ class ImageEncoder(nn.Module):
         else:
             param = next(self.backbone[len(self.frozen):].parameters(), None)
             fmap = self.backbone[len(self.frozen):](
-                prefix.to(param.dtype if param is not None else torch.float32))
+                channels_last(prefix.to(param.dtype if param is not None else torch.float32)))
         patches = fmap.flatten(2).transpose(1, 2)  # (B, h*w, C)
         return patches, patches.mean(dim=1)
 
