@@ -18,6 +18,7 @@ import contextlib
 import io
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -37,8 +38,16 @@ def meteor_unavailable() -> str | None:
     return None
 
 
+def _meteor(gts: dict, res: dict) -> np.ndarray:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return np.asarray(Meteor().compute_score(gts, res)[1], np.float64)
+
+
 def sentence_scores(references: list[str], candidates: list[str]) -> dict[str, np.ndarray]:
-    """Per-pair scores of every metric (the candidate i against reference i)."""
+    """Per-pair scores of every metric (the candidate i against reference i). METEOR's Java
+    process scores in a thread while Python scores the others: its per-pair round trips
+    wait on the pipe, not on the interpreter, so the two overlap."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -46,14 +55,14 @@ def sentence_scores(references: list[str], candidates: list[str]) -> dict[str, n
     gts = {i: [normalise(r)] for i, r in enumerate(references)}
     res = {i: [normalise(c)] for i, c in enumerate(candidates)}
     out = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length ratios
-        out["BLEU-4"] = np.asarray(Bleu(4).compute_score(gts, res)[1][3], np.float64)
-        out["ROUGE-L"] = np.asarray(Rouge().compute_score(gts, res)[1], np.float64)
-        out["CIDEr"] = np.asarray(Cider().compute_score(gts, res)[1], np.float64)
-        if meteor_unavailable() is None:
-            from pycocoevalcap.meteor.meteor import Meteor
-
-            out["METEOR"] = np.asarray(Meteor().compute_score(gts, res)[1], np.float64)
+    with ThreadPoolExecutor(1) as pool:
+        meteor = pool.submit(_meteor, gts, res) if meteor_unavailable() is None else None
+        with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length ratios
+            out["BLEU-4"] = np.asarray(Bleu(4).compute_score(gts, res)[1][3], np.float64)
+            out["ROUGE-L"] = np.asarray(Rouge().compute_score(gts, res)[1], np.float64)
+            out["CIDEr"] = np.asarray(Cider().compute_score(gts, res)[1], np.float64)
+        if meteor is not None:
+            out["METEOR"] = meteor.result()
     return out
 
 
