@@ -304,7 +304,9 @@ def encode_from_frozen(job, kind: ModelKind, block: int, key: dict, store: Featu
                     "encoder_passes": {"text": 0 if meta["reused"] else table.num_rows,
                                        "image": 0 if meta["reused"] else table.num_rows}}
     store.write_meta(gallery_meta)
-    log.info("%s gallery: %d items from the frozen encoders' outputs (%s) in %.1fs; skipped %s",
-             kind, gallery_meta["n"], "reused" if meta["reused"] else "encoded now",
-             gallery_meta["encode_s"], skipped or "none")
+    now = gallery_meta["encode_s"] - (meta["encode_s"] if meta["reused"] else 0.0)
+    log.info("%s gallery: %d items from the frozen encoders' outputs (%s) in %.1fs%s; "
+             "skipped %s", kind, gallery_meta["n"], "reused" if meta["reused"] else "encoded now",
+             now, f" (+ {meta['encode_s']:.1f}s when the reused outputs were encoded)"
+             if meta["reused"] else "", skipped or "none")
     return Gallery(kind, key, table, refs, block, store, gallery_meta)
