@@ -42,6 +42,14 @@ class TrainConfig:
     # The fusion model's epochs when they differ (None: epochs): its cross-attention layers
     # start from scratch on frozen towers, where the two-tower's heads start from ITC.
     fusion_epochs: int | None = None
+    # Which checkpoint a run keeps as its result: "best" (the highest validation mean
+    # recall of any epoch) or "last" (the epochs themselves chosen on validation, as
+    # bench.fusion_variants chooses them: it scores each recipe's final weights). A fusion
+    # run that keeps its last checkpoint scores every validation pair only in its last
+    # epoch (where the fused score's alpha is chosen); earlier epochs report ITC and
+    # rerank from the ITC top-k candidates' pairs (ALBEF's validation), 2 x k x N pairs.
+    keep: Literal["best", "last"] = "best"
+    fusion_keep: Literal["best", "last"] | None = None  # the fusion run's (None: keep)
     batch_size: int = 64  # per worker
     lr: float = 1e-4
     # Learning rate of the pretrained encoders' trainable layers (None: ``lr``); the new
@@ -245,14 +253,17 @@ def load_config(preset_or_path: str | Path | None = "tiny",
 
 def resolve_fusion_run(cfg: ExperimentConfig) -> ExperimentConfig:
     """A fusion run's settings as its training reads them (in place): ``train.fusion_epochs``
-    becomes ``train.epochs``, and ``model.fusion.freeze_encoders`` freezes both towers whole.
-    Other kinds are returned as they are."""
+    becomes ``train.epochs``, ``train.fusion_keep`` ``train.keep``, and
+    ``model.fusion.freeze_encoders`` freezes both towers whole. Other kinds are returned as
+    they are."""
     from core.models.kind import ModelKind
 
     if cfg.model.kind != ModelKind.FUSION:
         return cfg
     if cfg.train.fusion_epochs is not None:
         cfg.train.epochs, cfg.train.fusion_epochs = cfg.train.fusion_epochs, None
+    if cfg.train.fusion_keep is not None:
+        cfg.train.keep, cfg.train.fusion_keep = cfg.train.fusion_keep, None
     if cfg.model.fusion.freeze_encoders:
         cfg.model.image.freeze_stages = cfg.model.text.freeze_layers = -1
     return cfg

@@ -195,7 +195,7 @@ def concept_vocabulary(cfg: ExperimentConfig):
 def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concepts=None):
     """Build and fit the TorchTrainer; returns the ray.train.Result. ``datasets`` (train,
     validation, and the number of training rows) replaces the config's data, for benchmarks."""
-    from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig,
+    from ray.train import (DataConfig, FailureConfig, LoggingConfig,
                            RunConfig, ScalingConfig)
     from ray.train.torch import TorchTrainer
 
@@ -230,9 +230,7 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
             # Ray Train's own INFO lines (worker group start, every report) repeat what the
             # epoch line says; its warnings and errors still show.
             logging_config=LoggingConfig(log_level="WARNING"),
-            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
-                                               checkpoint_score_attribute="val/mean_recall",
-                                               checkpoint_score_order="max")),
+            checkpoint_config=checkpoint_config(t)),
         datasets=datasets or None, dataset_config=DataConfig(execution_options=ingest))
     log.info("training %s on %d rows: %d worker(s)%s x batch %d, %d steps/epoch, %d epochs",
              cfg.model.kind, rows, t.num_workers,
@@ -249,6 +247,18 @@ def fit(cfg: ExperimentConfig, tokenizer, callbacks=None, datasets=None, concept
     return result
 
 
+def checkpoint_config(t):
+    """Ray Train keeps the best checkpoints by validation mean recall (``train.keep`` best)
+    or the latest ones (last)."""
+    from ray.train import CheckpointConfig
+
+    if t.keep == "last":
+        return CheckpointConfig(num_to_keep=t.checkpoints_to_keep)
+    return CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
+                            checkpoint_score_attribute="val/mean_recall",
+                            checkpoint_score_order="max")
+
+
 def fatal_errors(out: str, since: float, ranks: int) -> list[dict]:
     """Every rank's recorded first-step error of this fit (written after ``since``)."""
     found = []
@@ -263,7 +273,11 @@ def fatal_errors(out: str, since: float, ranks: int) -> list[dict]:
 def summarize(result, cfg: ExperimentConfig) -> dict:
     """The run's result.json: final metrics, every epoch, and checkpoints RELATIVE to the run
     directory (a run can be moved)."""
-    best = result.get_best_checkpoint("val/mean_recall", "max") if result.best_checkpoints else None
+    best = None
+    if cfg.train.keep == "last":
+        best = result.checkpoint
+    elif result.best_checkpoints:
+        best = result.get_best_checkpoint("val/mean_recall", "max")
     history = []
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as ckpt_dir:
@@ -271,7 +285,7 @@ def summarize(result, cfg: ExperimentConfig) -> dict:
             history = json.loads(path.read_text()) if path.exists() else []
     out = run_dir(cfg)
     return {"name": cfg.train.name, "model": cfg.model.kind,
-            "final": result.metrics, "epochs": cfg.train.epochs,
+            "final": result.metrics, "epochs": cfg.train.epochs, "keep": cfg.train.keep,
             "best_checkpoint": storage.relative_to(best.path, out) if best else None,
             "latest_checkpoint": (storage.relative_to(result.checkpoint.path, out)
                                   if result.checkpoint else None),
@@ -304,7 +318,8 @@ def main(argv=None) -> dict:
     summary = run_cli("rocoray train", lambda: run(args.experiment(), args.address))
     final = summary["final"] or {}
     print(f"\n{summary['model']} run {summary['name']}: {format_epoch(final, summary['epochs'])}")
-    print(f"results: {summary['path']}  best checkpoint: {summary['best_checkpoint']}")
+    print(f"results: {summary['path']}  kept checkpoint ({summary['keep']}): "
+          f"{summary['best_checkpoint']}")
     return summary
 
 

@@ -202,9 +202,10 @@ def train_epoch(state: WorkerState, splits: Splits, epoch: int, attempt: dict):
                            state.device, precision, cfg.train.grad_clip, on_step)
 
 
-def validate_epoch(state: WorkerState, splits: Splits) -> dict | None:
+def validate_epoch(state: WorkerState, splits: Splits, epoch: int) -> dict | None:
     """Each rank encodes its shard of the validation split; rank 0 scores the gathered
-    gallery (two-tower: all of it; fusion: the first ``fusion_val_max_items``)."""
+    gallery (two-tower: all of it; fusion: the first ``fusion_val_max_items``; a fusion run
+    that keeps its last checkpoint scores every pair in its last epoch only)."""
     cfg = state.cfg
     limit = cfg.train.fusion_val_max_items if cfg.model.kind == ModelKind.FUSION else cfg.train.val_max_items
     per_rank = None if limit is None else math.ceil(limit / state.world)
@@ -235,9 +236,10 @@ def validate_epoch(state: WorkerState, splits: Splits) -> dict | None:
                for side in ("text", "image")}
     encoded["group"] = np.concatenate([p["group"] for p in parts])
     fc = cfg.model.fusion
+    all_pairs = cfg.train.keep == "best" or epoch == cfg.train.epochs - 1
     out.update(flat_metrics(validate(state.model, encoded, max_items=limit, rerank_k=fc.rerank_k,
-                                     rerank_alpha=fc.rerank_alpha, precision=precision),
-                                "val/"))
+                                     rerank_alpha=fc.rerank_alpha, precision=precision,
+                                     all_pairs=all_pairs), "val/"))
     if all(p["concept_logits"] is not None for p in parts):
         # ImageCLEF's per-image F1 on the validation images, at the best threshold there
         # (the threshold the test report uses is chosen on this split the same way).
@@ -257,8 +259,9 @@ def save(state: WorkerState, epoch: int, metrics: dict, tokenizer, concepts=None
         checkpoint = None
         if state.rank == 0:
             cfg = state.cfg
-            if cfg.model.kind == ModelKind.FUSION and cfg.model.fusion.score_alpha is None:
-                # the checkpoint ranks with the fused score's alpha chosen on validation
+            if "val/score_alpha" in metrics and cfg.model.fusion.score_alpha is None:
+                # the checkpoint ranks with the fused score's alpha chosen on validation (an
+                # epoch that did not choose it leaves it unset)
                 cfg = config_from_dict(to_dict(cfg))
                 cfg.model.fusion.score_alpha = state.model.score_alpha
             save_checkpoint(tmp, state.model, cfg, tokenizer,
@@ -327,7 +330,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for epoch in range(state.start_epoch, state.cfg.train.epochs):
             stats = train_epoch(state, splits, epoch, attempt)
             metrics = {**epoch_metrics(state, epoch, stats), **placement(state)}
-            metrics.update(validate_epoch(state, splits) or {})
+            metrics.update(validate_epoch(state, splits, epoch) or {})
             save(state, epoch, metrics, loop_config["tokenizer"], loop_config.get("concepts"))
     except Exception as exc:
         if attempt["steps"] or ray.train.get_checkpoint() is not None:

@@ -8,7 +8,8 @@ import torch
 
 from core.scoring.settings import ScoringSettings
 
-from core.evaluation.cross_split import across, topk_rows
+from core.evaluation.cross_split import across
+from core.retrieval import topk_rows
 from tests.helpers import tiny_models_and_features
 
 

@@ -218,6 +218,47 @@ def test_the_fused_score_adds_the_itc_cosine_and_its_alpha_is_chosen_on_validati
         itm + best * itc, groups, groups, ks=(1, 5, 10))["mean_recall"])
 
 
+def test_fusion_validation_from_the_itc_candidates_scores_only_them_with_the_same_rerank(
+        monkeypatch):
+    """A fusion run that keeps its last epoch validates the earlier ones as ALBEF does: the
+    match head scores only the ITC top-k candidates of both directions (at most 2 x k x N
+    pairs, never the N x N matrix), and its ITC and rerank metrics equal those of the
+    all-pairs validation; no alpha is chosen and no all-pairs metric is reported."""
+    from core.evaluation.reference import itc_candidates, validate
+    from core.models.fusion import FusionModel
+
+    torch.manual_seed(0)
+    model = build_model(tiny("fusion").model).eval()
+    n, k = 24, 4
+    px, ids, mask = inputs(n)
+    with torch.no_grad():
+        image, text = model.encode_image(px), model.encode_text(ids, mask)
+    encoded = {"text": text, "image": image, "group": np.arange(n)}
+    full = validate(model, encoded, rerank_k=k, ks=(1, 5, 10))
+    scored, matrices = [], []
+    pairs, score = FusionModel.score_pairs, FusionModel.score
+    monkeypatch.setattr(FusionModel, "score_pairs", lambda self, t, i, ti=None, ii=None, **kw: (
+        scored.append(n if ti is None else len(ti)) or pairs(self, t, i, ti, ii, **kw)))
+    monkeypatch.setattr(FusionModel, "score", lambda self, t, i: (
+        matrices.append((len(t), len(i))) or score(self, t, i)))
+    model.config.fusion.score_alpha = None
+    cheap = validate(model, encoded, rerank_k=k, ks=(1, 5, 10), all_pairs=False)
+    assert not matrices  # no all-pairs score matrix, not even in blocks
+    itc = (text.embed @ image.embed.T).numpy()
+    top = np.argsort(-itc, 1, kind="stable")[:, :k], np.argsort(-itc.T, 1, kind="stable")[:, :k]
+    wanted = ({(t, int(i)) for t in range(n) for i in top[0][t]}
+              | {(int(t), i) for i in range(n) for t in top[1][i]})
+    assert set(zip(*map(list, itc_candidates(itc, k)))) == wanted
+    assert sum(scored) == len(wanted) + 2 * n <= 2 * k * n + 2 * n  # + match accuracy's
+    assert "mean_recall" not in cheap and "score_alpha" not in cheap
+    assert model.score_alpha == 0.0
+    for name in ("itc", "rerank"):
+        for d in ("t2i", "i2t"):
+            assert cheap[name][d] == pytest.approx(full[name][d], abs=1e-6), (name, d)
+        assert cheap[name]["mean_recall"] == pytest.approx(full[name]["mean_recall"])
+    assert cheap["match_acc"] == full["match_acc"]
+
+
 def test_fusion_attention_explicit_under_bf16_training_matches_the_fused_kernel(monkeypatch):
     """``attend`` runs the explicit product where autograd records bf16 on a CPU (SDPA's
     backward is 5-6x slower there: bench/fusion_step.py) and the fused kernel elsewhere;

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -42,7 +43,7 @@ def test_the_real_data_demo_runs_every_stage_and_encodes_each_split_once(tmp_pat
     rocoray = Path(sys.executable).parent / "rocoray"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
     done = subprocess.run([str(rocoray), "demo", "--data", str(data), "--config", "roco_cpu",
-                           "--out", str(out), "--epochs", "1", "--explain-cases", "2",
+                           "--out", str(out), "--epochs", "2", "--explain-cases", "2",
                            "--set", "train.batch_size=32"],
                           capture_output=True, text=True, env=env, timeout=840)
     log = done.stdout + done.stderr
@@ -63,6 +64,19 @@ def test_the_real_data_demo_runs_every_stage_and_encodes_each_split_once(tmp_pat
                   "evaluate: score fusion", "evaluate: explanations", "evaluate: report"):
         assert summary["stages"][stage]["seconds"] > 0, stage
         assert summary["stages"][stage]["peak_rss_mb"] > 0, stage
+
+    # The fusion run keeps its last checkpoint (train.fusion_keep): only its last epoch scored
+    # every validation pair and chose the fused score's alpha, which that checkpoint records;
+    # the first epoch validated from the ITC top-k candidates.
+    fusion = json.loads((out / "train" / "fusion" / "result.json").read_text())
+    assert fusion["keep"] == "last" and fusion["best_checkpoint"] == fusion["latest_checkpoint"]
+    first, last = fusion["history"]
+    assert "val/mean_recall" not in first and "val/score_alpha" not in first
+    assert first["val/rerank/mean_recall"] >= 0 and first["val/itc/mean_recall"] >= 0
+    assert last["val/score_alpha"] >= 0 and last["val/mean_recall"] >= 0
+    kept = yaml.safe_load((out / "train" / "fusion" / fusion["best_checkpoint"]
+                           / "config.yaml").read_text())
+    assert kept["model"]["fusion"]["score_alpha"] == last["val/score_alpha"]
 
     # Encode once: the frozen towers ran over each split exactly once (one store per split);
     # the fusion training and every scoring job reused them.

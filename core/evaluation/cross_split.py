@@ -16,18 +16,10 @@ import torch
 
 from core.evaluation.reference import score_matrix
 from core.features import Features
-from core.metrics import keys_to_index, order_keys
 from core.models.kind import ModelKind
 from core.precision import autocast
-from core.retrieval import fused_scores, topk_keys
+from core.retrieval import fused_scores, topk_rows
 from core.scoring.settings import Method, ScoringSettings
-
-
-def topk_rows(scores: np.ndarray, k: int, columns: np.ndarray | None = None) -> np.ndarray:
-    """Each row's top-k column indices (or ``columns``' entries), best first."""
-    cols = np.arange(scores.shape[1]) if columns is None else columns
-    keys = order_keys(scores, np.broadcast_to(cols, scores.shape) if cols.ndim == 1 else cols)
-    return keys_to_index(topk_keys(keys, k))
 
 
 @torch.no_grad()

@@ -11,9 +11,8 @@ import torch
 
 from core.batch import Batch
 from core.features import Features
-from core.metrics import (bidirectional_metrics, evaluate_scores, keys_to_index, order_keys,
-                          ranks_from_scores)
-from core.retrieval import StreamingRetrieval, fused_scores, rerank, topk_keys
+from core.metrics import (bidirectional_metrics, evaluate_scores, ranks_from_scores)
+from core.retrieval import StreamingRetrieval, fused_scores, rerank, topk_rows
 from core.precision import autocast
 from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, score_block
 from core.scoring.plan import default_tile
@@ -141,12 +140,12 @@ def choose_score_alpha(model, text: Features, image: Features, groups,
 
 def rerank_matrices(itm: np.ndarray, itc: np.ndarray, groups: np.ndarray, k: int,
                     alpha: float, ks=(1, 5, 10)) -> dict:
-    """Retrieve-and-rerank from full score matrices (validation): each query's top-k by
-    ``itc`` re-ordered by ``itm`` + ``alpha`` x ``itc``; metrics of both directions."""
+    """Retrieve-and-rerank from score matrices (validation): each query's top-k by ``itc``
+    re-ordered by ``itm`` + ``alpha`` x ``itc``; metrics of both directions. Only the
+    candidates' entries of ``itm`` are read (``itc_candidates``)."""
     ranks = {}
     for d, (a, b) in (("t2i", (itm, itc)), ("i2t", (itm.T, itc.T))):
-        keys = order_keys(b, np.arange(b.shape[1])[None, :])
-        candidates = keys_to_index(topk_keys(keys, k))
+        candidates = topk_rows(b, k)
         first = ranks_from_scores(b, groups, groups)
         fused = fused_scores(np.take_along_axis(a, candidates, 1),
                              np.take_along_axis(b, candidates, 1), alpha)
@@ -155,22 +154,48 @@ def rerank_matrices(itm: np.ndarray, itc: np.ndarray, groups: np.ndarray, k: int
     return bidirectional_metrics(ranks["t2i"], ranks["i2t"], n_images=n, n_texts=n, ks=ks)
 
 
+def itc_candidates(itc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(caption rows, image rows) of every pair that rerank over ``itc`` reads: each
+    caption's top-k images and each image's top-k captions, once each."""
+    t2i, i2t = topk_rows(itc, k), topk_rows(itc.T, k)
+    rows = np.concatenate([np.repeat(np.arange(len(t2i)), k), i2t.ravel()])
+    cols = np.concatenate([t2i.ravel(), np.repeat(np.arange(len(i2t)), k)])
+    pairs = np.unique(rows * itc.shape[1] + cols)
+    return pairs // itc.shape[1], pairs % itc.shape[1]
+
+
+@torch.no_grad()
+def candidate_scores(model, text: Features, image: Features, itc: np.ndarray, k: int,
+                     pairs: int = 4096) -> np.ndarray:
+    """The fusion model's ranking scores of the ITC top-k candidates of both directions (at
+    most 2 x k x N pairs, as ALBEF validates: its ITC retrieves, its match head re-ranks),
+    in a captions x images matrix that is -inf elsewhere."""
+    ti, ii = itc_candidates(itc, k)
+    out = np.full(itc.shape, -np.inf, dtype=np.float32)
+    for s in range(0, len(ti), pairs):  # in slices: a pair's working set is tokens x patches
+        t, i = torch.as_tensor(ti[s:s + pairs]), torch.as_tensor(ii[s:s + pairs])
+        out[ti[s:s + pairs], ii[s:s + pairs]] = (
+            model.score_pairs(text, image, t, i, ranking=True).float().cpu().numpy())
+    return out
+
+
 @torch.no_grad()
 def validate(model, encoded: dict, max_items: int | None = None, ks=(1, 5, 10),
              rerank_k: int | None = None, rerank_alpha: float = 0.0,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", all_pairs: bool = True) -> dict:
     """Retrieval metrics on an encoded gallery (its first ``max_items`` items), scored in
     ``precision`` (training's: ``core.precision.training_precision``). For the fusion
     model also its match accuracy, its ITC retrieval (``itc``) and retrieve-and-rerank inside
     the model (``rerank``: ITC top-``rerank_k`` re-ordered by the fused score; None: the
-    scoring jobs' default)."""
+    scoring jobs' default). ``all_pairs`` False (fusion): only those three, from the ITC
+    top-k candidates' pairs instead of every pair (no top-level metrics, no alpha chosen)."""
     rerank_k = ScoringSettings().rerank_k if rerank_k is None else rerank_k
     device = next(model.parameters()).device
     with autocast(device, precision):
-        return _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha)
+        return _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha, all_pairs)
 
 
-def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha) -> dict:
+def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha, all_pairs) -> dict:
     text, image, groups = encoded["text"], encoded["image"], np.asarray(encoded["group"])
     n = len(text)
     if max_items is not None and n > max_items:
@@ -178,17 +203,20 @@ def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha) -> dict:
         text, image, groups = text.index(head), image.index(head), groups[head]
         n = max_items
     ks = tuple(k for k in ks if k <= n)
-    fusion = model.kind == ModelKind.FUSION
-    if fusion and model.config.fusion.score_alpha is None:
+    if model.kind != ModelKind.FUSION:
+        return {**evaluate_scores(score_matrix(model, text, image), groups, groups, ks=ks),
+                "gallery_size": n}
+    itc = (text.embed @ image.embed.T).float().cpu().numpy()
+    k = min(rerank_k, n)
+    out = {"gallery_size": n, "match_acc": match_accuracy(model, text, image, groups),
+           "itc": evaluate_scores(itc, groups, groups, ks=ks)}
+    if not all_pairs:
+        scores = candidate_scores(model, text, image, itc, k)
+    elif model.config.fusion.score_alpha is None:
         model.score_alpha, scores = choose_score_alpha(model, text, image, groups, ks)
     else:
         scores = score_matrix(model, text, image)
-    out = evaluate_scores(scores, groups, groups, ks=ks)
-    out["gallery_size"] = n
-    if fusion:
-        out["score_alpha"] = model.score_alpha
-        out["match_acc"] = match_accuracy(model, text, image, groups)
-        itc = (text.embed @ image.embed.T).float().cpu().numpy()
-        out["itc"] = evaluate_scores(itc, groups, groups, ks=ks)
-        out["rerank"] = rerank_matrices(scores, itc, groups, min(rerank_k, n), rerank_alpha, ks)
+    if all_pairs:
+        out.update(evaluate_scores(scores, groups, groups, ks=ks), score_alpha=model.score_alpha)
+    out["rerank"] = rerank_matrices(scores, itc, groups, k, rerank_alpha, ks)
     return out

@@ -77,8 +77,8 @@ class FusionConfig:
     concept_soft_labels: float = 0.0
     # The ranking score over all pairs: match logit + score_alpha x the ITC cosine (the
     # fused score, as ALBEF/BLIP combine ITM and ITC); 0: the match logit alone. None: chosen
-    # on the validation split after every epoch (from FUSED_SCORE_ALPHAS), and the checkpoint
-    # records the number it chose.
+    # on the validation split (from FUSED_SCORE_ALPHAS) in every epoch whose checkpoint the
+    # run may keep (train.keep), and that checkpoint records the number it chose.
     score_alpha: float | None = 0.0
     # Retrieve-and-rerank inside the fusion model, in validation: the ITC top-k re-scored by
     # the match logit + rerank_alpha x the ITC cosine (the fused score). None: the one
@@ -214,7 +214,7 @@ class FusionModel(nn.Module):
         self.concept_head = build_concept_head(self.image_encoder.out_dim, config.concepts)
         # The ranking score: match logit + score_alpha x ITC cosine (the fused score; 0: the
         # match logit alone). None in a config means "chosen on validation" (training sets
-        # it each epoch and the checkpoint records the number).
+        # it in each epoch it may keep, and that checkpoint records the number).
         self.score_alpha = float(fc.score_alpha or 0.0)
 
     def itc_scale(self) -> torch.Tensor:

@@ -52,8 +52,11 @@ def training_curves(training: dict, path: Path) -> Path | None:
         epochs = [h["epoch"] for h in t["history"]]
         axes[0].plot(epochs, [h.get("train/loss") for h in t["history"]], "o-", color=COLORS[m],
                      label=LABELS[m])
-        axes[1].plot(epochs, [h.get("val/mean_recall") for h in t["history"]], "o-",
-                     color=COLORS[m], label=LABELS[m])
+        for key, style, label in (("val/mean_recall", "o-", LABELS[m]),
+                                  ("val/rerank/mean_recall", "x--", "fusion: ITC top-k re-ranked")):
+            points = [(h["epoch"], h[key]) for h in t["history"] if h.get(key) is not None]
+            if points:  # a fusion run that keeps its last epoch scores all pairs only there
+                axes[1].plot(*zip(*points), style, color=COLORS[m], label=label)
     axes[0].set_title("training loss", fontsize=9)
     axes[1].set_title("validation mean recall (R@1/5/10, both directions)", fontsize=9)
     for ax in axes:
