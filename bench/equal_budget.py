@@ -23,6 +23,7 @@ def main(argv=None) -> dict:
     p.add_argument("--demo", default="runs/demo")
     args = p.parse_args(argv)
     from core.evaluation import fine_grained
+    from core.evaluation.reference import pair_scores
     from core.checkpoint import load_checkpoint
     from core.config import load_config
     from core.data.rocov2 import read_split
@@ -62,7 +63,7 @@ def main(argv=None) -> dict:
         model = load_checkpoint(score.check_checkpoint(run["path"], "two_tower", "run")).model
         text, image = load_features(outputs.read_summary(str(work / "score")), "two_tower")
         wins = fine_grained.score_wins(
-            lambda ti, ii: fine_grained.pair_scores(model, text, image, ti, ii), pairs)
+            lambda ti, ii: pair_scores(model, text, image, ti, ii), pairs)
         out["two_tower_equal_budget"]["sibling"] = fine_grained.accuracy(wins, pairs)
     out["demo"] = {m: {"epochs": epochs.get(m, epochs.get("fusion")),
                        "metrics": metrics["methods"][m]["metrics"],

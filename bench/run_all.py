@@ -18,7 +18,8 @@ BENCHES = ["synthetic_generation", "pairwise_scoring", "roofline", "input_pipeli
            "encode_rate", "fusion_step", "ray_overhead", "scaling", "rerank", "equal_budget",
            "mcr_efficiency", "serve_latency", "multinode", "cost_model"]
 # Not run by default: gpu (a GPU machine), roco_variants / fusion_variants (../shared's ROCO
-# sample, about an hour each), cpu_bf16 (a trained ROCO-sample fusion checkpoint), demo_run
+# sample, about an hour each), cpu_bf16 and explain_precision (a trained ROCO-sample demo
+# run), demo_run
 # (`python -m bench.demo_run --name ...`). Each row
 # of the README says the commit it was measured at, whichever command wrote it.
 

@@ -28,13 +28,13 @@ def topk_keys(keys: np.ndarray, k: int) -> np.ndarray:
     return -np.sort(-keys, axis=1)
 
 
-
 def topk_rows(scores: np.ndarray, k: int, columns: np.ndarray | None = None) -> np.ndarray:
     """Each row's top-k column indices (or ``columns``' entries), best first; ties go to the
     lower column (``core.metrics.order_keys``)."""
     cols = np.arange(scores.shape[1]) if columns is None else columns
     keys = order_keys(scores, np.broadcast_to(cols, scores.shape) if cols.ndim == 1 else cols)
     return keys_to_index(topk_keys(keys, k))
+
 
 @dataclass
 class Direction:

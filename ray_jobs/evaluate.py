@@ -243,11 +243,11 @@ def analyse(cfg: EvaluateConfig, metrics: dict, scored: Scored, jobs: dict, gall
     step("concepts", "concepts", "the concept analyses", analyses.concept_sections, scored,
          data, cfg.split, cfg.val_split, val_features, cross)
     examples = analyses.pick_examples(scored, cfg.examples)
-    log.info("explaining %d test pairs (attention, Grad-CAM, Integrated Gradients)",
-             cfg.explain_cases)
+    log.info("explaining %d test pairs (attention, Grad-CAM, Integrated Gradients; %s)",
+             cfg.explain_cases, jobs[Method.FUSION].precision)
     step("explanations", "explanations", "the explanations", explanation_study, data,
          cfg.split, {k: scored.loaded(k) for k in ModelKind}, cfg.explain_cases,
-         figures, examples[Method.RERANK]["t2i"])
+         figures, examples[Method.RERANK]["t2i"], jobs[Method.FUSION].precision)
     step("modality_gap", "modality gap", "the modality gap", analyses.modality_gaps, scored,
          figures)
     return examples

@@ -119,3 +119,39 @@ def test_every_method_explains_a_model_whose_parameters_are_all_frozen(kind):
     assert set(frozen) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(frozen[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_explanation_study_explains_in_the_scoring_precision(monkeypatch, precision):
+    """The report's explanations run in the precision the models are scored in (bf16 on
+    roco_cpu, bench.explain_precision): every score explained is computed under it."""
+    from types import SimpleNamespace
+
+    from core.explain import study
+
+    seen = {}
+
+    def record(*_args):
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        seen["dtype"] = torch.get_autocast_dtype("cpu")
+        return {"available": True}
+
+    monkeypatch.setattr(study, "_explanation_study", record)
+    loaded = {"fusion": SimpleNamespace(model=tiny("fusion"))}
+    assert study.explanation_study("data", "test", loaded, 2, None, [], precision)["available"]
+    assert seen["autocast"] == (precision == "bf16")
+    if precision == "bf16":
+        assert seen["dtype"] == torch.bfloat16
+
+
+def test_bf16_maps_agree_with_fp32_maps():
+    from core.explain.agreement import map_agreement
+
+    model = tiny("fusion")
+    px, ids, mask = pair()
+    exact = explain(model, px, ids, mask, steps=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = explain(model, px, ids, mask, steps=8)
+    for name in ("attention", "gradcam", "ig"):
+        assert low[name].dtype == np.float32 and low[name].sum() == pytest.approx(1.0, abs=1e-4)
+        assert map_agreement(exact[name], low[name])["pearson"] > 0.9, name

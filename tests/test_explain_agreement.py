@@ -69,3 +69,19 @@ def test_a_pair_whose_image_barely_moves_its_score_cannot_dominate_the_areas():
     assert abs(areas["deletion_auc"][1]) < 1 and abs(areas["insertion_auc"][1]) < 1
     assert curve_areas(tiny, tiny[::-1], tiny[0] - tiny[-1])["deletion_auc"] < -30  # own span
     assert areas["deletion_auc"][3] == pytest.approx(0.5)  # oriented by the pair's sign
+
+
+def test_deletion_and_insertion_curves_are_scored_in_fp32_under_bf16_maps():
+    """The report's maps may be made under bf16 autocast (the scoring precision); the curves
+    that score them stay fp32: a two-tower cosine's curve spans little more than bf16 rounds."""
+    from core.explain.agreement import score_curves
+    from tests.test_explain import pair, tiny
+
+    model = tiny("two_tower")
+    px, ids, mask = pair()
+    heat = np.random.default_rng(0).random(model.image_encoder.grid)
+    exact = score_curves(model, px, ids, mask, heat)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_bf16 = score_curves(model, px, ids, mask, heat)
+    for a, b in zip(exact, under_bf16):
+        np.testing.assert_array_equal(a, b)

@@ -20,7 +20,7 @@ from core.checkpoint import read_checkpoint_config
 from core.evaluation.comparison import DIRECTIONS, FUSION_ITC, METHODS
 from core.config import to_dict
 from core.data.rocov2 import image_bytes_column, read_split
-from core.evaluation.reference import rerank_retrieval, stream_retrieval
+from core.evaluation.reference import pair_scores, rerank_retrieval, stream_retrieval
 from core.analyses.scored import Scored
 from core.metrics import ranks_from_scores
 from core.report.common import fit_exponent
@@ -113,14 +113,14 @@ def sibling_accuracy(scored: Scored, data, split: str, alpha: float) -> dict | N
     t_text, t_image = scored.features("two_tower")
 
     def tt(ti, ii):
-        return fine_grained.pair_scores(two_tower, t_text, t_image, ti, ii)
+        return pair_scores(two_tower, t_text, t_image, ti, ii)
 
     def itc(ti, ii):
         return (f_text.embed[ti] * f_image.embed[ii]).sum(-1).numpy()
 
     wins = {"two_tower": fine_grained.score_wins(tt, pairs),
             "fusion": fine_grained.score_wins(
-                lambda ti, ii: fine_grained.pair_scores(fusion, f_text, f_image, ti, ii), pairs),
+                lambda ti, ii: pair_scores(fusion, f_text, f_image, ti, ii), pairs),
             "rerank": fine_grained.rerank_wins(scored.rescored(), alpha, pairs, tt),
             FUSION_ITC: fine_grained.score_wins(itc, pairs)}
     result = fine_grained.compare_methods(wins, pairs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.evaluation.reference import score_matrix
+from core.evaluation.reference import pair_scores, score_matrix
 from core.features import Features
 from core.models.kind import ModelKind
 from core.precision import autocast
@@ -39,18 +39,14 @@ def fusion_topk(model, text: Features, image: Features, k: int, by_text: bool,
 
 @torch.no_grad()
 def rerank_topk(model, text: Features, image: Features, first_scores: np.ndarray,
-                first_k: int, k: int, alpha: float, by_text: bool,
-                pairs: int = 4096) -> np.ndarray:
+                first_k: int, k: int, alpha: float, by_text: bool) -> np.ndarray:
     """Rerank: each query's ``first_k`` best by ``first_scores`` (queries x gallery),
     re-ordered by the fusion logit + ``alpha`` x the first-stage score; top k of them."""
     candidates = topk_rows(first_scores, first_k)
     q = np.repeat(np.arange(len(candidates)), first_k)
     g = candidates.ravel()
     ti, ii = (q, g) if by_text else (g, q)
-    logits = np.concatenate([  # in slices: a pair's working set is its tokens x patches
-        model.score_pairs(text, image, torch.as_tensor(ti[s:s + pairs]),
-                          torch.as_tensor(ii[s:s + pairs]), ranking=True).float().cpu().numpy()
-        for s in range(0, len(ti), pairs)])
+    logits = pair_scores(model, text, image, ti, ii)
     fused = fused_scores(logits.reshape(candidates.shape),
                          np.take_along_axis(first_scores, candidates, 1), alpha)
     return topk_rows(fused, k, candidates)

@@ -20,7 +20,6 @@ import numpy as np
 from core.retrieval import fused_scores
 from core.evaluation.significance import bootstrap_ci, paired_difference
 from core.synthetic.attributes import SIBLING_ATTRIBUTES
-from core.models.kind import ModelKind
 
 FAMILY = "family_id"
 COLUMNS = (FAMILY, *sorted({c for cols in SIBLING_ATTRIBUTES.values() for c in cols}),
@@ -110,20 +109,6 @@ def compare_methods(wins: dict[str, dict[str, np.ndarray]], pairs: dict) -> dict
             out["differences"].append({"a": a, "b": b, **d.as_dict(),
                                        "significant": d.significant})
     return out
-
-
-def pair_scores(model, text, image, text_index, image_index, batch: int = 2048) -> np.ndarray:
-    """The model's scores of listed (caption, image) pairs, from encoded features."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for a in range(0, len(text_index), batch):
-            ti = torch.as_tensor(np.asarray(text_index[a:a + batch]))
-            ii = torch.as_tensor(np.asarray(image_index[a:a + batch]))
-            kwargs = {"ranking": True} if model.kind == ModelKind.FUSION else {}
-            out.append(model.score_pairs(text, image, ti, ii, **kwargs).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def score_wins(score, pairs: dict) -> dict[str, np.ndarray]:

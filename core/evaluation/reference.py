@@ -11,7 +11,7 @@ import torch
 
 from core.batch import Batch
 from core.features import Features
-from core.metrics import (bidirectional_metrics, evaluate_scores, ranks_from_scores)
+from core.metrics import bidirectional_metrics, evaluate_scores, ranks_from_scores
 from core.retrieval import StreamingRetrieval, fused_scores, rerank, topk_rows
 from core.precision import autocast
 from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, score_block
@@ -122,16 +122,16 @@ def match_accuracy(model, text: Features, image: Features, groups: np.ndarray) -
     return float(correct.mean())
 
 
-def choose_score_alpha(model, text: Features, image: Features, groups,
+def choose_score_alpha(model, text: Features, image: Features, itc: np.ndarray, groups,
                        ks) -> tuple[float, np.ndarray]:
     """The fused score's alpha (match logit + alpha x ITC cosine) with the best mean recall
     on this (validation) gallery, ties to the smaller alpha; and the fused score matrix at
-    that alpha (the match logits are computed once)."""
+    that alpha (the match logits are computed once). ``itc``: the ITC cosine matrix of
+    ``text`` x ``image``."""
     from core.models.fusion import FUSED_SCORE_ALPHAS
 
     model.score_alpha = 0.0
     itm = score_matrix(model, text, image)
-    itc = (text.embed @ image.embed.T).float().cpu().numpy()
     found = [(round(evaluate_scores(itm + a * itc, groups, groups, ks=ks)["mean_recall"], 9), -a)
              for a in FUSED_SCORE_ALPHAS]
     alpha = -max(found)[1]
@@ -165,17 +165,27 @@ def itc_candidates(itc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def candidate_scores(model, text: Features, image: Features, itc: np.ndarray, k: int,
-                     pairs: int = 4096) -> np.ndarray:
+def pair_scores(model, text: Features, image: Features, text_index, image_index,
+                batch: int = 2048) -> np.ndarray:
+    """The model's ranking scores of listed (caption, image) pairs (fusion: ``score_pairs``
+    with ``ranking``, the fused score when it has an alpha), ``batch`` pairs at a time: a
+    fusion pair's working set is its tokens x patches."""
+    kwargs = {"ranking": True} if model.kind == ModelKind.FUSION else {}
+    out = [model.score_pairs(text, image, torch.as_tensor(np.asarray(text_index[a:a + batch])),
+                             torch.as_tensor(np.asarray(image_index[a:a + batch])),
+                             **kwargs).float().cpu().numpy()
+           for a in range(0, len(text_index), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def candidate_scores(model, text: Features, image: Features, itc: np.ndarray,
+                     k: int) -> np.ndarray:
     """The fusion model's ranking scores of the ITC top-k candidates of both directions (at
     most 2 x k x N pairs, as ALBEF validates: its ITC retrieves, its match head re-ranks),
     in a captions x images matrix that is -inf elsewhere."""
     ti, ii = itc_candidates(itc, k)
     out = np.full(itc.shape, -np.inf, dtype=np.float32)
-    for s in range(0, len(ti), pairs):  # in slices: a pair's working set is tokens x patches
-        t, i = torch.as_tensor(ti[s:s + pairs]), torch.as_tensor(ii[s:s + pairs])
-        out[ti[s:s + pairs], ii[s:s + pairs]] = (
-            model.score_pairs(text, image, t, i, ranking=True).float().cpu().numpy())
+    out[ti, ii] = pair_scores(model, text, image, ti, ii)
     return out
 
 
@@ -213,7 +223,7 @@ def _validate(model, encoded, max_items, ks, rerank_k, rerank_alpha, all_pairs) 
     if not all_pairs:
         scores = candidate_scores(model, text, image, itc, k)
     elif model.config.fusion.score_alpha is None:
-        model.score_alpha, scores = choose_score_alpha(model, text, image, groups, ks)
+        model.score_alpha, scores = choose_score_alpha(model, text, image, itc, groups, ks)
     else:
         scores = score_matrix(model, text, image)
     if all_pairs:

@@ -76,9 +76,15 @@ def score_curves(model, pixels: torch.Tensor, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The explained score as ``heat``'s most salient pixels are deleted / inserted, 0..100 %
     in STEPS steps: (deletion curve, insertion curve); deletion starts at the full image and
-    ends at the mean image."""
+    ends at the mean image. Always in fp32, whatever autocast the maps were made in: a
+    two-tower cosine's curve can span little more than bf16's rounding step (2^-8 of it)."""
     model.eval()
     x = explain._standardised(model, pixels).float()
+    with torch.autocast(x.device.type, enabled=False):
+        return _curves(model, x, input_ids, attention_mask, heat)
+
+
+def _curves(model, x, input_ids, attention_mask, heat) -> tuple[np.ndarray, np.ndarray]:
     size = x.shape[-1]
     order = np.argsort(-upsample(heat, size).ravel(), kind="stable")
     counts = np.linspace(0, order.size, STEPS + 1).astype(int)

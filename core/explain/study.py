@@ -16,6 +16,7 @@ from core.data.preprocess import build_preprocessor
 from core.data.rocov2 import read_split
 from core.explain.figure import overlay_figure, retrieved_figure, shaded_caption
 from core.evaluation.significance import bootstrap_ci
+from core.precision import autocast
 
 NO_BOXES = "n/a: no lesion boxes in this data (the synthetic set states them)"
 COLUMNS = ["image_id", "image", "caption", "cui", "lesion_box"]
@@ -104,11 +105,19 @@ def box_free_study(table, loaded: dict, cases_wanted: int, figures: Path, exampl
 
 
 def explanation_study(data, split: str, loaded: dict, cases_wanted: int, figures: Path,
-                      examples: list[dict] | None = None) -> dict:
+                      examples: list[dict] | None = None, precision: str = "fp32") -> dict:
     """Localisation scores of every map (bootstrap CIs), the side-by-side figure, and the
-    top-3 overlays of the example queries. ``loaded``: kind -> ``core.checkpoint.Loaded``."""
+    top-3 overlays of the example queries. ``loaded``: kind -> ``core.checkpoint.Loaded``.
+    Every score explained is computed in ``precision``, the one the models are scored in
+    (``bench.explain_precision`` compares bf16 maps with fp32 ones, and their time)."""
     if cases_wanted <= 0:
         return {"available": False, "reason": "n/a: --explain-cases 0"}
+    device = next(loaded["fusion"].model.parameters()).device
+    with autocast(device, precision):
+        return _explanation_study(data, split, loaded, cases_wanted, figures, examples)
+
+
+def _explanation_study(data, split, loaded, cases_wanted, figures, examples) -> dict:
     table = read_split(data, split, columns=COLUMNS)  # lesion_box only where the data has it
     boxes = (table.column("lesion_box").to_pylist() if "lesion_box" in table.column_names
              else [None] * table.num_rows)
