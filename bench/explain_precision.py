@@ -27,18 +27,14 @@ PRECISIONS = ("fp32", "bf16")
 
 def explain_all(loaded: dict, batches: dict, rows: list[int], precision: str) -> tuple:
     """({kind: [per pair: every map and the token IG]}, seconds) in ``precision``."""
-    import torch
-
     from core.explain import attribution as explain
+    from core.explain.study import _tensors as tensors
     from core.precision import autocast
 
     out, t0 = {}, time.perf_counter()
     with autocast("cpu", precision):
         for kind, lo in loaded.items():
-            b = batches[kind]
-            out[kind] = [explain.explain(lo.model, *(torch.from_numpy(b[c][i:i + 1]) for c in
-                                                     ("pixel_values", "input_ids", "attention_mask")))
-                         for i in rows]
+            out[kind] = [explain.explain(lo.model, *tensors(batches[kind], i)) for i in rows]
     return out, time.perf_counter() - t0
 
 
@@ -74,8 +70,8 @@ def main(argv=None) -> dict:
     import torch
 
     from core.checkpoint import load_checkpoint, resolve_checkpoint
-    from core.data.preprocess import build_preprocessor
     from core.data.rocov2 import read_split
+    from core.explain.study import _cases as cases
     from core.precision import cpu_has_native_bf16
 
     torch.set_num_threads(2)
@@ -83,8 +79,7 @@ def main(argv=None) -> dict:
     loaded = {k: load_checkpoint(c) for k, c in checkpoints.items()}
     table = read_split(args.data, args.split, columns=["image_id", "image", "caption", "cui"])
     table = table.slice(0, args.pairs)
-    batches = {k: build_preprocessor(lo.config.model, lo.tokenizer)(table) for k, lo in loaded.items()}
-    rows = [i for i in range(table.num_rows) if all(b["skip"][i] == 0 for b in batches.values())]
+    batches, rows = cases(table, loaded)  # the report's own preprocessing and skips
     explain_all(loaded, batches, rows[:1], "fp32")  # warm-up: first-call allocations
     maps, seconds = {}, {}
     for precision in PRECISIONS:

@@ -1,4 +1,4 @@
-"""Crafting bad inputs for tests."""
+"""Shared by the tests: crafting bad inputs, free ports, tiny models to explain."""
 
 from __future__ import annotations
 
@@ -113,3 +113,28 @@ def tiny_models_and_features(queries: int, gallery: int) -> tuple[dict, dict]:
             mask = torch.ones(n, 8, dtype=torch.long)
             feats[name] = {k: (m.encode_text(ids, mask), m.encode_image(px)) for k, m in models.items()}
     return models, feats
+
+
+def tiny_explained_model(kind: str):
+    """A seeded ``tiny`` model of ``kind`` (text vocabulary 200), in eval mode, to explain."""
+    import torch
+
+    from core.config import load_config
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny", [f"model.kind={kind}"])
+    cfg.model.text.vocab_size = 200
+    return build_model(cfg.model).eval()
+
+
+def explained_pair(n_tokens=9, length=12):
+    """One seeded (pixels (1,3,64,64) uint8, input ids, attention mask) pair to explain."""
+    import torch
+
+    torch.manual_seed(1)
+    px = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)
+    ids = torch.zeros(1, length, dtype=torch.long)
+    ids[0, :n_tokens] = torch.randint(5, 200, (n_tokens,))
+    mask = (ids != 0).long()
+    return px, ids, mask

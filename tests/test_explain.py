@@ -9,25 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
 from core.explain.attribution import explain, localisation, localisation_study
-from core.models import build_model
-
-
-def tiny(kind):
-    torch.manual_seed(0)
-    cfg = load_config("tiny", [f"model.kind={kind}"])
-    cfg.model.text.vocab_size = 200
-    return build_model(cfg.model).eval()
-
-
-def pair(n_tokens=9, length=12):
-    torch.manual_seed(1)
-    px = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)
-    ids = torch.zeros(1, length, dtype=torch.long)
-    ids[0, :n_tokens] = torch.randint(5, 200, (n_tokens,))
-    mask = (ids != 0).long()
-    return px, ids, mask
+from tests.helpers import explained_pair as pair, tiny_explained_model as tiny
 
 
 @pytest.mark.parametrize("kind", ["two_tower", "fusion"])

@@ -75,7 +75,7 @@ def test_deletion_and_insertion_curves_are_scored_in_fp32_under_bf16_maps():
     """The report's maps may be made under bf16 autocast (the scoring precision); the curves
     that score them stay fp32: a two-tower cosine's curve spans little more than bf16 rounds."""
     from core.explain.agreement import score_curves
-    from tests.test_explain import pair, tiny
+    from tests.helpers import explained_pair as pair, tiny_explained_model as tiny
 
     model = tiny("two_tower")
     px, ids, mask = pair()
