@@ -6,6 +6,9 @@ run, in fp32 and in the precision roco_cpu trains in (bf16 on CPUs with native b
   rocoray    ``core.models.fusion.attend``: the fused kernel, except the explicit product
              where autograd records it in bf16 on a CPU
 
+and, with rocoray's attention, the two dropouts (``torch``: ``nn.Dropout`` in place of
+``core.models.dropout.Dropout``, which draws its masks from 64-bit random integers).
+
 Real figures: the first rows of the embedded datasets/roco-ccby training split, run through
 the frozen towers once in process, then the same batches (64 rows, 3 negatives per positive
 in each direction, as roco_cpu trains) stepped with each attention from the same weights.
@@ -55,15 +58,29 @@ def batches(config, rows: int, precision: str) -> list:
             for s in range(0, table.num_rows - size + 1, size)]
 
 
-def step_seconds(config, data: list, precision: str, attention, steps: int) -> float:
+def torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every rocoray Dropout replaced by torch's, of the same p."""
+    from core.models.dropout import Dropout
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return model
+
+
+def step_seconds(config, data: list, precision: str, attention, steps: int,
+                 dropout=None) -> float:
     """Mean seconds of a training step after one warm-up step, with ``attention`` in place
-    of ``core.models.fusion.attend``."""
+    of ``core.models.fusion.attend`` (and the model passed through ``dropout``, if given)."""
     import core.models.fusion as fusion
     from core.models import build_model
     from core.training.loop import LossModule, build_optimizer, build_scheduler, train_step
 
     torch.manual_seed(0)
     model = build_model(config.model)
+    if dropout is not None:
+        model = dropout(model)
     loss = LossModule(model, config.model)
     optimizer = build_optimizer(loss, config.train)
     scheduler = build_scheduler(optimizer, steps + 1, config.train.warmup_fraction)
@@ -102,9 +119,13 @@ def main(argv=None) -> dict:
         data = batches(copy.deepcopy(config), args.rows, precision)
         sdpa = step_seconds(config, data, precision, sdpa_only, args.steps)
         ours = step_seconds(config, data, precision, attend, args.steps)
-        rows[precision] = {"sdpa_step_s": sdpa, "rocoray_step_s": ours, "speedup": sdpa / ours}
+        torch_drop = step_seconds(config, data, precision, attend, args.steps, torch_dropout)
+        rows[precision] = {"sdpa_step_s": sdpa, "rocoray_step_s": ours, "speedup": sdpa / ours,
+                           "torch_dropout_step_s": torch_drop,
+                           "dropout_speedup": torch_drop / ours}
         print(f"{precision}: SDPA {sdpa:.3f} s/step, rocoray {ours:.3f} s/step "
-              f"({sdpa / ours:.2f}x)")
+              f"({sdpa / ours:.2f}x); with torch's dropout {torch_drop:.3f} s/step "
+              f"({torch_drop / ours:.2f}x)")
     result = {"bench": "fusion_step", "data": str(DATA), "rows": args.rows,
               "batch_size": config.train.batch_size, "steps": args.steps,
               "negatives_per_positive": config.model.fusion.negatives_per_positive,
@@ -122,7 +143,12 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     return [(f"fusion training step (roco_cpu, batch {r['batch_size']}, {p}): attention as "
              "rocoray runs it vs SDPA throughout",
              f"{v['rocoray_step_s']:.2f} vs {v['sdpa_step_s']:.2f} s/step: {v['speedup']:.2f}x "
-             f"({r['rows']} real figures)", "> 1x", "met" if v["speedup"] > 1.0 else "missed")]
+             f"({r['rows']} real figures)", "> 1x", "met" if v["speedup"] > 1.0 else "missed"),
+            (f"fusion training step (roco_cpu, batch {r['batch_size']}, {p}): rocoray's dropout "
+             "vs nn.Dropout",
+             f"{v['rocoray_step_s']:.2f} vs {v['torch_dropout_step_s']:.2f} s/step: "
+             f"{v['dropout_speedup']:.2f}x", "> 1x",
+             "met" if v["dropout_speedup"] > 1.0 else "missed")]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.models.dropout import Dropout
+
 
 @dataclass
 class ConceptConfig:
@@ -34,7 +36,7 @@ class ConceptConfig:
 class ConceptHead(nn.Module):
     def __init__(self, in_dim: int, config: ConceptConfig):
         super().__init__()
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.linear = nn.Linear(in_dim, config.num_concepts)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models import pretrained as packaged
+from core.models.dropout import Dropout
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -309,7 +310,7 @@ class ProjectionMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int, dropout: float = 0.0):
         super().__init__()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         if layers < 1:
             raise ValueError(f"projection needs at least 1 layer, got {layers}")
         dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]

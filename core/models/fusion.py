@@ -30,6 +30,7 @@ from torch import nn
 
 from core.features import Features
 from core.models.concept_head import build_concept_head
+from core.models.dropout import Dropout
 from core.models.encoders import (ImageEncoder, TextEncoder, contrastive_heads, l2_normalize,
                                   masked_mean, register_logit_scale)
 from core.models.kind import ModelKind
@@ -131,6 +132,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def _unpack(packed: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Packed token rows (V, d) back into the padded layout (N, T, d), zeros at padding."""
+    out = packed.new_zeros((*valid.shape, packed.shape[-1]))
+    out[valid] = packed
+    return out
+
+
 class CrossAttentionLayer(nn.Module):
     """Pre-norm cross-attention (text queries, image keys/values) + feed-forward, residual."""
 
@@ -147,9 +155,9 @@ class CrossAttentionLayer(nn.Module):
         self.o = nn.Linear(width, width)
         self.norm_ff = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
-        self.ff = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
+        self.ff = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), Dropout(dropout),
                                 nn.Linear(hidden, width))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (..., S, d) -> (..., h, S, dh)
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)
@@ -281,18 +289,26 @@ class FusionModel(nn.Module):
                     image_index: torch.Tensor | None = None, ranking: bool = False) -> torch.Tensor:
         """Match logits for aligned pairs (text[ti], image[ii]); indices default to 0..N-1.
         ``ranking``: the ranking score ``score`` computes (with the ITC term when
-        ``score_alpha`` is set), for ranking pairs; the plain logit trains the match head."""
+        ``score_alpha`` is set), for ranking pairs; the plain logit trains the match head.
+
+        As in ``score``, tokens are packed (padding dropped) wherever they are processed one
+        by one (projections, feed-forward, dropout, pooling); only the attention sees the
+        (pairs, longest caption) layout, its padded queries' outputs dropped."""
         if text_index is not None:
             text = text.index(text_index)
         if image_index is not None:
             image = image.index(image_index)
         text = text.trimmed()
-        t = text.tokens
+        valid = text.mask.bool()
+        owner = valid.nonzero()[:, 0]  # pair of each packed token
+        t = text.tokens[valid]  # (V, d)
         for i, layer in enumerate(self.layers):
-            q = text.q0 if i == 0 else layer.query(t)
-            attended = attend(q, image.k[:, i], image.v[:, i])
-            t = layer.finish(t, layer.merge_heads(attended))
-        logits = self._match_logit(t, text.mask)
+            q = text.q0 if i == 0 else layer._heads(_unpack(layer.q(layer.norm_q(t)), valid))
+            attended = layer.merge_heads(attend(q, image.k[:, i], image.v[:, i]))[valid]
+            t = layer.finish(t, attended)
+        pooled = t.new_zeros((len(valid), t.shape[-1])).index_add_(0, owner, t)
+        counts = valid.sum(1).clamp_min(1).to(t.dtype)
+        logits = self.head(self.norm(pooled / counts[:, None])).squeeze(-1)
         if ranking and self.score_alpha:
             logits = logits + self.score_alpha * (text.embed * image.embed).sum(-1).to(logits.dtype)
         return logits
