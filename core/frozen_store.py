@@ -36,8 +36,9 @@ from core import storage
 from core.work_cache import digest, keyed_dir
 
 # Bump when what a block holds, or how it is computed, changes (2: the image stages run
-# channels-last, ``core.models.encoders.channels_last``: bf16 outputs differ by rounding).
-FORMAT = 2
+# channels-last, ``core.models.encoders.channels_last``; 3: with their BatchNorms folded into
+# the convolutions, ``core.models.bn_folding``: bf16 outputs differ by rounding).
+FORMAT = 3
 META = "meta.json"
 # What a block may hold: the image side is the frozen stages' output, or the pixels when
 # no image stage is frozen; the text side the frozen layers' token states when there are.

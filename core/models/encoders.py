@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models import pretrained as packaged
+from core.models.bn_folding import fold_batchnorm
 from core.models.dropout import Dropout
 
 
@@ -200,8 +201,25 @@ class ImageEncoder(nn.Module):
 
     def frozen_prefix(self, pixels: torch.Tensor) -> torch.Tensor:
         """The frozen stages' output map: what a run with frozen stages encodes once and
-        trains on (``forward(prefix=...)``)."""
-        return self.backbone[:len(self.frozen)](self.normalize(pixels))
+        trains on (``forward(prefix=...)``), run with their BatchNorms folded into the
+        convolutions (``core.models.bn_folding``) unless the input needs gradients or a
+        hook watches the stages (explanations see the original layers)."""
+        x = self.normalize(pixels)
+        prefix = self.backbone[:len(self.frozen)]
+        if x.requires_grad or any(m._forward_hooks or m._forward_pre_hooks
+                                  for m in prefix.modules()):
+            return prefix(x)
+        return (self._folded_prefix(prefix, x) or prefix)(x)
+
+    def _folded_prefix(self, prefix: nn.Sequential, x: torch.Tensor) -> nn.Module | None:
+        """The folded copy of the frozen stages, made again whenever their weights change
+        (loaded, moved): kept outside the module tree, so never in a checkpoint."""
+        state = tuple((id(t), t._version, t.device, t.dtype)
+                      for t in [*prefix.parameters(), *prefix.buffers()])
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != state:
+            self.__dict__["_folded"] = cached = (state, fold_batchnorm(prefix, x[:1]))
+        return cached[1]
 
     def forward(self, pixels: torch.Tensor | None,
                 prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
