@@ -23,7 +23,7 @@ def main(argv=None) -> dict:
     p.add_argument("--demo", default="runs/demo")
     args = p.parse_args(argv)
     from core.evaluation import fine_grained
-    from core.evaluation.reference import pair_scores
+    from core.scoring.pairs import pair_scores
     from core.checkpoint import load_checkpoint
     from core.config import load_config
     from core.data.rocov2 import read_split

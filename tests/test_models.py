@@ -103,6 +103,34 @@ def test_fusion_split_api_equals_plain_forward():
                                    block[2:5, :3], atol=1e-5, rtol=0)
 
 
+def test_pair_scores_and_rerank_candidates_match_the_block_scores():
+    """The pairs path every rerank uses (batches ordered by caption length, scattered back)
+    returns each listed pair's score in the order listed, whatever the batch: the block
+    path's entry for that pair, in both query directions."""
+    from core.scoring.pairs import pair_scores
+    from core.scoring.worker import score_candidates
+
+    torch.manual_seed(0)
+    model = build_model(tiny("fusion").model).eval()
+    model.score_alpha = 2.0  # the ranking score: the fused one
+    px, ids, mask = inputs(9)
+    with torch.no_grad():
+        text, image = model.encode_text(ids, mask), model.encode_image(px)
+        block = model.score(text, image).numpy()
+    rng = np.random.default_rng(0)
+    ti, ii = rng.integers(0, 9, 40), rng.integers(0, 9, 40)
+    listed = pair_scores(model, text, image, ti, ii)
+    np.testing.assert_allclose(listed, block[ti, ii], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(pair_scores(model, text, image, ti, ii, batch=3), listed,
+                               atol=1e-6, rtol=0)
+    cand = rng.integers(0, 9, (4, 5))  # 4 queries x 5 candidates (gallery rows)
+    by_text = score_candidates(model, text.index(slice(0, 4)), image, cand, "text")
+    np.testing.assert_allclose(by_text, np.take_along_axis(block[:4], cand, 1), atol=1e-5, rtol=0)
+    by_image = score_candidates(model, image.index(slice(0, 4)), text, cand, "image")
+    np.testing.assert_allclose(by_image, np.take_along_axis(block[:, :4].T, cand, 1),
+                               atol=1e-5, rtol=0)
+
+
 def test_block_scoring_runs_each_encoder_once_per_item():
     torch.manual_seed(0)
     model = build_model(tiny("fusion").model).eval()

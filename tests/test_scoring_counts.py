@@ -6,19 +6,29 @@ import torch
 
 from core.evaluation.reference import in_memory_blocks
 from core.features import Embeddings
+from core.models.kind import ModelKind
 from core.scoring.plan import ScoringPlan
 from core.scoring.worker import TileWorker, local_executor
 
 
-class CountingModel:
-    """A dot-product scorer that counts every (caption, image) pair it is asked to score."""
+class CountingModel(torch.nn.Module):
+    """A dot-product scorer that counts every (caption, image) pair it is asked to score,
+    as a block (``score``) or as listed pairs (``score_pairs``, rerank's candidates)."""
+
+    kind = ModelKind.TWO_TOWER
 
     def __init__(self):
+        super().__init__()
         self.pairs = 0
+        self.unit = torch.nn.Parameter(torch.ones(()))  # a device for the pairs path
 
     def score(self, text: Embeddings, image: Embeddings) -> torch.Tensor:
         self.pairs += len(text) * len(image)
         return text.embed @ image.embed.T
+
+    def score_pairs(self, text: Embeddings, image: Embeddings, ti, ii) -> torch.Tensor:
+        self.pairs += len(ti)
+        return (text.embed[ti] * image.embed[ii]).sum(-1)
 
 
 def test_the_plan_counts_the_pairs_its_workers_scored():

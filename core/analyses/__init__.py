@@ -20,7 +20,8 @@ from core.checkpoint import read_checkpoint_config
 from core.evaluation.comparison import DIRECTIONS, FUSION_ITC, METHODS
 from core.config import to_dict
 from core.data.rocov2 import image_bytes_column, read_split
-from core.evaluation.reference import pair_scores, rerank_retrieval, stream_retrieval
+from core.evaluation.reference import rerank_retrieval, stream_retrieval
+from core.scoring.pairs import pair_scores
 from core.analyses.scored import Scored
 from core.metrics import ranks_from_scores
 from core.report.common import fit_exponent

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.evaluation.reference import pair_scores, score_matrix
+from core.evaluation.reference import score_matrix
+from core.scoring.pairs import pair_scores
 from core.features import Features
 from core.models.kind import ModelKind
 from core.precision import autocast

@@ -15,6 +15,7 @@ from core.metrics import bidirectional_metrics, evaluate_scores, ranks_from_scor
 from core.retrieval import StreamingRetrieval, fused_scores, rerank, topk_rows
 from core.precision import autocast
 from core.scoring import ScoringPlan, TileWorker, fit_tile, local_executor, score_block
+from core.scoring.pairs import pair_scores
 from core.scoring.plan import default_tile
 from core.scoring.settings import ScoringSettings
 from core.models.kind import ModelKind
@@ -162,20 +163,6 @@ def itc_candidates(itc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     cols = np.concatenate([t2i.ravel(), np.repeat(np.arange(len(i2t)), k)])
     pairs = np.unique(rows * itc.shape[1] + cols)
     return pairs // itc.shape[1], pairs % itc.shape[1]
-
-
-@torch.no_grad()
-def pair_scores(model, text: Features, image: Features, text_index, image_index,
-                batch: int = 2048) -> np.ndarray:
-    """The model's ranking scores of listed (caption, image) pairs (fusion: ``score_pairs``
-    with ``ranking``, the fused score when it has an alpha), ``batch`` pairs at a time: a
-    fusion pair's working set is its tokens x patches."""
-    kwargs = {"ranking": True} if model.kind == ModelKind.FUSION else {}
-    out = [model.score_pairs(text, image, torch.as_tensor(np.asarray(text_index[a:a + batch])),
-                             torch.as_tensor(np.asarray(image_index[a:a + batch])),
-                             **kwargs).float().cpu().numpy()
-           for a in range(0, len(text_index), batch)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def candidate_scores(model, text: Features, image: Features, itc: np.ndarray,

@@ -11,6 +11,7 @@ import torch
 from core.features import Features
 from core.precision import autocast
 from core.retrieval import reduce_tile
+from core.scoring.pairs import pair_scores
 from core.scoring.plan import ScoringPlan, WorkItem, WorkKind
 
 BlockSource = Callable[[str, int], Features]  # (side, block) -> features on the device
@@ -38,23 +39,19 @@ def score_block(model, text: Features, image: Features, chunk: int,
     return out.numpy()
 
 
-@torch.no_grad()
-def score_candidates(model, queries: Features, candidates: Features, n_candidates: int,
+def score_candidates(model, queries: Features, gallery: Features, candidates: np.ndarray,
                      query_side: str) -> np.ndarray:
-    """Scores of each query with its own candidates: ``candidates`` holds the
-    nq * n_candidates gallery items, query-major. Returns (nq, n_candidates).
+    """Scores of each query with its own candidates: ``candidates`` (nq, kc) are rows of
+    ``gallery``. Returns (nq, kc).
 
-    Each query with its candidates is a 1 x k block for ``model.score``: the block path
-    (packed tokens, image-major matmuls) runs several times faster than scoring the nq * k
-    pairs one by one through ``score_pairs``."""
-    nq = len(queries)
-    out = torch.empty((nq, n_candidates), dtype=torch.float32)
-    for i in range(nq):
-        query = queries.index(slice(i, i + 1))
-        cands = candidates.index(slice(i * n_candidates, (i + 1) * n_candidates))
-        block = model.score(query, cands) if query_side == "text" else model.score(cands, query).T
-        out[i] = block[0].float().cpu()
-    return out.numpy()
+    The pairs path (``core.scoring.pairs``, cache-sized batches of pairs ordered by caption
+    length) rather than each query with its candidates as a 1 x kc block (``model.score``):
+    ``python -m bench.pair_batching`` times both."""
+    nq, kc = candidates.shape
+    own, listed = np.repeat(np.arange(nq), kc), candidates.reshape(-1)
+    text, image, ti, ii = ((queries, gallery, own, listed) if query_side == "text"
+                           else (gallery, queries, listed, own))
+    return pair_scores(model, text, image, ti, ii).reshape(nq, kc)
 
 
 def gather_rows(blocks: BlockSource, side: str, rows: np.ndarray, block: int) -> Features:
@@ -117,9 +114,10 @@ class TileWorker:
         plan = self.plan
         side, other = ("text", "image") if item.direction == "t2i" else ("image", "text")
         cand = candidates[item.direction][plan.rows(side, item.a)]  # (nq, kc) gallery rows
-        gallery = gather_rows(self.blocks, other, cand.reshape(-1), plan.block)
+        rows, local = np.unique(cand, return_inverse=True)  # each candidate gathered once
+        gallery = gather_rows(self.blocks, other, rows, plan.block)
         return {"scores": score_candidates(self.model, self.blocks(side, item.a), gallery,
-                                           cand.shape[1], side),
+                                           local.reshape(cand.shape), side),
                 "pairs": np.int64(cand.size)}
 
 
