@@ -169,6 +169,11 @@ class CrossAttentionLayer(nn.Module):
     def query(self, text: torch.Tensor) -> torch.Tensor:
         return self._heads(self.q(self.norm_q(text)))
 
+    def packed_query(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Queries of packed token rows (V, d), in the padded layout (N, h, T, dh) that
+        attention takes (``valid``: (N, T)); zero rows at padding."""
+        return self._heads(_unpack(self.q(self.norm_q(tokens)), valid))
+
     def finish(self, text: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Residual update from the attended values, heads merged (..., d)."""
         text = text + self.dropout(self.o(attended))
@@ -257,6 +262,13 @@ class FusionModel(nn.Module):
     def _match_logit(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(masked_mean(t, mask))).squeeze(-1)
 
+    def _pooled_logit(self, t: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+        """The match logit from packed tokens: ``t`` (..., V, d), token v of caption (or
+        pair) ``owner[v]`` of ``n``; the mean of each one's tokens -> (..., n)."""
+        pooled = t.new_zeros((*t.shape[:-2], n, t.shape[-1])).index_add_(t.dim() - 2, owner, t)
+        counts = torch.bincount(owner, minlength=n).clamp_min(1).to(t.dtype)
+        return self.head(self.norm(pooled / counts[:, None])).squeeze(-1)
+
     def score(self, text: FusionText, image: FusionImage) -> torch.Tensor:
         """Logits for every caption x image of the block: (Nt, Ni). Its working set grows with
         Nt x Ni: callers cut big blocks into chunks (``core.scoring.score_block``).
@@ -277,9 +289,7 @@ class FusionModel(nn.Module):
             # each image's patches attended by all the block's tokens: one batched SDPA call
             attended = attend(layer.query(t), image.k[:, i], image.v[:, i])
             t = layer.finish(t, layer.merge_heads(attended))
-        pooled = t.new_zeros((t.shape[0], len(text), t.shape[2])).index_add_(1, owner, t)
-        counts = torch.bincount(owner, minlength=len(text)).clamp_min(1).to(t.dtype)
-        logits = self.head(self.norm(pooled / counts[None, :, None])).squeeze(-1).T
+        logits = self._pooled_logit(t, owner, len(text)).T
         if self.score_alpha:
             logits = logits + self.score_alpha * (text.embed @ image.embed.T).to(logits.dtype)
         return logits
@@ -303,12 +313,10 @@ class FusionModel(nn.Module):
         owner = valid.nonzero()[:, 0]  # pair of each packed token
         t = text.tokens[valid]  # (V, d)
         for i, layer in enumerate(self.layers):
-            q = text.q0 if i == 0 else layer._heads(_unpack(layer.q(layer.norm_q(t)), valid))
+            q = text.q0 if i == 0 else layer.packed_query(t, valid)
             attended = layer.merge_heads(attend(q, image.k[:, i], image.v[:, i]))[valid]
             t = layer.finish(t, attended)
-        pooled = t.new_zeros((len(valid), t.shape[-1])).index_add_(0, owner, t)
-        counts = valid.sum(1).clamp_min(1).to(t.dtype)
-        logits = self.head(self.norm(pooled / counts[:, None])).squeeze(-1)
+        logits = self._pooled_logit(t, owner, len(valid))
         if ranking and self.score_alpha:
             logits = logits + self.score_alpha * (text.embed * image.embed).sum(-1).to(logits.dtype)
         return logits
