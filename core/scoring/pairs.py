@@ -13,7 +13,7 @@ from core.models.kind import ModelKind
 def pair_batch(device_type: str) -> int:
     """Pairs per ``score_pairs`` call. Each fusion pair carries its own copy of its image's
     keys and values (every layer's: 100 KB in bf16), so on CPUs a batch that stays in cache
-    runs fastest (``python -m bench.rerank`` measures 128 against 2048). GPUs want large
+    runs fastest (``python -m bench.pair_batching`` times 128 against 2048). GPUs want large
     batches: 4096 is a default, not a measurement (no GPU run has measured it)."""
     return 4096 if device_type == "cuda" else 128
 
