@@ -6,8 +6,8 @@ the fusion model
     blocks     each query with its own candidates as a 1 x k block (``FusionModel.score``;
                the rerank job's path up to now)
     pairs-2048 the pairs path, 2048 pairs per call in listed order (validation's up to now)
-    pairs      the pairs path as it runs now (``pair_scores``: ``pair_batch`` pairs per
-               call, ordered by caption length)
+    pairs      the rerank job's scorer as it runs now (``core.scoring.worker.score_candidates``
+               through ``pair_scores``: ``pair_batch`` pairs per call, by caption length)
 
 Reads the demo run's validation features (``<run>/eval/validation/rerank``); precision as
 the run scored. Writes bench/results/pair_batching.json.
@@ -27,9 +27,6 @@ import torch
 
 from bench._common import write_result
 
-ARMS = ("blocks", "pairs-2048", "pairs")
-
-
 @torch.no_grad()
 def by_blocks(model, queries, gallery, candidates: np.ndarray, query_side: str) -> np.ndarray:
     """Each query with its candidates as a 1 x k block: the rerank job's former path."""
@@ -42,29 +39,28 @@ def by_blocks(model, queries, gallery, candidates: np.ndarray, query_side: str) 
 
 
 @torch.no_grad()
-def by_pairs(model, queries, gallery, candidates: np.ndarray, query_side: str,
-             batch: int | None, ordered: bool) -> np.ndarray:
-    from core.scoring.pairs import pair_scores
-
+def by_2048(model, queries, gallery, candidates: np.ndarray, query_side: str) -> np.ndarray:
+    """The pairs in listed order, 2048 per ``score_pairs`` call: validation's former path."""
     own, listed = np.repeat(np.arange(len(candidates)), candidates.shape[1]), candidates.ravel()
     text, image, ti, ii = ((queries, gallery, own, listed) if query_side == "text"
                            else (gallery, queries, listed, own))
-    if ordered:
-        return pair_scores(model, text, image, ti, ii, batch).reshape(candidates.shape)
-    out = [model.score_pairs(text, image, torch.as_tensor(ti[a:a + batch]),
-                             torch.as_tensor(ii[a:a + batch]), ranking=True).float().numpy()
-           for a in range(0, len(ti), batch)]
+    out = [model.score_pairs(text, image, torch.as_tensor(ti[a:a + 2048]),
+                             torch.as_tensor(ii[a:a + 2048]), ranking=True).float().numpy()
+           for a in range(0, len(ti), 2048)]
     return np.concatenate(out).reshape(candidates.shape)
 
 
-def run_arm(arm: str, model, sides: dict) -> tuple[dict, float]:
+def arms() -> dict:
+    """Each arm's scorer: (model, queries, gallery, candidates, query side) -> (nq, k)."""
+    from core.scoring.worker import score_candidates
+
+    return {"blocks": by_blocks, "pairs-2048": by_2048, "pairs": score_candidates}
+
+
+def run_arm(scorer, model, sides: dict) -> tuple[dict, float]:
     scores, t0 = {}, time.perf_counter()
     for d, (queries, gallery, cand, side) in sides.items():
-        if arm == "blocks":
-            scores[d] = by_blocks(model, queries, gallery, cand, side)
-        else:
-            scores[d] = by_pairs(model, queries, gallery, cand, side,
-                                 2048 if arm == "pairs-2048" else None, arm == "pairs")
+        scores[d] = scorer(model, queries, gallery, cand, side)
     return scores, time.perf_counter() - t0
 
 
@@ -91,15 +87,16 @@ def main(argv=None) -> dict:
     sides = {"t2i": (f_text, f_image, cos.topk(k, 1).indices.numpy(), "text"),
              "i2t": (f_image, f_text, cos.T.topk(k, 1).indices.numpy(), "image")}
     pairs = sum(c.size for _, _, c, _ in sides.values())
-    seconds, scores = {a: [] for a in ARMS}, {}
+    scorers = arms()
+    seconds, scores = {a: [] for a in scorers}, {}
     with autocast(torch.device("cpu"), precision):
         for _ in range(args.repeats):  # arms interleaved: drift on this machine hits all
-            for arm in ARMS:
-                scores[arm], s = run_arm(arm, fusion, sides)
+            for arm, scorer in scorers.items():
+                scores[arm], s = run_arm(scorer, fusion, sides)
                 seconds[arm].append(s)
     rate = {a: pairs / statistics.median(s) for a, s in seconds.items()}
     diff = {f"{a}_vs_pairs": float(max(np.abs(scores[a][d] - scores["pairs"][d]).max()
-                                       for d in sides)) for a in ARMS if a != "pairs"}
+                                       for d in sides)) for a in scorers if a != "pairs"}
     result = {"bench": "pair_batching", "data": summary["data"], "split": summary["split"],
               "run": args.run, "k": k, "pairs": pairs, "precision": precision,
               "pair_batch": pair_batch("cpu"), "seconds": seconds, "pairs_per_s": rate,
