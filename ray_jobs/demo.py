@@ -58,7 +58,7 @@ class DemoConfig:
     tune: bool = opt(False, "also run a small Ray Tune search (2 trials, 1 epoch)")
     gallery_split: str | None = opt("train", "concept-aware retrieval also against this split's "
                                     "items (rocoray evaluate --gallery-split)")
-    gallery_max_items: int | None = opt(250, "rows of --gallery-split used (fusion scores "
+    gallery_max_items: int | None = opt(200, "rows of --gallery-split used (fusion scores "
                                         "every test x gallery pair, both ways)")
     explain_cases: int = opt(evaluate.EXPLAIN_CASES, "test pairs explained (rocoray "
                              "evaluate --explain-cases)")

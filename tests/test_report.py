@@ -83,3 +83,20 @@ def test_blocks_render_per_format(tmp_path):
     assert "<td>&lt;1&gt;</td>" in page and "class='fig-chart'" in page and "only *md*" not in page
     with pytest.raises(TypeError, match="not a report block"):
         to_markdown([Section("b", None, ["a bare string"])], tmp_path)
+
+
+@pytest.mark.parametrize("n, rerank_k", [(857, 32), (483, 16), (300, 32), (2000, 32)])
+def test_scaling_curve_measures_small_sizes_that_still_support_a_slope(n, rerank_k):
+    """With the full gallery's time known from the scoring jobs, the curve measures only
+    sizes up to n/4 (a 16th of the pairs each at most: the curve stays a fraction of the
+    scoring it describes), each >= rerank k, and spanning the 4x a slope is fitted on."""
+    from core.analyses import scaling_sizes
+    from core.report.common import SLOPE_MIN_SPAN
+
+    sizes = scaling_sizes(n, rerank_k, points=4, full_known=True)
+    assert len(sizes) == 3 and sizes == sorted(set(sizes))
+    assert min(sizes) >= rerank_k and max(sizes) < n
+    assert max(sizes) <= max(n // 4, SLOPE_MIN_SPAN * min(sizes))
+    assert max(sizes) >= SLOPE_MIN_SPAN * min(sizes)
+    whole = scaling_sizes(n, rerank_k, points=4, full_known=False)
+    assert whole[-1] == n and len(whole) == 4  # without the full time, n itself is measured

@@ -24,7 +24,7 @@ from core.evaluation.reference import rerank_retrieval, stream_retrieval
 from core.scoring.pairs import pair_scores
 from core.analyses.scored import Scored
 from core.metrics import ranks_from_scores
-from core.report.common import fit_exponent
+from core.report.common import SLOPE_MIN_SPAN, fit_exponent
 from core.scoring import outputs, tile_shape
 from core.evaluation.significance import bootstrap_ci, per_query
 from core.models.kind import ModelKind
@@ -53,22 +53,36 @@ def guarded(label: str, analysis: Callable, *args, **kwargs):
         return unavailable(f"{label} failed on this data ({type(exc).__name__}: {exc})")
 
 
+def scaling_sizes(n: int, rerank_k: int, points: int, full_known: bool) -> list[int]:
+    """The gallery sizes the scaling curve measures (each at least ``rerank_k``, so rerank
+    re-scores k candidates at every size). Without the full gallery's time: ``points`` sizes,
+    geometric up to ``n``. With it (the scoring jobs scored all ``n`` already): ``points`` - 1
+    smaller sizes, geometric up to n/4 (each at most a 16th of the full gallery's pairs, so
+    the curve costs a fraction of the scoring it describes), spanning the 4x a slope needs
+    (``SLOPE_MIN_SPAN``) where ``n`` allows."""
+    if not full_known:
+        low = max(rerank_k, min(64, n))
+        return sorted({int(s) for s in np.geomspace(low, n, points)}) if n > low else [n]
+    low = max(rerank_k, min(64, int(n // 4 / SLOPE_MIN_SPAN)))
+    top = min(n - 1, max(n // 4, int(SLOPE_MIN_SPAN * low)))
+    if top < low:
+        return []
+    return sorted({int(round(s)) for s in np.geomspace(low, top, max(points - 1, 1))})
+
+
 def scaling_curve(scored: Scored, points: int, rerank_k: int,
                   full_seconds: dict[str, float] | None = None, precision: str = "fp32") -> dict:
     """Scoring time of each method at growing gallery sizes, one process, on the features the
     scoring jobs encoded (encoders excluded: they are linear in N), fusion in the scoring
     jobs' ``precision``. The full gallery was scored already: with ``full_seconds`` (each
     method's scoring time there) it is not scored again; only the smaller sizes are
-    measured, and the slopes are fit on them."""
+    measured (``scaling_sizes``), and the slopes are fit on them."""
     fusion, two_tower = scored.model("fusion"), scored.model("two_tower")
     f_text, f_image = scored.features("fusion")
     t_text, t_image = scored.features("two_tower")
     groups = scored.groups()
     n = len(groups)
-    low = max(rerank_k, min(64, n))
-    sizes = sorted({int(s) for s in np.geomspace(low, n, points)}) if n > low else [n]
-    if full_seconds is not None:
-        sizes = [s for s in sizes if s < n]
+    sizes = scaling_sizes(n, rerank_k, points, full_known=full_seconds is not None)
     seconds = {m: [] for m in METHODS}
     for size in sizes:
         head, g = slice(0, size), groups[:size]
