@@ -126,9 +126,13 @@ class FrozenStore:
                                          type=pa.list_(pa.string()))})
         storage.write_parquet(self.root, f"block-{block:05d}.parquet", rows)
 
-    def finish(self, blocks: int, rows: int, skipped: dict, seconds: float) -> dict:
+    def finish(self, blocks: int, rows: int, skipped: dict, seconds: float,
+               stage: dict | None = None) -> dict:
+        """Mark the store complete. ``stage``: the encode stage that wrote it ({"splits": the
+        splits it encoded together, "seconds": its wall time}); ``seconds``: this split's
+        share of that time, by rows."""
         meta = {"complete": True, "blocks": blocks, "rows": rows, "skipped": skipped,
-                "encode_s": seconds, "format": FORMAT}
+                "encode_s": seconds, "format": FORMAT, **({"stage": stage} if stage else {})}
         storage.write_json(self.root, META, meta)
         return meta
 

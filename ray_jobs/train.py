@@ -110,24 +110,25 @@ def frozen_datasets(cfg: ExperimentConfig, tokenizer, concepts=None) -> tuple[di
     holds its splits in memory: ``core.frozen_store.StoredSplit``) and the training rows."""
     from functools import partial
 
-    from ray_jobs.frozen import ensure_store
+    from ray_jobs.frozen import ensure_stores
 
     model = initial_model(cfg)  # the frozen layers' weights key the store
     t = cfg.train
     cache = storage.absolute(t.cache or storage.join(t.storage_path, "cache"))
-    datasets, rows = {}, 0
-    for name, split in (("train", cfg.data.train_split), ("validation", cfg.data.val_split)):
-        files = resolve_split(cfg.data.path, split, cfg.data.storage_options)
-        store, meta = ensure_store(
-            cache, model, cfg.model, tokenizer, files, cfg.data.max_rows,
-            build_model=partial(initial_model, cfg),
-            preprocessor=build_preprocessor(cfg.model, tokenizer),
-            actors=t.num_workers, cpus=t.num_workers * t.cpus_per_worker,  # training's CPUs
-            gpus_per_actor=t.gpus_per_worker if t.use_gpu else 0,
-            precision=training_precision(t.precision, "cuda" if t.use_gpu else "cpu"))
-        datasets[name] = {"store": store.root, "limit": meta["limit"]}
-        if name == "train":
-            rows = meta["rows"] if meta["limit"] is None else min(meta["rows"], meta["limit"])
+    names = ("train", "validation")
+    splits = [resolve_split(cfg.data.path, split, cfg.data.storage_options)
+              for split in (cfg.data.train_split, cfg.data.val_split)]
+    stores = ensure_stores(  # one encode stage for both splits: one actor start-up
+        cache, model, cfg.model, tokenizer, splits, cfg.data.max_rows,
+        build_model=partial(initial_model, cfg),
+        preprocessor=build_preprocessor(cfg.model, tokenizer),
+        actors=t.num_workers, cpus=t.num_workers * t.cpus_per_worker,  # training's CPUs
+        gpus_per_actor=t.gpus_per_worker if t.use_gpu else 0,
+        precision=training_precision(t.precision, "cuda" if t.use_gpu else "cpu"))
+    datasets = {name: {"store": store.root, "limit": meta["limit"]}
+                for name, (store, meta) in zip(names, stores)}
+    meta = stores[0][1]
+    rows = meta["rows"] if meta["limit"] is None else min(meta["rows"], meta["limit"])
     return datasets, rows
 
 

@@ -83,5 +83,8 @@ def test_the_real_data_demo_runs_every_stage_and_encodes_each_split_once(tmp_pat
     stores = sorted((out / "cache").glob("frozen-*/meta.json"))
     assert len(stores) == 3, stores
     assert sorted(json.loads(p.read_text())["rows"] for p in stores) == [48, 48, 96]
+    stages = sorted(json.loads(p.read_text()).get("stage", {}).get("splits", [])
+                    for p in stores)  # train and validation: one stage, one actor start-up
+    assert stages == [["test"], ["train", "validation"], ["train", "validation"]], stages
     assert log.count("frozen encoders ran once over") == 3, log[-4000:]
     assert log.count("outputs of 96 rows reused") >= 2  # the fusion training and cross-split
