@@ -43,8 +43,9 @@ def test_one_stage_encodes_both_splits_as_encoding_each_alone_would(ray_session,
     tokenizer, _ = resolve_tokenizer(config.model.text, str(data))
     model = build_model(config.model).eval()
     splits = [resolve_split(str(data), s) for s in ROWS]
+    # 1.5 CPUs, as training reserves them: an actor taking every CPU can stall Ray Data
     args = dict(build_model=partial(build_model, config.model),
-                preprocessor=build_preprocessor(config.model, tokenizer), cpus=2.0,
+                preprocessor=build_preprocessor(config.model, tokenizer), cpus=1.5,
                 precision="fp32")
 
     both = ensure_stores(str(tmp_path / "one"), model, config.model, tokenizer, splits, None,
