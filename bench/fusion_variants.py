@@ -5,8 +5,10 @@ reported on test with paired intervals against the two-tower model.
 Every variant is the `roco_cpu` fusion model (the two-tower checkpoint's frozen towers and
 ITC heads, as `rocoray demo` trains it) with overrides, trained single-process with core's
 own step (``LossModule``, ``train_one_epoch``) on the frozen towers' outputs that the demo
-stored once (``core.frozen_store``: exactly what `rocoray train` trains on). Each variant is
-scored on the validation split three ways:
+stored once (``core.frozen_store``: exactly what `rocoray train` trains on). A variant whose
+frozen layers end elsewhere (the image tower's last blocks fine-tuned for fusion only) has
+its own frozen prefix encoded here, once per boundary, by the same ``encode_frozen``. Each
+variant is scored on the validation split three ways:
 
   ITM       fusion over all pairs by its match logit alone
   fused     fusion over all pairs by match logit + a x its ITC cosine (a chosen on validation)
@@ -38,6 +40,7 @@ from core.scoring.settings import RERANK_KS  # the k `rocoray evaluate` tries
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
+FUSION_ONLY_IMAGE_BLOCKS = ["model.fusion.freeze_encoders=false", "model.image.freeze_stages=7"]
 # (name, overrides of the roco_cpu fusion model); the first is the preset as it stands.
 VARIANTS = [
     ("roco_cpu (the preset): random negatives (3 per positive), 4 epochs", []),
@@ -58,6 +61,12 @@ VARIANTS = [
      "concepts), 4 epochs", ["model.fusion.concept_soft_labels=1.0"]),
     ("random negatives, token projections from the ITC heads, concept soft labels, 4 epochs",
      ["model.fusion.token_proj_from_itc=true", "model.fusion.concept_soft_labels=1.0"]),
+    # fusion's own image tower: blocks 5-6, conv_head and its BatchNorm trained (encoder lr)
+    # on the 14x14x112 map encoded once; the two-tower model and its towers stay as they are
+    ("image blocks 5-6 fine-tuned for fusion only, random negatives (3 per positive), 4 epochs",
+     FUSION_ONLY_IMAGE_BLOCKS),
+    ("image blocks 5-6 fine-tuned for fusion only, token projections from the ITC heads, "
+     "4 epochs", [*FUSION_ONLY_IMAGE_BLOCKS, "model.fusion.token_proj_from_itc=true"]),
 ]
 
 
@@ -145,12 +154,12 @@ def apply_rule(m: dict, rule: str, setting: dict) -> dict:
     return ranks_rerank(m, min(setting["k"], len(m["group"])), setting["alpha"])
 
 
-def train_variant(overrides: list, two_tower: str, rows: dict, base_cfg, pos_weight, scale: float,
-                  log, precision: str) -> tuple:
+def variant(overrides: list, two_tower: str, base_cfg, scale: float) -> tuple:
+    """(config, model) of a variant: the roco_cpu fusion run with ``overrides``, its encoders
+    and ITC heads copied from the two-tower checkpoint."""
     from core.checkpoint import init_fusion_from_two_tower
     from core.config import load_config, resolve_fusion_run
     from core.models import build_model
-    from core.training.loop import LossModule, build_optimizer, build_scheduler, train_one_epoch
 
     cfg = resolve_fusion_run(load_config("roco_cpu", ["model.kind=fusion", *overrides]))
     cfg.model.concepts.num_concepts = base_cfg.model.concepts.num_concepts
@@ -158,6 +167,33 @@ def train_variant(overrides: list, two_tower: str, rows: dict, base_cfg, pos_wei
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     init_fusion_from_two_tower(model, two_tower)
+    return cfg, model
+
+
+def frozen_boundary(cfg) -> tuple:
+    """Where a config's frozen encoder layers end (what its stored inputs depend on)."""
+    return cfg.model.image.freeze_stages, cfg.model.text.freeze_layers
+
+
+@torch.no_grad()
+def encode_split(model, data: str, split: str, tokenizer, concepts, precision: str) -> dict:
+    """A split's rows through ``model``'s frozen layers, here in one process, as one dict of
+    numpy columns (what ``load_split`` gives for the demo's store)."""
+    from core.data.preprocess import build_preprocessor
+    from core.data.rocov2 import read_split
+    from core.training.frozen_features import encode_frozen
+
+    model.eval()
+    table = read_split(data, split)
+    pre = build_preprocessor(model.config, tokenizer, concepts)
+    parts = [encode_frozen(model, pre(table.slice(start, 64)), precision=precision)
+             for start in range(0, table.num_rows, 64)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def train_variant(cfg, model, rows: dict, pos_weight, log, precision: str) -> tuple:
+    from core.training.loop import LossModule, build_optimizer, build_scheduler, train_one_epoch
+
     module = LossModule(model, cfg.model, concept_pos_weight=pos_weight)
     steps = int(np.ceil(len(rows["group"]) / cfg.train.batch_size)) * cfg.train.epochs
     optimizer = build_optimizer(module, cfg.train)
@@ -227,14 +263,26 @@ def main(argv=None) -> dict:
         log(f"{split}: {len(rows[split]['group'])} rows from {store.root}")
     pos_weight = (torch.from_numpy(tt.concepts.pos_weight(tt.config.model.concepts.max_pos_weight))
                   if tt.concepts is not None and tt.config.model.concepts.num_concepts else None)
-    if pos_weight is None:
-        rows = {s: {k: v for k, v in r.items() if k != "concepts"} for s, r in rows.items()}
-    results, models = [], {}
+    demo_cfg, _ = variant([], tt_path, tt.config, 1.0)
+    inputs = {frozen_boundary(demo_cfg): rows}  # the stored splits, by frozen boundary
+    results, models, variant_rows = [], {}, {}
     for name, overrides in VARIANTS:
         log(f"{name}")
-        model, info = train_variant(overrides, tt_path, rows["train"], tt.config, pos_weight,
-                                    args.epochs_scale, log, precision)
-        val = matrices(model, tt_features["validation"], rows["validation"], precision)
+        cfg, model = variant(overrides, tt_path, tt.config, args.epochs_scale)
+        boundary = frozen_boundary(cfg)
+        if boundary not in inputs:
+            t0 = time.perf_counter()
+            inputs[boundary] = {split: encode_split(model, data, split, tt.tokenizer, tt.concepts,
+                                                    precision) for split in SPLITS}
+            log(f"  frozen layers to {boundary} encoded in {time.perf_counter() - t0:.0f} s")
+        variant_rows[name] = inputs[boundary]
+        if pos_weight is None:
+            variant_rows[name] = {s: {k: v for k, v in r.items() if k != "concepts"}
+                                  for s, r in variant_rows[name].items()}
+        model, info = train_variant(cfg, model, variant_rows[name]["train"], pos_weight, log,
+                                    precision)
+        val = matrices(model, tt_features["validation"], variant_rows[name]["validation"],
+                       precision)
         chosen = rules(val)
         row = {"variant": name, "overrides": overrides, **info, "validation": {
             rule: {"setting": setting, "mean_recall": mean_recall(r),
@@ -257,7 +305,8 @@ def main(argv=None) -> dict:
     for row in (results[0], kept):
         if row["variant"] in test:
             continue
-        m = matrices(models[row["variant"]], tt_features["test"], rows["test"], precision)
+        m = matrices(models[row["variant"]], tt_features["test"], variant_rows[row["variant"]]["test"],
+                     precision)
         two_tower = ranks_all_pairs(m["tt"], m["group"])
         test[row["variant"]] = {"two_tower": ci_row(two_tower)} | {
             rule: ci_row(apply_rule(m, rule, v["setting"]), two_tower)
