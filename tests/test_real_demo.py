@@ -36,18 +36,25 @@ def roco_slice(out: Path) -> Path:
     return out
 
 
-@pytest.mark.timeout(900)
-def test_the_real_data_demo_runs_every_stage_and_encodes_each_split_once(tmp_path):
-    data = roco_slice(tmp_path / "roco")
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def real_demo(tmp_path_factory) -> tuple[Path, str]:
+    """(the run directory, its log) of the README's real-data command on the slice."""
+    tmp = tmp_path_factory.mktemp("real-demo")
+    data = roco_slice(tmp / "roco")
+    out = tmp / "run"
     rocoray = Path(sys.executable).parent / "rocoray"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
     done = subprocess.run([str(rocoray), "demo", "--data", str(data), "--config", "roco_cpu",
                            "--out", str(out), "--epochs", "2", "--explain-cases", "2",
                            "--set", "train.batch_size=32"],
                           capture_output=True, text=True, env=env, timeout=840)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-4000:]
+    return out, done.stdout + done.stderr + f"\nexit code {done.returncode}"
+
+
+@pytest.mark.timeout(900)
+def test_the_real_data_demo_runs_every_stage_and_encodes_each_split_once(real_demo):
+    out, log = real_demo
+    assert log.endswith("exit code 0"), log[-4000:]
     assert "Traceback" not in log, log[-4000:]
 
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
@@ -88,3 +95,46 @@ def test_the_real_data_demo_runs_every_stage_and_encodes_each_split_once(tmp_pat
     assert stages == [["test"], ["train", "validation"], ["train", "validation"]], stages
     assert log.count("frozen encoders ran once over") == 3, log[-4000:]
     assert log.count("outputs of 96 rows reused") >= 2  # the fusion training and cross-split
+
+
+
+@pytest.mark.timeout(600)
+def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image_blocks(
+        real_demo, tmp_path):
+    """`python -m bench.fusion_variants --run <a roco_cpu demo>` (the README's fusion variants
+    table), run as its docstring says on the demo above, every variant for a tenth of its
+    epochs: those trained on the demo's frozen store and those whose image tower's last
+    blocks are fine-tuned for fusion only (the bench encodes their 14x14 prefix itself).
+    Each is scored on validation three ways; the kept one has the best; the test split is
+    scored for the preset and the kept variant only."""
+    out, log = real_demo
+    assert log.endswith("exit code 0"), log[-4000:]
+    results = tmp_path / "fusion_variants.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "bench.fusion_variants", "--run", str(out),
+                           "--epochs-scale", "0.1", "--out", str(results)],
+                          capture_output=True, text=True, env=env, timeout=540,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    result = json.loads(results.read_text())
+
+    assert result["test_items"] == ROWS["test"]
+    rows = {r["variant"]: r for r in result["variants"]}
+    own_blocks = [name for name, r in rows.items()
+                  if "model.image.freeze_stages=7" in r["overrides"]]
+    assert len(own_blocks) == 2 and len(rows) > 2
+    assert done.stdout.count("frozen layers to (7, -1) encoded") == 1  # once, for both
+    for row in rows.values():
+        assert row["train_seconds"] > 0
+        assert set(row["validation"]) == {"itm", "fused", "rerank"}
+        for rule in row["validation"].values():
+            assert 0 <= rule["mean_recall"] <= 1
+        assert row["val_mean_recall"] == max(v["mean_recall"] for v in row["validation"].values())
+    kept = max(rows.values(), key=lambda r: r["val_mean_recall"])
+    assert result["kept"] == kept["variant"] and kept.get("kept")
+    preset = result["variants"][0]["variant"]
+    assert [n for n, r in rows.items() if "test" in r] == sorted({preset, kept["variant"]},
+                                                                key=list(rows).index)
+    for row in rows.values():
+        for rule, ci in row.get("test", {}).items():
+            assert ci["t2i/R@10"]["n"] == ROWS["test"], rule
