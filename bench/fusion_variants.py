@@ -15,9 +15,12 @@ variant is scored on the validation split three ways:
   rerank    the two-tower top-k re-ordered by match logit + a x two-tower cosine (k, a chosen
             on validation, as `rocoray evaluate` chooses them)
 
-The variant kept is the one with the best validation mean recall (R@1/5/10, both
-directions) of its best scoring rule; the test split is read once, at the end, for the
-kept variant and the preset.
+The variant kept is chosen on validation by the one-standard-error rule
+(``core.evaluation.selection``): the best variant by validation mean recall (R@1/5/10, both
+directions) of its best scoring rule, then the cheapest variant (seconds to encode its own
+frozen prefix if it needs one, to train, and to score the validation split over all pairs)
+whose paired 95 % interval against the best does not lie below 0. The test split is read
+once, at the end, for the kept variant and the preset.
 
     python -m bench.fusion_variants --run runs/demo-roco-sample [--epochs-scale 1]
 
@@ -35,7 +38,9 @@ import numpy as np
 import torch
 
 from bench._common import shuffled_batches, write_result
+from bench._frozen_inputs import encode_split
 from core.models.fusion import FUSED_SCORE_ALPHAS as ALPHAS  # the grid training and evaluate use
+from core.evaluation.selection import cheapest_within_noise, per_query_mean_recall
 from core.scoring.settings import RERANK_KS  # the k `rocoray evaluate` tries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +79,8 @@ def load_split(store, concepts) -> dict:
     """Every stored block of a split as one dict of numpy columns (prefixes, not pixels)."""
     from core.frozen_store import model_batch
 
-    parts = [model_batch(store.read_block(b), concepts) for b in range(store.meta()["blocks"])]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return concatenated([model_batch(store.read_block(b), concepts)
+                         for b in range(store.meta()["blocks"])])
 
 
 def batches(rows: dict, batch_size: int, seed: int | None):
@@ -130,7 +135,7 @@ def ranks_rerank(m: dict, k: int, alpha: float) -> dict:
 
 
 def mean_recall(ranks: dict) -> float:
-    return float(np.mean([(ranks[d] < k).mean() for d in ("t2i", "i2t") for k in (1, 5, 10)]))
+    return float(per_query_mean_recall(ranks).mean())
 
 
 def rules(m: dict) -> dict:
@@ -154,16 +159,23 @@ def apply_rule(m: dict, rule: str, setting: dict) -> dict:
     return ranks_rerank(m, min(setting["k"], len(m["group"])), setting["alpha"])
 
 
-def variant(overrides: list, two_tower: str, base_cfg, scale: float) -> tuple:
-    """(config, model) of a variant: the roco_cpu fusion run with ``overrides``, its encoders
-    and ITC heads copied from the two-tower checkpoint."""
-    from core.checkpoint import init_fusion_from_two_tower
+def variant_config(overrides: list, base_cfg, scale: float = 1.0):
+    """The roco_cpu fusion run's config with ``overrides`` (``scale`` x its epochs)."""
     from core.config import load_config, resolve_fusion_run
-    from core.models import build_model
 
     cfg = resolve_fusion_run(load_config("roco_cpu", ["model.kind=fusion", *overrides]))
     cfg.model.concepts.num_concepts = base_cfg.model.concepts.num_concepts
     cfg.train.epochs = max(1, round(cfg.train.epochs * scale))
+    return cfg
+
+
+def variant(overrides: list, two_tower: str, base_cfg, scale: float) -> tuple:
+    """(config, model) of a variant: the roco_cpu fusion run with ``overrides``, its encoders
+    and ITC heads copied from the two-tower checkpoint."""
+    from core.checkpoint import init_fusion_from_two_tower
+    from core.models import build_model
+
+    cfg = variant_config(overrides, base_cfg, scale)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     init_fusion_from_two_tower(model, two_tower)
@@ -175,20 +187,9 @@ def frozen_boundary(cfg) -> tuple:
     return cfg.model.image.freeze_stages, cfg.model.text.freeze_layers
 
 
-@torch.no_grad()
-def encode_split(model, data: str, split: str, tokenizer, concepts, precision: str) -> dict:
-    """A split's rows through ``model``'s frozen layers, here in one process, as one dict of
-    numpy columns (what ``load_split`` gives for the demo's store)."""
-    from core.data.preprocess import build_preprocessor
-    from core.data.rocov2 import read_split
-    from core.training.frozen_features import encode_frozen
-
-    model.eval()
-    table = read_split(data, split)
-    pre = build_preprocessor(model.config, tokenizer, concepts)
-    parts = [encode_frozen(model, pre(table.slice(start, 64)), precision=precision)
-             for start in range(0, table.num_rows, 64)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+def concatenated(batches_: list) -> dict:
+    """Numpy batches as one dict of columns (what ``load_split`` gives for the demo's store)."""
+    return {k: np.concatenate([b[k] for b in batches_]) for k in batches_[0]}
 
 
 def train_variant(cfg, model, rows: dict, pos_weight, log, precision: str) -> tuple:
@@ -210,6 +211,23 @@ def train_variant(cfg, model, rows: dict, pos_weight, log, precision: str) -> tu
     return model.eval(), {"epochs": cfg.train.epochs, "train_seconds": time.perf_counter() - t0,
                           "samples_per_s": len(rows["group"]) * cfg.train.epochs
                           / (time.perf_counter() - t0)}
+
+
+def keep(results: list, per_query: dict) -> dict:
+    """The variant kept, by ``core.evaluation.selection.cheapest_within_noise``: the cheapest
+    (encoding its own frozen prefix if the demo's store is not it, training, and scoring the
+    validation split over all pairs, as the demo scores fusion)
+    whose validation mean recall is within the paired 95 % interval of the best's. Each row
+    gets its paired difference from the best ("val_minus_best"); the kept row "kept"."""
+    choice = cheapest_within_noise(per_query, {
+        r["variant"]: r["own_encode_seconds"] + r["train_seconds"]
+        + r["validation_all_pairs_seconds"] for r in results})
+    for row in results:
+        row["val_minus_best"] = choice["minus_best"][row["variant"]]
+        row["best"] = row["variant"] == choice["best"]
+    kept = next(r for r in results if r["variant"] == choice["kept"])
+    kept["kept"] = True
+    return kept
 
 
 def ci_row(ranks: dict, reference: dict | None = None) -> dict:
@@ -263,26 +281,31 @@ def main(argv=None) -> dict:
         log(f"{split}: {len(rows[split]['group'])} rows from {store.root}")
     pos_weight = (torch.from_numpy(tt.concepts.pos_weight(tt.config.model.concepts.max_pos_weight))
                   if tt.concepts is not None and tt.config.model.concepts.num_concepts else None)
-    demo_cfg, _ = variant([], tt_path, tt.config, 1.0)
-    inputs = {frozen_boundary(demo_cfg): rows}  # the stored splits, by frozen boundary
-    results, models, variant_rows = [], {}, {}
+    # the splits' frozen-layer outputs by frozen boundary (the demo's: its store), and the
+    # seconds each boundary's own encoding took (a cost of the variants that need it)
+    inputs, encode_seconds = {frozen_boundary(variant_config([], tt.config)): rows}, {}
+    results, models, variant_rows, per_query = [], {}, {}, {}
     for name, overrides in VARIANTS:
         log(f"{name}")
         cfg, model = variant(overrides, tt_path, tt.config, args.epochs_scale)
         boundary = frozen_boundary(cfg)
         if boundary not in inputs:
             t0 = time.perf_counter()
-            inputs[boundary] = {split: encode_split(model, data, split, tt.tokenizer, tt.concepts,
-                                                    precision) for split in SPLITS}
-            log(f"  frozen layers to {boundary} encoded in {time.perf_counter() - t0:.0f} s")
+            inputs[boundary] = {split: concatenated(encode_split(
+                model, data, split, tt.tokenizer, tt.concepts, precision)) for split in SPLITS}
+            encode_seconds[boundary] = time.perf_counter() - t0
+            log(f"  frozen layers to {boundary} encoded in {encode_seconds[boundary]:.0f} s")
         variant_rows[name] = inputs[boundary]
         if pos_weight is None:
             variant_rows[name] = {s: {k: v for k, v in r.items() if k != "concepts"}
                                   for s, r in variant_rows[name].items()}
         model, info = train_variant(cfg, model, variant_rows[name]["train"], pos_weight, log,
                                     precision)
+        t0 = time.perf_counter()
         val = matrices(model, tt_features["validation"], variant_rows[name]["validation"],
                        precision)
+        info["validation_all_pairs_seconds"] = time.perf_counter() - t0
+        info["own_encode_seconds"] = encode_seconds.get(boundary, 0.0)
         chosen = rules(val)
         row = {"variant": name, "overrides": overrides, **info, "validation": {
             rule: {"setting": setting, "mean_recall": mean_recall(r),
@@ -290,12 +313,12 @@ def main(argv=None) -> dict:
                       for k in (1, 5, 10)}} for rule, (setting, r) in chosen.items()}}
         row["best_rule"] = max(row["validation"], key=lambda x: row["validation"][x]["mean_recall"])
         row["val_mean_recall"] = row["validation"][row["best_rule"]]["mean_recall"]
+        per_query[name] = per_query_mean_recall(chosen[row["best_rule"]][1])
         log("  validation mean recall: " + ", ".join(
             f"{rule} {v['mean_recall']:.4f} {v['setting']}" for rule, v in row["validation"].items()))
         results.append(row)
         models[name] = model
-    kept = max(results, key=lambda r: r["val_mean_recall"])
-    kept["kept"] = True
+    kept = keep(results, per_query)
     v = tt_features["validation"]
     val_tt = ranks_all_pairs((v["text"].embed @ v["image"].embed.T).float().numpy(),
                              np.asarray(v["group"]))
@@ -321,9 +344,13 @@ def main(argv=None) -> dict:
               "precision": precision,
               "two_tower_validation_mean_recall": mean_recall(val_tt),
               "test_items": int(len(rows["test"]["group"])), "epochs_scale": args.epochs_scale,
-              "criterion": "validation mean recall (R@1/5/10, both directions) of the variant's "
-                           "best scoring rule; the test split read once, for the kept variant "
-                           "and the preset", "variants": results, "kept": kept["variant"]}
+              "criterion": "the cheapest variant (seconds to encode its own frozen prefix, "
+                           "if any, train, and score the validation split over all pairs) "
+                           "whose validation mean recall (R@1/5/10, both directions, of its "
+                           "best scoring rule) is within the paired 95 % interval of the best "
+                           "variant's (the one-standard-error rule); the test split read once, "
+                           "for the kept variant and the preset",
+              "variants": results, "kept": kept["variant"]}
     write_result(result, out=args.out)
     return result
 

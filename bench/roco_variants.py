@@ -6,7 +6,11 @@ own step (``LossModule``, ``build_optimizer``, ``train_one_epoch``) on the froze
 outputs encoded once (``core.training.frozen_features``: exactly what `rocoray train` trains on),
 for the preset's epochs; the epoch with the best validation mean recall is kept (as the
 Ray Train run keeps its best checkpoint) and scored on the test split: Recall@1/5/10 both
-ways with 95 % bootstrap intervals, group-aware chance beside them.
+ways with 95 % bootstrap intervals, group-aware chance beside them. The variant kept is
+chosen on validation by the one-standard-error rule (``core.evaluation.selection``): among
+the pretrained variants with the concept head (the report's concept detection reads it),
+the cheapest to train whose validation mean recall is within the paired 95 % interval of
+the best one's.
 
     python -m bench.roco_variants [--data ../shared/data/roco-sample] [--epochs N]
 
@@ -24,11 +28,13 @@ import numpy as np
 import torch
 
 from bench._common import shuffled_batches, write_result
+from bench._frozen_inputs import encode_split
+from core.evaluation.selection import cheapest_within_noise, per_query_mean_recall
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [
     # (name, overrides of the roco_cpu preset, random init); the preset itself is the row
-    # with no overrides (the "kept" column is derived from that, never typed)
+    # with no overrides. The variant kept is chosen on validation (``keep``), never typed.
     ("random-init towers (contrast), frozen, linear heads",
      ["model.two_tower.proj_dropout=0", "model.concepts.weight=0"], True),
     ("pretrained towers frozen, linear heads (the issue's baseline)",
@@ -36,28 +42,11 @@ VARIANTS = [
     ("pretrained towers frozen, linear heads, feature dropout 0.2",
      ["model.concepts.weight=0"], False),
     ("roco_cpu: frozen, feature dropout 0.2, concept head", [], False),
-    ("roco_cpu, 8 epochs", ["train.epochs=8"], False),
     ("image blocks 5-6 fine-tuned, feature dropout 0.2, concept head",
      ["model.image.freeze_stages=7"], False),
     ("image blocks 5-6 fine-tuned, no dropout, concept head (the previous roco_cpu)",
      ["model.image.freeze_stages=7", "model.two_tower.proj_dropout=0"], False),
 ]
-
-
-def encode(model, data, split, tokenizer, concepts, batch_rows: int = 64,
-           max_rows: int | None = None) -> list:
-    """The split's preprocessed rows with the frozen layers' outputs, as numpy batches."""
-    from core.data.preprocess import build_preprocessor
-    from core.data.rocov2 import read_split
-    from core.training.frozen_features import encode_frozen
-
-    table = read_split(data, split, max_rows=max_rows)
-    pre = build_preprocessor(model.config, tokenizer, concepts)
-    out = []
-    for start in range(0, table.num_rows, batch_rows):
-        rows = pre(table.slice(start, batch_rows))
-        out.append(encode_frozen(model, {k: v for k, v in rows.items()}))
-    return out
 
 
 def rows_for(cached: list, freeze_stages: int, model) -> list:
@@ -100,7 +89,7 @@ def retrieval(model, rows: list) -> dict:
 
 
 def mean_recall(ranks: dict) -> float:
-    return float(np.mean([(ranks[d] < k).mean() for d in ("t2i", "i2t") for k in (1, 5, 10)]))
+    return float(per_query_mean_recall(ranks).mean())
 
 
 def run_variant(name, overrides, random_init, cfg_base, cached, epochs, log):
@@ -130,18 +119,37 @@ def run_variant(name, overrides, random_init, cfg_base, cached, epochs, log):
     steps = int(np.ceil(sum(len(r["group"]) for r in train_rows) / cfg.train.batch_size)) * epochs
     optimizer = build_optimizer(module, cfg.train)
     scheduler = build_scheduler(optimizer, steps, cfg.train.warmup_fraction)
-    best, t0 = (-1.0, None, 0), time.perf_counter()
+    best, t0 = (-1.0, None, 0, None), time.perf_counter()
     for epoch in range(epochs):
         train_one_epoch(module, optimizer, scheduler, batches(train_rows, cfg.train.batch_size,
                                                               cfg.train.seed + epoch), "cpu")
-        score = mean_recall(retrieval(model, val_rows))
+        val = retrieval(model, val_rows)
+        score = mean_recall(val)
         log(f"  {name}: epoch {epoch + 1} val mean recall {score:.3f}")
         if score > best[0]:
-            best = (score, copy.deepcopy(model.state_dict()), epoch + 1)
+            best = (score, copy.deepcopy(model.state_dict()), epoch + 1, val)
     model.load_state_dict(best[1])
     ranks = retrieval(model, test_rows)
-    return ranks, {"epochs": epochs, "best_epoch": best[2], "val_mean_recall": best[0],
-                   "train_seconds": time.perf_counter() - t0}
+    return ranks, best[3], {"epochs": epochs, "best_epoch": best[2], "val_mean_recall": best[0],
+                            "concept_head": bool(cfg.model.concepts.weight),
+                            "train_seconds": time.perf_counter() - t0}
+
+
+def keep(rows: list, per_query: dict) -> dict:
+    """The variant kept, by ``core.evaluation.selection.cheapest_within_noise``: among the
+    candidates (pretrained, with the concept head: the report's concept detection reads
+    it), the cheapest to train whose validation mean recall is within the paired 95 %
+    interval of the best candidate's. Each row gets its paired difference from that best
+    ("val_minus_best") and whether it is a candidate; the kept row "kept"."""
+    candidates = [r["variant"] for r in rows if r["concept_head"] and not r["random_init"]]
+    choice = cheapest_within_noise(per_query, {r["variant"]: r["train_seconds"] for r in rows},
+                                   candidates)
+    for row in rows:
+        row["candidate"] = row["variant"] in candidates
+        row["val_minus_best"] = choice["minus_best"][row["variant"]]
+        row["best"] = row["variant"] == choice["best"]
+        row["kept"] = row["variant"] == choice["kept"]
+    return next(r for r in rows if r["kept"])
 
 
 def main(argv=None) -> dict:
@@ -172,28 +180,34 @@ def main(argv=None) -> dict:
         encoder = build_model(base.model, load_weights=not random_init).eval()
         if random_init:
             cached["random_state"] = copy.deepcopy(encoder.state_dict())
-        cached[key] = {split: encode(encoder, args.data, split, tokenizer, vocab,
-                                     max_rows=args.max_rows)
+        cached[key] = {split: encode_split(encoder, args.data, split, tokenizer, vocab,
+                                           max_rows=args.max_rows)
                        for split in ("train", "validation", "test")}
         log(f"encoded the frozen layers ({key}) of every split: {time.perf_counter() - t0:.0f} s")
     encode_seconds = time.perf_counter() - t0
-    rows = []
+    rows, val_scores = [], {}
     chance = None
     for name, overrides, random_init in VARIANTS:
-        kept = not overrides and not random_init
-        ranks, info = run_variant(name, overrides, random_init, base, cached, args.epochs, log)
+        ranks, val, info = run_variant(name, overrides, random_init, base, cached, args.epochs,
+                                       log)
+        val_scores[name] = per_query_mean_recall(val)
         if chance is None:
             positives = positives_per_query(ranks["groups"])
             chance = {f"R@{k}": chance_level(f"R@{k}", len(positives), positives) for k in (1, 5, 10)}
-        row = {"variant": name, "overrides": overrides, "random_init": random_init,
-               "kept": kept, **info}
+        row = {"variant": name, "overrides": overrides, "random_init": random_init, **info}
         for d in ("t2i", "i2t"):
             for k in (1, 5, 10):
                 row[f"{d}/R@{k}"] = bootstrap_ci(per_query(ranks[d], f"R@{k}")).as_dict()
         rows.append(row)
         log(f"{name}: test R@10 t2i {row['t2i/R@10']['value']:.3f} i2t "
             f"{row['i2t/R@10']['value']:.3f} (best epoch {info['best_epoch']})")
+    kept = keep(rows, val_scores)
+    log(f"kept: {kept['variant']}")
     result = {"bench": "roco_variants", "data": args.data, "test_items": len(ranks["groups"]),
+              "criterion": "among the pretrained variants with the concept head, the cheapest to "
+                           "train whose validation mean recall (R@1/5/10, both directions, its "
+                           "best epoch) is within the paired 95 % interval of the best one's "
+                           "(the one-standard-error rule)", "kept": kept["variant"],
               "chance": chance, "encode_seconds": encode_seconds, "variants": rows,
               "epochs": args.epochs or base.train.epochs}
     write_result(result, out=args.out)

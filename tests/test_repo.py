@@ -60,6 +60,27 @@ def test_a_result_is_stale_once_the_code_it_measured_changes():
     assert "STALE" in update_readme.stamp({}, "bench/fusion_variants.py")  # no provenance
 
 
+def test_a_result_is_stale_once_a_preset_setting_changes_but_not_for_a_comment(monkeypatch):
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import update_readme
+
+    settings = update_readme.preset_settings
+    assert settings("43c4669^") == settings("43c4669")  # roco_cpu: comments rewritten only
+    assert settings("8c1fa29^") != settings("8c1fa29")  # roco_cpu: train.fusion_keep: last
+    assert settings(None)["roco_cpu.yaml"]["model"]["image"]["arch"] == "efficientnet_lite0"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    current = update_readme.stamp({"provenance": {"commit": head}}, "bench/fusion_variants.py")
+    assert "STALE" not in current
+    monkeypatch.setattr(update_readme, "preset_settings",
+                        lambda ref: settings(ref) if ref else {"roco_cpu.yaml": {"changed": 1}})
+    assert "STALE: a preset's settings changed" in update_readme.stamp(
+        {"provenance": {"commit": head}}, "bench/fusion_variants.py")
+
+
 def _imports(path: Path) -> list[tuple[str, int]]:
     out = []
     for node in ast.walk(ast.parse(path.read_text())):

@@ -1,7 +1,8 @@
 """Regenerate the README's result blocks from the committed results files, so no number
 there is typed, and every block says the commit and date it was measured at; a block whose
-measured code (the script and every project module it imports) has commits since is marked
-STALE automatically.
+measured code (the script and every project module it imports) has commits since, or whose
+presets' settings (core/presets/*.yaml, comments aside) changed since, is marked STALE
+automatically.
 
     python tools/update_readme.py            # after `make bench` / `python -m bench.demo_run`
     python tools/update_readme.py --check    # CI: fails when the README differs
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 
 PACKAGES = ("core", "ray_jobs", "bench")
+PRESETS = "core/presets"
 
 
 def _module_path(name: str) -> Path | None:
@@ -82,12 +84,28 @@ def stamp(result: dict, entry: str, also: tuple = ()) -> str:
     text = f"measured at {short} ({date})"
     if not _git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"):
         return text + "; STALE: that commit is not in this history"
-    later = _git("log", "--format=%h", f"{commit}..HEAD", "--", *measured_files(entry), *also)
+    files = measured_files(entry)
+    later = _git("log", "--format=%h", f"{commit}..HEAD", "--", *files, *also)
     if later:
         text += "; STALE: the measured code changed since"
+    elif "core/config.py" in files and preset_settings(commit) != preset_settings(None):
+        text += "; STALE: a preset's settings changed since"
     elif prov.get("dirty"):
         text += "; measured with uncommitted changes"
     return text
+
+
+def preset_settings(ref: str | None) -> dict:
+    """Every preset (core/presets/*.yaml) as parsed at git ``ref`` (None: the working tree):
+    its settings without its comments, so a comment edit leaves a result current and a
+    changed setting makes every result that loads presets STALE."""
+    import yaml
+
+    if ref is None:
+        return {p.name: yaml.safe_load(p.read_text()) for p in (REPO / PRESETS).glob("*.yaml")}
+    names = _git("ls-tree", "--name-only", f"{ref}:{PRESETS}").split()
+    return {n: yaml.safe_load(_git("show", f"{ref}:{PRESETS}/{n}")) for n in names
+            if n.endswith(".yaml")}
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -199,22 +217,38 @@ def two_tower_variants_lines(path: Path) -> list[str]:
     if not path.exists():
         return []
     v = json.loads(path.read_text())
-    header = ["variant", "validation mean recall", "kept", "best epoch", "t2i R@1", "t2i R@5",
-              "t2i R@10", "i2t R@1", "i2t R@5", "i2t R@10", "train s"]
-    # the variant kept: the best on validation, derived here (never typed in the file)
-    kept = max(v["variants"], key=lambda x: x["val_mean_recall"])["variant"]
-    rows = [[x["variant"], f"{x['val_mean_recall']:.4f}", "yes" if x["variant"] == kept else "",
+    header = ["variant", "validation mean recall", "minus the best [95 % paired]", "kept",
+              "best epoch", "t2i R@1", "t2i R@5", "t2i R@10", "i2t R@1", "i2t R@5", "i2t R@10",
+              "train s"]
+    rows = [[x["variant"], f"{x['val_mean_recall']:.4f}", _val_diff(x),
+             "yes" if x.get("kept") else ("" if x.get("candidate", True) else "not a candidate"),
              f"{x['best_epoch']} of {x.get('epochs', v['epochs'])}"]
             + [_ci(x[f"{d}/R@{k}"]) for d in ("t2i", "i2t") for k in (1, 5, 10)]
             + [f"{x['train_seconds']:.0f}"] for x in v["variants"]]
-    rows.append(["chance (group-aware)", "", "", ""] + [f"{v['chance'][f'R@{k}']:.3f}"
-                                                       for _ in (0, 1) for k in (1, 5, 10)] + [""])
+    rows.append(["chance (group-aware)", "", "", "", ""]
+                + [f"{v['chance'][f'R@{k}']:.3f}" for _ in (0, 1) for k in (1, 5, 10)] + [""])
     return [f"What moves two-tower recall, side by side by `python -m bench.roco_variants` "
             f"({stamp(v, 'bench/roco_variants.py')}): each variant the `roco_cpu` preset with "
             f"overrides, trained on the frozen layers encoded once, its best validation epoch "
-            f"kept; the variant kept is the one with the best validation mean recall "
-            f"(R@1/5/10, both directions); test split of {v['test_items']} on {ran_on(v)}:",
+            f"kept. The variant kept: {v.get('criterion', 'the best validation mean recall')}. "
+            f"{VAL_DIFF_NOTE} Test split of {v['test_items']} on {ran_on(v)}:",
             "", markdown_table(header, rows), ""]
+
+
+VAL_DIFF_NOTE = ("\"Minus the best\": its validation mean recall minus the best variant's, "
+                 "with the paired 95 % bootstrap interval over the validation queries "
+                 "(* below the best beyond the interval).")
+
+
+def _val_diff(row: dict) -> str:
+    """A variant's validation mean recall minus the best's, with its paired interval."""
+    d = row.get("val_minus_best")
+    if d is None:
+        return ""
+    if row.get("best"):
+        return "best"
+    return (f"{d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+            + ("" if d["within_noise"] else "*"))
 
 
 def fusion_variants_lines(path: Path) -> list[str]:
@@ -224,12 +258,14 @@ def fusion_variants_lines(path: Path) -> list[str]:
         return []
     v = json.loads(path.read_text())
     rules = ("itm", "fused", "rerank")
-    header = ["variant", "epochs", "samples/s"] + [f"val mean recall: {r}" for r in rules] + ["kept"]
+    header = (["variant", "epochs", "samples/s"] + [f"val mean recall: {r}" for r in rules]
+              + ["minus the best [95 % paired]", "cost s", "kept"])
     rows = [[x["variant"], str(x["epochs"]), f"{x['samples_per_s']:.0f}"]
             + [f"{x['validation'][r]['mean_recall']:.4f}"
                + (f" ({', '.join(f'{k} {g:g}' for k, g in x['validation'][r]['setting'].items())})"
                   if x["validation"][r]["setting"] else "") for r in rules]
-            + ["yes" if x.get("kept") else ""] for x in v["variants"]]
+            + [_val_diff(x), _fusion_cost(x), "yes" if x.get("kept") else ""]
+            for x in v["variants"]]
     lines = [f"Fusion on real ROCO, side by side by `python -m bench.fusion_variants` "
              f"({stamp(v, 'bench/fusion_variants.py')}; on {ran_on(v)}). Each variant is the "
              "`roco_cpu` fusion model with overrides, trained on the two-tower's frozen towers; "
@@ -237,7 +273,8 @@ def fusion_variants_lines(path: Path) -> list[str]:
              "fused = match logit + a x its ITC cosine; rerank = the two-tower top-k re-ordered "
              "by match logit + a x two-tower cosine (a, k chosen on validation). Two-tower "
              f"validation mean recall: {v['two_tower_validation_mean_recall']:.4f}. "
-             f"{v['criterion'].capitalize()}.", "", markdown_table(header, rows), ""]
+             f"The variant kept: {v['criterion']}. {VAL_DIFF_NOTE}", "",
+             markdown_table(header, rows), ""]
     labels = {"two_tower": "two-tower", "itm": "fusion, match logit (all pairs)",
               "fused": "fusion, fused score (all pairs)", "rerank": "rerank"}
     for x in v["variants"]:
@@ -262,6 +299,13 @@ def fusion_variants_lines(path: Path) -> list[str]:
                   markdown_table(["method"] + [f"{d} R@{k}" for d in ("t2i", "i2t")
                                                for k in (1, 5, 10)], trows), ""]
     return lines
+
+
+def _fusion_cost(row: dict) -> str:
+    """What the fusion variants bench ranks cost by: encode (own prefix) + train + score."""
+    if "validation_all_pairs_seconds" not in row:
+        return f"{row['train_seconds']:.0f} (train)"
+    return f"{row['own_encode_seconds'] + row['train_seconds'] + row['validation_all_pairs_seconds']:.0f}"
 
 
 def roco_block(results_dir: Path) -> str | None:
