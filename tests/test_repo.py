@@ -60,6 +60,28 @@ def test_a_result_is_stale_once_the_code_it_measured_changes():
     assert "STALE" in update_readme.stamp({}, "bench/fusion_variants.py")  # no provenance
 
 
+def test_a_comment_or_docstring_edit_is_no_new_code_but_any_statement_is():
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from update_readme import code_fingerprint
+
+    source = '''"""Module doc."""
+import numpy as np
+
+
+def top(x, k=10):
+    """Return the top k."""
+    return np.argsort(-x)[:k]  # best first
+'''
+    reworded = source.replace("Return the top k.", "The k best, best first.").replace(
+        "# best first", "").replace("Module doc.", "What this module does.")
+    assert code_fingerprint(reworded) == code_fingerprint(source)
+    for changed in (source.replace("k=10", "k=5"), source.replace("[:k]", "[:k + 1]"),
+                    source.replace('"""Return the top k."""', "print(k)")):
+        assert code_fingerprint(changed) != code_fingerprint(source)
+
+
 def test_a_result_is_stale_once_a_preset_setting_changes_but_not_for_a_comment(monkeypatch):
     import subprocess
     import sys

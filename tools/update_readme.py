@@ -1,8 +1,8 @@
 """Regenerate the README's result blocks from the committed results files, so no number
 there is typed, and every block says the commit and date it was measured at; a block whose
-measured code (the script and every project module it imports) has commits since, or whose
-presets' settings (core/presets/*.yaml, comments aside) changed since, is marked STALE
-automatically.
+measured code (the script and every project module it imports; comments and docstrings
+aside) changed since, or whose presets' settings (core/presets/*.yaml, comments aside)
+changed since, is marked STALE automatically.
 
     python tools/update_readme.py            # after `make bench` / `python -m bench.demo_run`
     python tools/update_readme.py --check    # CI: fails when the README differs
@@ -74,8 +74,9 @@ def _git(*args: str) -> str:
 
 def stamp(result: dict, entry: str, also: tuple = ()) -> str:
     """"measured at <commit> (<date>)", and STALE when the code the result measured (the
-    entry script and what it imports) has commits after that one, or when the result
-    carries no provenance, or was measured on uncommitted changes."""
+    entry script and what it imports, ``code_changed``) differs at HEAD from that commit, or
+    a preset's settings do, or when the result carries no provenance, or was measured on
+    uncommitted changes."""
     prov = result.get("provenance") or {}
     commit = prov.get("commit")
     if not commit:
@@ -85,14 +86,42 @@ def stamp(result: dict, entry: str, also: tuple = ()) -> str:
     if not _git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"):
         return text + "; STALE: that commit is not in this history"
     files = measured_files(entry)
-    later = _git("log", "--format=%h", f"{commit}..HEAD", "--", *files, *also)
-    if later:
+    if code_changed(commit, [*files, *also]):
         text += "; STALE: the measured code changed since"
     elif "core/config.py" in files and preset_settings(commit) != preset_settings(None):
         text += "; STALE: a preset's settings changed since"
     elif prov.get("dirty"):
         text += "; measured with uncommitted changes"
     return text
+
+
+def code_fingerprint(source: str) -> str:
+    """Python source as its syntax tree without docstrings: equal for two sources that differ
+    only in comments, docstrings or layout (which measure the same), different otherwise."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_changed(commit: str, files: list[str]) -> list[str]:
+    """Those of ``files`` whose code differs between ``commit`` and HEAD: Python compared by
+    ``code_fingerprint`` (a comment or docstring edit is no new code; a script's
+    ``__doc__`` shows only in its --help), any other file byte for byte."""
+    changed = _git("diff", "--name-only", commit, "HEAD", "--", *files).split()
+
+    def fingerprint(ref: str, path: str) -> str | None:
+        source = _git("show", f"{ref}:{path}")
+        return code_fingerprint(source) if source else None
+
+    return [f for f in changed if not f.endswith(".py")
+            or fingerprint(commit, f) != fingerprint("HEAD", f)]
 
 
 def preset_settings(ref: str | None) -> dict:
