@@ -20,7 +20,8 @@ The variant kept is chosen on validation by the one-standard-error rule
 directions) of its best scoring rule, then the cheapest variant (seconds to encode its own
 frozen prefix if it needs one, to train, and to score the validation split over all pairs)
 whose paired 95 % interval against the best does not lie below 0. The test split is read
-once, at the end, for the kept variant and the preset.
+once, at the end, for the kept variant and the preset (the variant equal to roco_cpu as it
+stands when the bench runs).
 
     python -m bench.fusion_variants --run runs/demo-roco-sample [--epochs-scale 1]
 
@@ -46,9 +47,16 @@ from core.scoring.settings import RERANK_KS  # the k `rocoray evaluate` tries
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
 FUSION_ONLY_IMAGE_BLOCKS = ["model.fusion.freeze_encoders=false", "model.image.freeze_stages=7"]
-# (name, overrides of the roco_cpu fusion model); the first is the preset as it stands.
+# The recipe every variant starts from, stated in full (roco_cpu's when this bench was
+# written), so that a variant names the same model whatever the preset says later; which
+# variant is the preset is worked out when the bench runs (its "preset" field).
+RECIPE = ["model.fusion.width=256", "model.fusion.negative_mode=random",
+          "model.fusion.negatives_per_positive=3", "train.fusion_epochs=4",
+          "model.fusion.token_proj_from_itc=false", "model.fusion.concept_soft_labels=0.0",
+          "model.fusion.freeze_encoders=true", "model.image.freeze_stages=-1"]
+# (name, overrides of RECIPE on the roco_cpu fusion model)
 VARIANTS = [
-    ("roco_cpu (the preset): random negatives (3 per positive), 4 epochs", []),
+    ("random negatives (3 per positive), 4 epochs", []),
     ("hard negatives by ITC (warm: the two-tower's heads), 1 per positive each way (ALBEF), "
      "12 epochs",
      ["model.fusion.negative_mode=hard", "model.fusion.negatives_per_positive=1",
@@ -159,11 +167,13 @@ def apply_rule(m: dict, rule: str, setting: dict) -> dict:
     return ranks_rerank(m, min(setting["k"], len(m["group"])), setting["alpha"])
 
 
-def variant_config(overrides: list, base_cfg, scale: float = 1.0):
-    """The roco_cpu fusion run's config with ``overrides`` (``scale`` x its epochs)."""
+def variant_config(overrides: list | None, base_cfg, scale: float = 1.0):
+    """The roco_cpu fusion run's config with ``RECIPE`` and ``overrides`` (None: the preset
+    as it stands), ``scale`` x its epochs."""
     from core.config import load_config, resolve_fusion_run
 
-    cfg = resolve_fusion_run(load_config("roco_cpu", ["model.kind=fusion", *overrides]))
+    recipe = [] if overrides is None else [*RECIPE, *overrides]
+    cfg = resolve_fusion_run(load_config("roco_cpu", ["model.kind=fusion", *recipe]))
     cfg.model.concepts.num_concepts = base_cfg.model.concepts.num_concepts
     cfg.train.epochs = max(1, round(cfg.train.epochs * scale))
     return cfg
@@ -283,7 +293,8 @@ def main(argv=None) -> dict:
                   if tt.concepts is not None and tt.config.model.concepts.num_concepts else None)
     # the splits' frozen-layer outputs by frozen boundary (the demo's: its store), and the
     # seconds each boundary's own encoding took (a cost of the variants that need it)
-    inputs, encode_seconds = {frozen_boundary(variant_config([], tt.config)): rows}, {}
+    preset = variant_config(None, tt.config, args.epochs_scale)
+    inputs, encode_seconds = {frozen_boundary(preset): rows}, {}
     results, models, variant_rows, per_query = [], {}, {}, {}
     for name, overrides in VARIANTS:
         log(f"{name}")
@@ -307,7 +318,8 @@ def main(argv=None) -> dict:
         info["validation_all_pairs_seconds"] = time.perf_counter() - t0
         info["own_encode_seconds"] = encode_seconds.get(boundary, 0.0)
         chosen = rules(val)
-        row = {"variant": name, "overrides": overrides, **info, "validation": {
+        row = {"variant": name, "overrides": overrides, "preset": cfg == preset, **info,
+               "validation": {
             rule: {"setting": setting, "mean_recall": mean_recall(r),
                    **{f"{d}/R@{k}": float((r[d] < k).mean()) for d in ("t2i", "i2t")
                       for k in (1, 5, 10)}} for rule, (setting, r) in chosen.items()}}
@@ -325,7 +337,7 @@ def main(argv=None) -> dict:
     # the test split, read once: the kept variant and the preset, every rule at its
     # validation setting, against the two-tower model on the same queries
     test = {}
-    for row in (results[0], kept):
+    for row in [r for r in results if r["preset"]] + [kept]:
         if row["variant"] in test:
             continue
         m = matrices(models[row["variant"]], tt_features["test"], variant_rows[row["variant"]]["test"],

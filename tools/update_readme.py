@@ -322,7 +322,8 @@ def fusion_variants_lines(path: Path) -> list[str]:
                     cells.append(cell)
             trows.append(cells)
         lines += [f"Test split ({v['test_items']} figures), {x['variant']}"
-                  + (" (kept)" if x.get("kept") else " (the preset before)")
+                  + (" (kept" + (", and roco_cpu when measured)" if x.get("preset") else ")")
+                     if x.get("kept") else " (roco_cpu when measured)")
                   + ": recall with 95 % intervals, and in brackets the paired difference from "
                   "the two-tower model (* beyond the interval):", "",
                   markdown_table(["method"] + [f"{d} R@{k}" for d in ("t2i", "i2t")
