@@ -82,7 +82,8 @@ def top(x, k=10):
         assert code_fingerprint(changed) != code_fingerprint(source)
 
 
-def test_a_result_is_stale_once_a_preset_setting_changes_but_not_for_a_comment(monkeypatch):
+def test_a_result_is_stale_once_the_preset_it_ran_has_other_settings_not_other_comments(
+        monkeypatch):
     import subprocess
     import sys
 
@@ -90,17 +91,22 @@ def test_a_result_is_stale_once_a_preset_setting_changes_but_not_for_a_comment(m
     import update_readme
 
     settings = update_readme.preset_settings
-    assert settings("43c4669^") == settings("43c4669")  # roco_cpu: comments rewritten only
-    assert settings("8c1fa29^") != settings("8c1fa29")  # roco_cpu: train.fusion_keep: last
-    assert settings(None)["roco_cpu.yaml"]["model"]["image"]["arch"] == "efficientnet_lite0"
+    assert settings("43c4669^", "roco_cpu") == settings("43c4669", "roco_cpu")  # comments only
+    assert settings("8c1fa29^", "roco_cpu") != settings("8c1fa29", "roco_cpu")  # fusion_keep
+    assert settings(None, "roco_cpu")["model"]["image"]["arch"] == "efficientnet_lite0"
+    assert update_readme.presets_named("demo_run.py --name x --data d --config roco_cpu") == [
+        "roco_cpu"]
+    assert update_readme.presets_named("encode_rate.py") == []
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
-    current = update_readme.stamp({"provenance": {"commit": head}}, "bench/fusion_variants.py")
-    assert "STALE" not in current
+    ran = {"provenance": {"commit": head, "command": "demo_run.py --config roco_cpu"}}
+    assert "STALE" not in update_readme.stamp(ran, "bench/demo_run.py")
     monkeypatch.setattr(update_readme, "preset_settings",
-                        lambda ref: settings(ref) if ref else {"roco_cpu.yaml": {"changed": 1}})
-    assert "STALE: a preset's settings changed" in update_readme.stamp(
-        {"provenance": {"commit": head}}, "bench/fusion_variants.py")
+                        lambda ref, name: settings(ref, name) if ref else {"changed": name})
+    assert "STALE: the settings of the preset it ran changed" in update_readme.stamp(
+        ran, "bench/demo_run.py")
+    assert "STALE" not in update_readme.stamp({"provenance": {"commit": head}},
+                                              "bench/demo_run.py")  # no preset named
 
 
 def _imports(path: Path) -> list[tuple[str, int]]:

@@ -1,8 +1,8 @@
 """Regenerate the README's result blocks from the committed results files, so no number
 there is typed, and every block says the commit and date it was measured at; a block whose
 measured code (the script and every project module it imports; comments and docstrings
-aside) changed since, or whose presets' settings (core/presets/*.yaml, comments aside)
-changed since, is marked STALE automatically.
+aside) changed since, or whose command's preset (``--config NAME``: core/presets/NAME.yaml, comments
+aside) has other settings now, is marked STALE automatically.
 
     python tools/update_readme.py            # after `make bench` / `python -m bench.demo_run`
     python tools/update_readme.py --check    # CI: fails when the README differs
@@ -88,8 +88,9 @@ def stamp(result: dict, entry: str, also: tuple = ()) -> str:
     files = measured_files(entry)
     if code_changed(commit, [*files, *also]):
         text += "; STALE: the measured code changed since"
-    elif "core/config.py" in files and preset_settings(commit) != preset_settings(None):
-        text += "; STALE: a preset's settings changed since"
+    elif any(preset_settings(commit, name) != preset_settings(None, name)
+             for name in presets_named(prov.get("command") or "")):
+        text += "; STALE: the settings of the preset it ran changed since"
     elif prov.get("dirty"):
         text += "; measured with uncommitted changes"
     return text
@@ -124,17 +125,34 @@ def code_changed(commit: str, files: list[str]) -> list[str]:
             or fingerprint(commit, f) != fingerprint("HEAD", f)]
 
 
-def preset_settings(ref: str | None) -> dict:
-    """Every preset (core/presets/*.yaml) as parsed at git ``ref`` (None: the working tree):
+def presets_named(command: str) -> list[str]:
+    """The presets a result's command ran (``--config NAME``), each with the one it starts
+    from (``base:``). A bench that loads a preset itself names none: its own code says which,
+    and its settings there are part of what it measured only as the script states them."""
+    import re
+
+    import yaml
+
+    names = re.findall(r"--config[= ](\S+)", command)
+    for name in list(names):
+        path = REPO / PRESETS / f"{name}.yaml"
+        parent = (yaml.safe_load(path.read_text()) or {}).get("base") if path.exists() else None
+        if parent:
+            names.append(parent)
+    return names
+
+
+def preset_settings(ref: str | None, name: str):
+    """A preset (core/presets/<name>.yaml) as parsed at git ``ref`` (None: the working tree):
     its settings without its comments, so a comment edit leaves a result current and a
-    changed setting makes every result that loads presets STALE."""
+    changed setting makes the results that ran it STALE."""
     import yaml
 
     if ref is None:
-        return {p.name: yaml.safe_load(p.read_text()) for p in (REPO / PRESETS).glob("*.yaml")}
-    names = _git("ls-tree", "--name-only", f"{ref}:{PRESETS}").split()
-    return {n: yaml.safe_load(_git("show", f"{ref}:{PRESETS}/{n}")) for n in names
-            if n.endswith(".yaml")}
+        path = REPO / PRESETS / f"{name}.yaml"
+        return yaml.safe_load(path.read_text()) if path.exists() else None
+    source = _git("show", f"{ref}:{PRESETS}/{name}.yaml")
+    return yaml.safe_load(source) if source else None
 
 
 def replace_block(text: str, name: str, body: str) -> str:
