@@ -142,7 +142,7 @@ def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image
     assert result["kept"] == kept["variant"] and kept.get("kept")
     assert [n for n, r in rows.items() if r.get("kept")] == [kept["variant"]]
     presets = [n for n, r in rows.items() if r["preset"]]  # the one roco_cpu equals today
-    assert presets == [result["variants"][0]["variant"]]
+    assert len(presets) == 1
     assert [n for n, r in rows.items() if "test" in r] == sorted({*presets, kept["variant"]},
                                                                 key=list(rows).index)
     for row in rows.values():
