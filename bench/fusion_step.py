@@ -10,9 +10,9 @@ and, with rocoray's attention, the two dropouts (``torch``: ``nn.Dropout`` in pl
 ``core.models.dropout.Dropout``, which draws its masks from 64-bit random integers).
 
 Real figures: the first rows of the embedded datasets/roco-ccby training split, run through
-the frozen towers once in process, then the same batches (64 rows, roco_cpu's fusion model
-and negatives per positive in each direction: the results file records them) stepped with each attention from the same weights.
-Also the forward alone (the scoring jobs' path) for the same shapes.
+the frozen towers once in process, then the same batches (64 rows; roco_cpu's fusion model
+and negatives per positive in each direction, which the results file records) stepped with
+each attention from the same weights. Also the forward alone (the scoring jobs' path) for the same shapes.
 
     python -m bench.fusion_step [--rows 256] [--steps 4]
 
