@@ -150,6 +150,7 @@ def test_training_on_frozen_layers_encoded_once_is_the_same_step(kind):
     assert cached["text_prefix"].shape == (6, 16, 384)
 
     def step(batch):
+        torch.manual_seed(1)  # the same random negatives in both steps
         model.zero_grad()
         loss, _ = module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()
                             if k not in ("skip", "image_id", "caption")})
@@ -158,8 +159,14 @@ def test_training_on_frozen_layers_encoded_once_is_the_same_step(kind):
         return float(loss.detach()), head
 
     full_loss, full_grad = step(rows)
+    exact_loss, exact_grad = step(encode_frozen(model, rows, dtype=torch.float32))
     cached_loss, cached_grad = step(cached)
-    assert cached_loss == pytest.approx(full_loss, rel=2e-3)
-    # the prefix is stored in float16: equal up to that rounding
-    assert float((cached_grad - full_grad).norm() / full_grad.norm()) < 0.02
+    # the frozen outputs kept in float32: the same step (measured <= 3e-6 relative)
+    assert exact_loss == pytest.approx(full_loss, rel=1e-5)
+    assert float((exact_grad - full_grad).norm() / full_grad.norm()) < 1e-4
+    # kept in float16, as the store keeps them: equal up to that rounding (measured: loss
+    # 4e-5 / 1e-5, gradient 0.05 % / 2.4 % for two-tower / fusion; a different draw of the
+    # random negatives alone moves the loss by ~2e-3)
+    assert cached_loss == pytest.approx(full_loss, rel=1e-4)
+    assert float((cached_grad - full_grad).norm() / full_grad.norm()) < 0.05
     assert model.text_encoder.model.encoder.layer[0].attention.self.query.weight.grad is None
