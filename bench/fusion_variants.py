@@ -225,10 +225,10 @@ def train_variant(cfg, model, rows: dict, pos_weight, log, precision: str) -> tu
 
 def keep(results: list, per_query: dict) -> dict:
     """The variant kept, by ``core.evaluation.selection.cheapest_within_noise``: the cheapest
-    (encoding its own frozen prefix if the demo's store is not it, training, and scoring the
-    validation split over all pairs, as the demo scores fusion)
-    whose validation mean recall is within the paired 95 % interval of the best's. Each row
-    gets its paired difference from the best ("val_minus_best"); the kept row "kept"."""
+    (seconds to encode its own frozen prefix if the demo's store is not it, to train, and to
+    score the validation split over all pairs, as the demo scores fusion) whose validation
+    mean recall is within the paired 95 % interval of the best's. Each row gets its paired
+    difference from the best ("val_minus_best"); the kept row "kept"."""
     choice = cheapest_within_noise(per_query, {
         r["variant"]: r["own_encode_seconds"] + r["train_seconds"]
         + r["validation_all_pairs_seconds"] for r in results})

@@ -1,8 +1,8 @@
 """Regenerate the README's result blocks from the committed results files, so no number
 there is typed, and every block says the commit and date it was measured at; a block whose
 measured code (the script and every project module it imports; comments and docstrings
-aside) changed since, or whose command's preset (``--config NAME``: core/presets/NAME.yaml, comments
-aside) has other settings now, is marked STALE automatically.
+aside) changed since, or whose command's preset (``--config NAME``: core/presets/NAME.yaml,
+comments aside) has other settings now, is marked STALE automatically.
 
     python tools/update_readme.py            # after `make bench` / `python -m bench.demo_run`
     python tools/update_readme.py --check    # CI: fails when the README differs
@@ -75,8 +75,8 @@ def _git(*args: str) -> str:
 def stamp(result: dict, entry: str, also: tuple = ()) -> str:
     """"measured at <commit> (<date>)", and STALE when the code the result measured (the
     entry script and what it imports, ``code_changed``) differs at HEAD from that commit, or
-    a preset's settings do, or when the result carries no provenance, or was measured on
-    uncommitted changes."""
+    the preset its command ran has other settings now (``presets_named``), or when the
+    result carries no provenance, or was measured on uncommitted changes."""
     prov = result.get("provenance") or {}
     commit = prov.get("commit")
     if not commit:
@@ -311,7 +311,9 @@ def fusion_variants_lines(path: Path) -> list[str]:
             + [f"{x['validation'][r]['mean_recall']:.4f}"
                + (f" ({', '.join(f'{k} {g:g}' for k, g in x['validation'][r]['setting'].items())})"
                   if x["validation"][r]["setting"] else "") for r in rules]
-            + [_val_diff(x), _fusion_cost(x), "yes" if x.get("kept") else ""]
+            + [_val_diff(x), _fusion_cost(x),
+               ", ".join(["yes"] * bool(x.get("kept"))
+                         + ["roco_cpu when measured"] * bool(x.get("preset")))]
             for x in v["variants"]]
     lines = [f"Fusion on real ROCO, side by side by `python -m bench.fusion_variants` "
              f"({stamp(v, 'bench/fusion_variants.py')}; on {ran_on(v)}). Each variant is the "
