@@ -41,21 +41,18 @@ def sdpa_only(q, k, v):
 
 
 def batches(config, rows: int, precision: str) -> list:
+    from bench._frozen_inputs import encode_split
     from core.batch import collate
-    from core.data.preprocess import build_preprocessor
-    from core.data.rocov2 import read_split
     from core.data.tokenizer import resolve_tokenizer
     from core.frozen_store import model_batch
     from core.models import build_model
-    from core.training.frozen_features import encode_frozen
 
     tokenizer, _ = resolve_tokenizer(config.model.text, str(DATA))
     model = build_model(config.model).eval()
-    pre = build_preprocessor(config.model, tokenizer)
-    table = read_split(DATA, "train", max_rows=rows)
     size = config.train.batch_size
-    return [collate(model_batch(encode_frozen(model, pre(table.slice(s, size)), precision=precision)))
-            for s in range(0, table.num_rows - size + 1, size)]
+    return [collate(model_batch(out)) for out in encode_split(
+        model, str(DATA), "train", tokenizer, None, precision, batch_rows=size, max_rows=rows)
+        if len(out["skip"]) == size]  # whole batches only
 
 
 def torch_dropout(model: torch.nn.Module) -> torch.nn.Module:

@@ -19,11 +19,16 @@ The variant kept is chosen on validation by the one-standard-error rule
 (``core.evaluation.selection``): the best variant by validation mean recall (R@1/5/10, both
 directions) of its best scoring rule, then the cheapest variant (seconds to encode its own
 frozen prefix if it needs one, to train, and to score the validation split over all pairs)
-whose paired 95 % interval against the best does not lie below 0. The test split is read
-once, at the end, for the kept variant and the preset (the variant equal to roco_cpu as it
-stands when the bench runs).
+whose paired 95 % interval against the best does not lie below 0. One training run per
+variant leaves the seed (weight initialisation, data order, sampled negatives) in every
+score, so the rule runs twice: over all variants with one seed each, then over its
+finalists (that round's best and kept, and the preset) retrained with ``--seeds`` seeds in
+all, their per-query validation scores averaged over the seeds; the second round's choice is
+the one kept. The test split is read once, at the end, for the kept variant and the preset
+(the variant equal to roco_cpu as it stands when the bench runs), each trained with the
+first seed, as the demo trains it.
 
-    python -m bench.fusion_variants --run runs/demo-roco-sample [--epochs-scale 1]
+    python -m bench.fusion_variants --run runs/demo-roco-sample [--epochs-scale 1] [--seeds 3]
 
 ``--run``: a finished `rocoray demo --data <roco-sample> --config roco_cpu` (its frozen store
 and its two-tower checkpoint). Writes bench/results/fusion_variants.json.
@@ -41,7 +46,8 @@ import torch
 from bench._common import shuffled_batches, write_result
 from bench._frozen_inputs import encode_split
 from core.models.fusion import FUSED_SCORE_ALPHAS as ALPHAS  # the grid training and evaluate use
-from core.evaluation.selection import cheapest_within_noise, per_query_mean_recall
+from core.evaluation.selection import (cheapest_within_noise, cheapest_within_noise_over_seeds,
+                                       per_query_mean_recall)
 from core.scoring.settings import RERANK_KS  # the k `rocoray evaluate` tries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,21 +229,48 @@ def train_variant(cfg, model, rows: dict, pos_weight, log, precision: str) -> tu
                           / (time.perf_counter() - t0)}
 
 
+def cost_seconds(row: dict) -> float:
+    """What a variant costs: seconds to encode its own frozen prefix (when the demo's store is
+    not it), to train, and to score the validation split over all pairs (as the demo scores
+    fusion)."""
+    return row["own_encode_seconds"] + row["train_seconds"] + row["validation_all_pairs_seconds"]
+
+
 def keep(results: list, per_query: dict) -> dict:
-    """The variant kept, by ``core.evaluation.selection.cheapest_within_noise``: the cheapest
-    (seconds to encode its own frozen prefix if the demo's store is not it, to train, and to
-    score the validation split over all pairs, as the demo scores fusion) whose validation
-    mean recall is within the paired 95 % interval of the best's. Each row gets its paired
-    difference from the best ("val_minus_best"); the kept row "kept"."""
-    choice = cheapest_within_noise(per_query, {
-        r["variant"]: r["own_encode_seconds"] + r["train_seconds"]
-        + r["validation_all_pairs_seconds"] for r in results})
+    """The first round, one seed per variant, by
+    ``core.evaluation.selection.cheapest_within_noise``: the cheapest variant (``cost_seconds``)
+    whose validation mean recall is within the paired 95 % interval of the best's. Each row
+    gets its paired difference from the best ("val_minus_best"); the round's choice
+    {"best", "kept"}."""
+    choice = cheapest_within_noise(per_query, {r["variant"]: cost_seconds(r) for r in results})
     for row in results:
         row["val_minus_best"] = choice["minus_best"][row["variant"]]
         row["best"] = row["variant"] == choice["best"]
-    kept = next(r for r in results if r["variant"] == choice["kept"])
-    kept["kept"] = True
-    return kept
+    return {"best": choice["best"], "kept": choice["kept"]}
+
+
+def seed_check(results: list, first: dict, per_query: dict, seeds: int, retrain) -> dict:
+    """The second round: the first round's finalists (its best and kept, and the preset)
+    retrained with seeds 1 .. ``seeds`` - 1 past the first (``retrain(row, seed)`` -> that
+    run's per-query validation scores, by its best rule), each variant's per-query scores
+    averaged over its seeds, and the same rule over these finalists. The second round's kept
+    is the bench's; each finalist's seeds, scores and paired difference are recorded."""
+    finalists = [r for r in results if r["variant"] in (first["best"], first["kept"])
+                 or r["preset"]]
+    by_seed = {r["variant"]: [(r["seed"], per_query[r["variant"]])] for r in finalists}
+    for row in finalists:
+        for k in range(1, seeds):
+            scores = retrain(row, row["seed"] + k)
+            by_seed[row["variant"]].append((row["seed"] + k, scores))
+    choice = cheapest_within_noise_over_seeds(
+        {name: [scores for _, scores in runs] for name, runs in by_seed.items()},
+        {r["variant"]: cost_seconds(r) for r in finalists})
+    return {"seeds": seeds, "best": choice["best"], "kept": choice["kept"], "variants": {
+        name: {"seeds": [seed for seed, _ in runs],
+               "val_mean_recall_by_seed": choice["seeds"][name]["by_seed"],
+               "val_mean_recall": choice["seeds"][name]["mean"],
+               "sd_over_seeds": choice["seeds"][name]["sd"],
+               "minus_best": choice["minus_best"][name]} for name, runs in by_seed.items()}}
 
 
 def ci_row(ranks: dict, reference: dict | None = None) -> dict:
@@ -250,8 +283,7 @@ def ci_row(ranks: dict, reference: dict | None = None) -> dict:
             row[f"{d}/R@{k}"] = bootstrap_ci(mine).as_dict()
             if reference is not None:
                 diff = paired_difference(mine, per_query(reference[d], f"R@{k}"))
-                row[f"{d}/R@{k}/minus_two_tower"] = {**diff.as_dict(),
-                                                     "significant": diff.significant}
+                row[f"{d}/R@{k}/minus_two_tower"] = diff.as_dict()
     return row
 
 
@@ -260,6 +292,8 @@ def main(argv=None) -> dict:
     p.add_argument("--run", required=True, help="a finished roco_cpu `rocoray demo` directory")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="x every variant's epochs "
                    "(a smoke run: 0.25)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds in all for the finalists' "
+                   "second round (1: one round, one seed per variant)")
     p.add_argument("--out", default=None, help="results file (default: bench/results/)")
     args = p.parse_args(argv)
     from core.checkpoint import load_checkpoint, resolve_checkpoint
@@ -295,10 +329,13 @@ def main(argv=None) -> dict:
     # seconds each boundary's own encoding took (a cost of the variants that need it)
     preset = variant_config(None, tt.config, args.epochs_scale)
     inputs, encode_seconds = {frozen_boundary(preset): rows}, {}
-    results, models, variant_rows, per_query = [], {}, {}, {}
-    for name, overrides in VARIANTS:
-        log(f"{name}")
-        cfg, model = variant(overrides, tt_path, tt.config, args.epochs_scale)
+    variant_rows = {}
+
+    def train_and_score(name: str, overrides: list, seed: int | None = None) -> tuple:
+        """Train a variant (``seed``: its ``train.seed``, default the preset's) and score
+        validation every way: (its row, model, the per-query scores of its best rule)."""
+        extra = [] if seed is None else [f"train.seed={seed}"]
+        cfg, model = variant([*overrides, *extra], tt_path, tt.config, args.epochs_scale)
         boundary = frozen_boundary(cfg)
         if boundary not in inputs:
             t0 = time.perf_counter()
@@ -318,19 +355,33 @@ def main(argv=None) -> dict:
         info["validation_all_pairs_seconds"] = time.perf_counter() - t0
         info["own_encode_seconds"] = encode_seconds.get(boundary, 0.0)
         chosen = rules(val)
-        row = {"variant": name, "overrides": overrides, "preset": cfg == preset, **info,
-               "validation": {
-            rule: {"setting": setting, "mean_recall": mean_recall(r),
-                   **{f"{d}/R@{k}": float((r[d] < k).mean()) for d in ("t2i", "i2t")
-                      for k in (1, 5, 10)}} for rule, (setting, r) in chosen.items()}}
+        row = {"variant": name, "overrides": overrides, "preset": cfg == preset,
+               "seed": cfg.train.seed, **info, "validation": {
+                   rule: {"setting": setting, "mean_recall": mean_recall(r),
+                          **{f"{d}/R@{k}": float((r[d] < k).mean()) for d in ("t2i", "i2t")
+                             for k in (1, 5, 10)}} for rule, (setting, r) in chosen.items()}}
         row["best_rule"] = max(row["validation"], key=lambda x: row["validation"][x]["mean_recall"])
         row["val_mean_recall"] = row["validation"][row["best_rule"]]["mean_recall"]
-        per_query[name] = per_query_mean_recall(chosen[row["best_rule"]][1])
-        log("  validation mean recall: " + ", ".join(
+        log(f"  validation mean recall (seed {cfg.train.seed}): " + ", ".join(
             f"{rule} {v['mean_recall']:.4f} {v['setting']}" for rule, v in row["validation"].items()))
+        return row, model, per_query_mean_recall(chosen[row["best_rule"]][1])
+
+    results, models, per_query = [], {}, {}
+    for name, overrides in VARIANTS:
+        log(f"{name}")
+        row, models[name], per_query[name] = train_and_score(name, overrides)
         results.append(row)
-        models[name] = model
-    kept = keep(results, per_query)
+    first = keep(results, per_query)
+    log(f"one seed each: best {first['best']}; kept {first['kept']}")
+
+    def retrain(row: dict, seed: int):
+        log(f"{row['variant']}, seed {seed}")
+        return train_and_score(row["variant"], row["overrides"], seed)[2]
+
+    second = (seed_check(results, first, per_query, args.seeds, retrain) if args.seeds > 1
+              else dict(first, seeds=1))
+    kept = next(r for r in results if r["variant"] == second["kept"])
+    kept["kept"] = True
     v = tt_features["validation"]
     val_tt = ranks_all_pairs((v["text"].embed @ v["image"].embed.T).float().numpy(),
                              np.asarray(v["group"]))
@@ -360,9 +411,13 @@ def main(argv=None) -> dict:
                            "if any, train, and score the validation split over all pairs) "
                            "whose validation mean recall (R@1/5/10, both directions, of its "
                            "best scoring rule) is within the paired 95 % interval of the best "
-                           "variant's (the one-standard-error rule); the test split read once, "
-                           "for the kept variant and the preset",
-              "variants": results, "kept": kept["variant"]}
+                           "variant's (the one-standard-error rule), first over all variants "
+                           "with one seed each, then over that round's best and kept and the "
+                           f"preset with {args.seeds} seeds each, per-query scores averaged "
+                           "over the seeds; the test split read once, for the kept variant and "
+                           "the preset (first seed)",
+              "variants": results, "one_seed": first, "seed_check": second,
+              "kept": kept["variant"]}
     write_result(result, out=args.out)
     return result
 

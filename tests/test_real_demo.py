@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -112,7 +113,7 @@ def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image
     results = tmp_path / "fusion_variants.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "bench.fusion_variants", "--run", str(out),
-                           "--epochs-scale", "0.1", "--out", str(results)],
+                           "--epochs-scale", "0.1", "--seeds", "2", "--out", str(results)],
                           capture_output=True, text=True, env=env, timeout=540,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
@@ -138,11 +139,24 @@ def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image
     assert all(cost[n] > 0 for n in own_blocks) and all(
         rows[n]["own_encode_seconds"] > 0 for n in own_blocks)
     within = [n for n, r in rows.items() if r["val_minus_best"]["high"] >= 0]
-    kept = rows[min(within, key=cost.__getitem__)]
-    assert result["kept"] == kept["variant"] and kept.get("kept")
-    assert [n for n, r in rows.items() if r.get("kept")] == [kept["variant"]]
+    assert result["one_seed"] == {"best": best["variant"],
+                                  "kept": min(within, key=cost.__getitem__)}
     presets = [n for n, r in rows.items() if r["preset"]]  # the one roco_cpu equals today
     assert len(presets) == 1
+    # the second round: the first round's best and kept and the preset, with 2 seeds each,
+    # per-query scores averaged over the seeds; its kept is the bench's
+    check = result["seed_check"]
+    finalists = {result["one_seed"]["best"], result["one_seed"]["kept"], *presets}
+    assert set(check["variants"]) == finalists and check["seeds"] == 2
+    for name, c in check["variants"].items():
+        assert c["seeds"] == [rows[name]["seed"], rows[name]["seed"] + 1]
+        assert c["val_mean_recall_by_seed"][0] == rows[name]["val_mean_recall"]
+        assert c["val_mean_recall"] == pytest.approx(np.mean(c["val_mean_recall_by_seed"]))
+    assert check["best"] == max(finalists, key=lambda n: check["variants"][n]["val_mean_recall"])
+    within = [n for n in finalists if check["variants"][n]["minus_best"]["high"] >= 0]
+    kept = rows[min(within, key=cost.__getitem__)]
+    assert check["kept"] == result["kept"] == kept["variant"] and kept.get("kept")
+    assert [n for n, r in rows.items() if r.get("kept")] == [kept["variant"]]
     assert [n for n, r in rows.items() if "test" in r] == sorted({*presets, kept["variant"]},
                                                                 key=list(rows).index)
     for row in rows.values():

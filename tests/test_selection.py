@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from core.evaluation.selection import cheapest_within_noise, per_query_mean_recall
+from core.evaluation.selection import (cheapest_within_noise, cheapest_within_noise_over_seeds,
+                                       per_query_mean_recall)
 
 
 def test_per_query_mean_recall_averages_both_directions_of_each_pair():
@@ -49,3 +50,26 @@ def test_only_candidates_are_kept_though_every_variant_is_scored_against_the_bes
     assert set(choice["minus_best"]) == set(scores)
     with pytest.raises(ValueError, match="no candidate"):
         cheapest_within_noise(scores, cost, candidates=[])
+
+
+def test_over_seeds_a_cheap_variant_with_one_lucky_seed_is_not_kept():
+    """With one seed the cheap variant ties the steady one and would be kept; its other two
+    seeds lose 60 % of the hits, so on scores averaged over seeds it is beyond the interval."""
+    rng = np.random.default_rng(2)
+    steady = [_scores(rng, 0.5) for _ in range(3)]
+    drop = rng.random(steady[0].size) < 0.6
+    lucky = [steady[0].copy(), np.where(drop, 0.0, steady[0]), np.where(drop, 0.0, steady[0])]
+    cost = {"steady, slow": 100.0, "lucky, cheap": 10.0}
+    assert cheapest_within_noise({"steady, slow": steady[0], "lucky, cheap": lucky[0]},
+                                 cost)["kept"] == "lucky, cheap"  # one seed each
+
+    choice = cheapest_within_noise_over_seeds({"steady, slow": steady, "lucky, cheap": lucky},
+                                              cost)
+    assert choice["best"] == choice["kept"] == "steady, slow"
+    assert not choice["minus_best"]["lucky, cheap"]["within_noise"]
+    seeds = choice["seeds"]["lucky, cheap"]
+    assert seeds["by_seed"] == pytest.approx([s.mean() for s in lucky])
+    assert seeds["mean"] == pytest.approx(np.mean([s.mean() for s in lucky]))
+    assert seeds["sd"] == pytest.approx(np.std([s.mean() for s in lucky], ddof=1))
+    assert cheapest_within_noise_over_seeds({"one": [steady[0]]}, {"one": 1.0})["seeds"]["one"][
+        "sd"] is None

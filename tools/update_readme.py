@@ -323,7 +323,7 @@ def fusion_variants_lines(path: Path) -> list[str]:
              "by match logit + a x two-tower cosine (a, k chosen on validation). Two-tower "
              f"validation mean recall: {v['two_tower_validation_mean_recall']:.4f}. "
              f"The variant kept: {v['criterion']}. {VAL_DIFF_NOTE}", "",
-             markdown_table(header, rows), ""]
+             markdown_table(header, rows), ""] + seed_check_lines(v)
     labels = {"two_tower": "two-tower", "itm": "fusion, match logit (all pairs)",
               "fused": "fusion, fused score (all pairs)", "rerank": "rerank"}
     for x in v["variants"]:
@@ -349,6 +349,31 @@ def fusion_variants_lines(path: Path) -> list[str]:
                   markdown_table(["method"] + [f"{d} R@{k}" for d in ("t2i", "i2t")
                                                for k in (1, 5, 10)], trows), ""]
     return lines
+
+
+def seed_check_lines(v: dict) -> list[str]:
+    """The fusion variants bench's second round: its finalists retrained with more seeds."""
+    check = v.get("seed_check") or {}
+    if not check.get("variants"):
+        return []
+    from core.report import markdown_table
+
+    first, rows = v["one_seed"], {x["variant"]: x for x in v["variants"]}
+    table = [[name, ", ".join(f"{s:.4f}" for s in c["val_mean_recall_by_seed"]),
+              f"{c['val_mean_recall']:.4f}", f"{c['sd_over_seeds']:.4f}",
+              "best" if name == check["best"] else _val_diff({"val_minus_best": c["minus_best"]}),
+              _fusion_cost(rows[name]), "yes" if name == check["kept"] else ""]
+             for name, c in check["variants"].items()]
+    seeds = ", ".join(map(str, next(iter(check["variants"].values()))["seeds"]))
+    return [f"With one seed each, the best was {first['best']} and the rule kept "
+            f"{first['kept']}. These and the preset were trained again with "
+            f"{check['seeds']} seeds each (seeds {seeds}: "
+            "weight initialisation, data order and sampled negatives), their per-query "
+            "validation scores averaged over the seeds, and the same rule kept the variant "
+            "marked:", "",
+            markdown_table(["finalist", "val mean recall by seed", "mean over seeds",
+                            "sd over seeds", "seed-averaged minus the best [95 % paired]",
+                            "cost s", "kept"], table), ""]
 
 
 def _fusion_cost(row: dict) -> str:

@@ -9,13 +9,16 @@
   cheapest candidate whose paired 95 % interval against the best does not lie wholly below
   0. A variant is never kept for a lead the validation split cannot resolve when a cheaper
   one scores the same within that split's noise.
+- ``cheapest_within_noise_over_seeds(scores_by_seed, cost)``: the same rule when each
+  variant was trained more than once (seeds: weight initialisation, data order, sampled
+  negatives), on each query's score averaged over the variant's seeds.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from core.evaluation.significance import paired_difference
+from core.evaluation.significance import paired_difference, per_query
 
 KS = (1, 5, 10)
 
@@ -26,7 +29,7 @@ def per_query_mean_recall(ranks: dict, ks=KS) -> np.ndarray:
     t2i, i2t = np.asarray(ranks["t2i"]), np.asarray(ranks["i2t"])
     if t2i.shape != i2t.shape:
         raise ValueError(f"one query per pair in both directions, got {t2i.shape} and {i2t.shape}")
-    return np.mean([(r < k).astype(np.float64) for r in (t2i, i2t) for k in ks], axis=0)
+    return np.mean([per_query(r, f"R@{k}") for r in (t2i, i2t) for k in ks], axis=0)
 
 
 def cheapest_within_noise(scores: dict, cost: dict, candidates=None) -> dict:
@@ -45,8 +48,22 @@ def cheapest_within_noise(scores: dict, cost: dict, candidates=None) -> dict:
     minus_best = {}
     for name, s in scores.items():
         diff = paired_difference(s, scores[best])
-        minus_best[name] = {**diff.as_dict(), "significant": diff.significant,
-                            "within_noise": bool(diff.high >= 0)}
+        minus_best[name] = {**diff.as_dict(), "within_noise": bool(diff.high >= 0)}
     within = [name for name in candidates if minus_best[name]["within_noise"]]
     kept = min(within, key=lambda name: (cost[name], -means[name]))
     return {"best": best, "kept": kept, "minus_best": minus_best}
+
+
+def cheapest_within_noise_over_seeds(scores_by_seed: dict, cost: dict, candidates=None) -> dict:
+    """``scores_by_seed``: variant -> [per-query validation scores of one training run, one
+    array per seed] (the same queries for all). ``cheapest_within_noise`` on each query's
+    score averaged over the variant's seeds, plus per variant "by_seed" (each run's mean),
+    "mean" (over seeds) and "sd" (between seeds; None for one seed)."""
+    averaged = {name: np.mean(np.stack(runs), axis=0) for name, runs in scores_by_seed.items()}
+    choice = cheapest_within_noise(averaged, cost, candidates)
+    choice["seeds"] = {name: {"by_seed": [float(np.mean(r)) for r in runs],
+                              "mean": float(np.mean(averaged[name])),
+                              "sd": float(np.std([np.mean(r) for r in runs], ddof=1))
+                              if len(runs) > 1 else None}
+                       for name, runs in scores_by_seed.items()}
+    return choice
