@@ -5,7 +5,8 @@ included in both, both in the precision roco_cpu's training runs in (bf16 on CPU
 native bf16: ``core.precision``).
 
   in process   one process, torch on all the machine's cores: read, preprocess, run the
-               frozen layers (``core.training.frozen_features.encode_frozen``), 64 rows a batch
+               frozen layers (``core.training.frozen_features.encode_frozen``), 64 rows a batch;
+               every in-process rate is measured before Ray starts
   Ray stage    ``ray_jobs.frozen.ensure_store``: the Ray Data actor stage that every job uses
                (the CPUs a training run reserves), writing the store; its wall time includes
                starting the actor and loading the model, a fixed cost, so the rate is
@@ -113,14 +114,16 @@ def main(argv=None) -> dict:
     from core.precision import training_precision
 
     precision = training_precision(config.train.precision, "cpu")  # as roco_cpu's training runs
+    # every in-process rate first, before Ray starts: the one process a user would run
+    # instead, with no Ray processes beside it
+    both = ("train", "validation")
     local = in_process(config, tokenizer, args.rows, precision)
     unfolded = in_process(config, tokenizer, args.rows, precision, fold=False)
-    staged, info = ray_stage(config, tokenizer, args.rows, cpus, precision)
     split_local = in_process(config, tokenizer, None, precision)
+    both_local = in_process(config, tokenizer, None, precision, splits=both)
+    staged, info = ray_stage(config, tokenizer, args.rows, cpus, precision)
     split_staged, split_info = ray_stage(config, tokenizer, None, cpus, precision)
     two, two_info = ray_stage(config, tokenizer, args.rows, cpus, precision, actors=2)
-    both = ("train", "validation")
-    both_local = in_process(config, tokenizer, None, precision, splits=both)
     both_staged, both_info = ray_stage(config, tokenizer, None, cpus, precision, splits=both)
     result = {"bench": "encode_rate", "data": str(DATA), "rows": args.rows,
               "in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,

@@ -366,8 +366,8 @@ def seed_check_lines(v: dict) -> list[str]:
              for name, c in check["variants"].items()]
     seeds = ", ".join(map(str, next(iter(check["variants"].values()))["seeds"]))
     return [f"With one seed each, the best was {first['best']} and the rule kept "
-            f"{first['kept']}. These and the preset were trained again with "
-            f"{check['seeds']} seeds each (seeds {seeds}: "
+            f"{first['kept']}. These finalists (with the preset, where it is neither) were "
+            f"trained again with {check['seeds']} seeds each (seeds {seeds}: "
             "weight initialisation, data order and sampled negatives), their per-query "
             "validation scores averaged over the seeds, and the same rule kept the variant "
             "marked:", "",
