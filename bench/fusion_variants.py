@@ -6,9 +6,10 @@ Every variant is the `roco_cpu` fusion model (the two-tower checkpoint's frozen 
 ITC heads, as `rocoray demo` trains it) with overrides, trained single-process with core's
 own step (``LossModule``, ``train_one_epoch``) on the frozen towers' outputs that the demo
 stored once (``core.frozen_store``: exactly what `rocoray train` trains on). A variant whose
-frozen layers end elsewhere (the image tower's last blocks fine-tuned for fusion only) has
-its own frozen prefix encoded here, once per boundary, by the same ``encode_frozen``. Each
-variant is scored on the validation split three ways:
+frozen layers end elsewhere (the image tower's last blocks fine-tuned for fusion only), or that
+reads the images at another size (a finer grid for fusion only), has its own frozen prefix
+encoded here, once per boundary and size, by the same ``encode_frozen``. Each variant is
+scored on the validation split three ways:
 
   ITM       fusion over all pairs by its match logit alone
   fused     fusion over all pairs by match logit + a x its ITC cosine (a chosen on validation)
@@ -86,6 +87,12 @@ VARIANTS = [
      FUSION_ONLY_IMAGE_BLOCKS),
     ("image blocks 5-6 fine-tuned for fusion only, token projections from the ITC heads, "
      "4 epochs", [*FUSION_ONLY_IMAGE_BLOCKS, "model.fusion.token_proj_from_itc=true"]),
+    # a finer image grid for fusion only: the same frozen image tower read at 448 px gives a
+    # 14x14x1280 grid (4x the keys the text attends to); the two-tower model stays at 224 px
+    ("finer image grid for fusion only (448 px: 14x14), width 128, random negatives, 1 per "
+     "positive each way, 12 epochs",
+     ["model.image.image_size=448", "model.fusion.width=128",
+      "model.fusion.negatives_per_positive=1", "train.fusion_epochs=12"]),
 ]
 
 
@@ -199,8 +206,9 @@ def variant(overrides: list, two_tower: str, base_cfg, scale: float) -> tuple:
 
 
 def frozen_boundary(cfg) -> tuple:
-    """Where a config's frozen encoder layers end (what its stored inputs depend on)."""
-    return cfg.model.image.freeze_stages, cfg.model.text.freeze_layers
+    """What a config's stored inputs depend on: where its frozen encoder layers end, and the
+    image size they read."""
+    return cfg.model.image.freeze_stages, cfg.model.text.freeze_layers, cfg.model.image.image_size
 
 
 def concatenated(batches_: list) -> dict:

@@ -106,7 +106,8 @@ def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image
     table), run as its docstring says on the demo above, every variant for a tenth of its
     epochs: those trained on the demo's frozen store and those whose image tower's last
     blocks are fine-tuned for fusion only (the bench encodes their 14x14 prefix itself).
-    Each is scored on validation three ways; the kept one is the cheapest within the paired
+    The finer-grid variant reads the frozen image tower at 448 px (its 14x14 grid, encoded by
+    the bench too). Each is scored on validation three ways; the kept one is the cheapest within the paired
     interval of the best; the test split is scored for the preset and the kept variant only."""
     out, log = real_demo
     assert log.endswith("exit code 0"), log[-4000:]
@@ -124,7 +125,11 @@ def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image
     own_blocks = [name for name, r in rows.items()
                   if "model.image.freeze_stages=7" in r["overrides"]]
     assert len(own_blocks) == 2 and len(rows) > 2
-    assert done.stdout.count("frozen layers to (7, -1) encoded") == 1  # once, for both
+    assert done.stdout.count("frozen layers to (7, -1, 224) encoded") == 1  # once, for both
+    # the finer grid reads the same frozen tower at 448 px: its own inputs, encoded once
+    finer = [name for name, r in rows.items() if "model.image.image_size=448" in r["overrides"]]
+    assert len(finer) == 1 and rows[finer[0]]["own_encode_seconds"] > 0
+    assert done.stdout.count("frozen layers to (-1, -1, 448) encoded") == 1
     for row in rows.values():
         assert row["train_seconds"] > 0
         assert set(row["validation"]) == {"itm", "fused", "rerank"}
