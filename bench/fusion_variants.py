@@ -420,10 +420,12 @@ def main(argv=None) -> dict:
                            "whose validation mean recall (R@1/5/10, both directions, of its "
                            "best scoring rule) is within the paired 95 % interval of the best "
                            "variant's (the one-standard-error rule), first over all variants "
-                           "with one seed each, then over that round's best and kept and the "
-                           f"preset with {args.seeds} seeds each, per-query scores averaged "
-                           "over the seeds; the test split read once, for the kept variant and "
-                           "the preset (first seed)",
+                           "with one seed each" + (
+                               ", then over that round's best and kept and the preset with "
+                               f"{args.seeds} seeds each, per-query scores averaged over the "
+                               "seeds" if args.seeds > 1 else "")
+                           + "; the test split read once, for the kept variant and the preset "
+                           "(first seed)",
               "variants": results, "one_seed": first, "seed_check": second,
               "kept": kept["variant"]}
     write_result(result, out=args.out)
