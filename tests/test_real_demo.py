@@ -107,8 +107,9 @@ def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image
     epochs: those trained on the demo's frozen store and those whose image tower's last
     blocks are fine-tuned for fusion only (the bench encodes their 14x14 prefix itself).
     The finer-grid variant reads the frozen image tower at 448 px (its 14x14 grid, encoded by
-    the bench too). Each is scored on validation three ways; the kept one is the cheapest within the paired
-    interval of the best; the test split is scored for the preset and the kept variant only."""
+    the bench too). Each is scored on validation three ways; the kept one is the cheapest
+    within the paired interval of the best; the test split is scored for the preset and the
+    kept variant only."""
     out, log = real_demo
     assert log.endswith("exit code 0"), log[-4000:]
     results = tmp_path / "fusion_variants.json"
