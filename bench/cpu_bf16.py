@@ -6,6 +6,7 @@ scoring time compared.
 
     python -m bench.cpu_bf16 [--checkpoint runs/bench-roco_sample/train/fusion]
                              [--data ../shared/data/roco-sample] [--split validation]
+                             [--out FILE]
 
 bf16 only pays on CPUs with native bf16 arithmetic (AVX512-BF16 / AMX; ``core.precision``):
 the result records whether this one has it. Writes bench/results/cpu_bf16.json.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench._checkpoints import checkpoint_record, short
 from bench._common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +49,12 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", default="runs/bench-roco_sample/train/fusion")
     p.add_argument("--data", default="../shared/data/roco-sample")
     p.add_argument("--split", default="validation")
+    p.add_argument("--out", default=None,
+                   help="the results file (default bench/results/cpu_bf16.json)")
     args = p.parse_args(argv)
     from core.precision import cpu_has_native_bf16
 
+    checkpoint = checkpoint_record(args.checkpoint)  # which model: read before it is scored
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"  # one encoding of the gallery, read by both runs
@@ -68,14 +73,14 @@ def main(argv=None) -> dict:
     for r in runs.values():
         del r["ranks"]
     result = {"bench": "cpu_bf16", "data": args.data, "split": args.split,
-              "checkpoint": args.checkpoint, "native_bf16": cpu_has_native_bf16(),
+              "checkpoint": checkpoint, "native_bf16": cpu_has_native_bf16(),
               "runs": runs, "rank_agreement": agreement,
               "speedup": runs["fp32"]["score_s"] / runs["bf16"]["score_s"],
               "mean_recall_change": runs["bf16"]["metrics"]["mean_recall"]
               - runs["fp32"]["metrics"]["mean_recall"]}
     print(f"bf16 {result['speedup']:.2f}x faster; mean recall "
           f"{runs['fp32']['metrics']['mean_recall']:.4f} -> {runs['bf16']['metrics']['mean_recall']:.4f}")
-    write_result(result)
+    write_result(result, out=args.out)
     return result
 
 
@@ -84,8 +89,9 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     f, b = (r["runs"][p] for p in PRECISIONS)
     same = min(a["same_rank_share"] for a in r["rank_agreement"].values())
     moved = max(a["max_abs_rank_change"] for a in r["rank_agreement"].values())
+    checkpoint = f", {short(r['checkpoint'])}" if isinstance(r["checkpoint"], dict) else ""
     return [(f"fusion pair scoring, bf16 vs fp32 autocast on this CPU ({r['split']} split, "
-             f"{f['pairs']:,} pairs)",
+             f"{f['pairs']:,} pairs{checkpoint})",
              f"{r['speedup']:.2f}x faster; mean recall {f['metrics']['mean_recall']:.4f} -> "
              f"{b['metrics']['mean_recall']:.4f}; the correct item's rank unchanged for "
              f">= {same:.0%} of queries (at most {moved} "

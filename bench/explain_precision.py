@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from bench._checkpoints import checkpoint_record, short
 from bench._common import write_result
 
 PRECISIONS = ("fp32", "bf16")
@@ -77,6 +78,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(2)
     checkpoints = {k: resolve_checkpoint(f"{args.run}/train/{k}") for k in ("fusion", "two_tower")}
     loaded = {k: load_checkpoint(c) for k, c in checkpoints.items()}
+    records = {k: checkpoint_record(c) for k, c in checkpoints.items()}  # which models
     table = read_split(args.data, args.split, columns=["image_id", "image", "caption", "cui"])
     table = table.slice(0, args.pairs)
     batches, rows = cases(table, loaded)  # the report's own preprocessing and skips
@@ -86,7 +88,7 @@ def main(argv=None) -> dict:
         maps[precision], seconds[precision] = explain_all(loaded, batches, rows, precision)
     size = batches["fusion"]["pixel_values"].shape[-1]
     result = {"bench": "explain_precision", "data": args.data, "split": args.split,
-              "checkpoints": checkpoints, "pairs": len(rows), "native_bf16": cpu_has_native_bf16(),
+              "checkpoints": records, "pairs": len(rows), "native_bf16": cpu_has_native_bf16(),
               "seconds": seconds, "speedup": seconds["fp32"] / seconds["bf16"],
               "agreement": agreement(maps, size)}
     worst = min(a["pearson_min"] for a in result["agreement"].values())
@@ -102,8 +104,9 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     a = r["agreement"]
     mean = min(v["pearson_mean"] for v in a.values())
     worst = min(v["pearson_min"] for v in a.values())
+    models = "".join(f"; {short(c)}" for c in r["checkpoints"].values() if isinstance(c, dict))
     return [(f"explanations (every map of both models + token IG), bf16 vs fp32 autocast on "
-             f"this CPU ({r['split']} split, {r['pairs']} pairs)",
+             f"this CPU ({r['split']} split, {r['pairs']} pairs{models})",
              f"{r['speedup']:.2f}x faster ({r['seconds']['fp32']:.0f} -> "
              f"{r['seconds']['bf16']:.0f} s); bf16 maps vs fp32: Pearson r >= {mean:.3f} on "
              f"average per map, >= {worst:.3f} on every pair",

@@ -12,7 +12,7 @@ the fusion model
 Reads the demo run's validation features (``<run>/eval/validation/rerank``); precision as
 the run scored. Writes bench/results/pair_batching.json.
 
-    python -m bench.pair_batching [--run runs/bench-roco_sample] [--k 32]
+    python -m bench.pair_batching [--run runs/bench-roco_sample] [--k 32] [--out FILE]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench._checkpoints import checkpoint_record, short
 from bench._common import write_result
 
 @torch.no_grad()
@@ -69,6 +70,8 @@ def main(argv=None) -> dict:
     p.add_argument("--run", default="runs/bench-roco_sample")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", default=None,
+                   help="the results file (default bench/results/pair_batching.json)")
     args = p.parse_args(argv)
     from core.analyses.scored import load_features
     from core.checkpoint import load_checkpoint
@@ -98,13 +101,14 @@ def main(argv=None) -> dict:
     diff = {f"{a}_vs_pairs": float(max(np.abs(scores[a][d] - scores["pairs"][d]).max()
                                        for d in sides)) for a in scorers if a != "pairs"}
     result = {"bench": "pair_batching", "data": summary["data"], "split": summary["split"],
-              "run": args.run, "k": k, "pairs": pairs, "precision": precision,
+              "run": args.run, "checkpoint": checkpoint_record(summary["checkpoints"]["fusion"]),
+              "k": k, "pairs": pairs, "precision": precision,
               "pair_batch": pair_batch("cpu"), "seconds": seconds, "pairs_per_s": rate,
               "speedup_vs_blocks": rate["pairs"] / rate["blocks"],
               "speedup_vs_2048": rate["pairs"] / rate["pairs-2048"], "max_abs_diff": diff}
     print(f"pairs {rate['pairs']:.0f} pairs/s: {result['speedup_vs_blocks']:.2f}x blocks, "
           f"{result['speedup_vs_2048']:.2f}x batch 2048; max |diff| {diff}")
-    write_result(result)
+    write_result(result, out=args.out)
     return result
 
 
@@ -113,7 +117,8 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     measured = (f"{rate['pairs']:.0f} pairs/s ({r['pair_batch']} per call, by caption length): "
                 f"{r['speedup_vs_blocks']:.2f}x 1 x k blocks ({rate['blocks']:.0f}), "
                 f"{r['speedup_vs_2048']:.2f}x 2048 per call ({rate['pairs-2048']:.0f}); "
-                f"{r['precision']}, {r['pairs']} {r['split']} candidate pairs, k={r['k']}")
+                f"{r['precision']}, {r['pairs']} {r['split']} candidate pairs, k={r['k']}"
+                + (f"; {short(r['checkpoint'])}" if "checkpoint" in r else ""))
     return [("rerank pair scoring, CPU", measured, "faster than both former paths",
              "met" if min(r["speedup_vs_blocks"], r["speedup_vs_2048"]) > 1 else "missed")]
 

@@ -168,3 +168,40 @@ def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image
     for row in rows.values():
         for rule, ci in row.get("test", {}).items():
             assert ci["t2i/R@10"]["n"] == ROWS["test"], rule
+
+
+@pytest.mark.timeout(600)
+def test_the_benches_that_read_a_demo_checkpoint_record_which_one_they_measured(
+        real_demo, tmp_path):
+    """`bench.cpu_bf16` and `bench.pair_batching` read a demo run's fusion checkpoint (the
+    README rows behind roco_cpu's bf16 and rerank batch size). A demo rerun replaces that
+    checkpoint in place, so each results file must name the checkpoint it measured: its
+    resolved path and the digest of its weights, not the run directory alone."""
+    import hashlib
+
+    from core.checkpoint import resolve_checkpoint
+
+    out, log = real_demo
+    assert log.endswith("exit code 0"), log[-4000:]
+    fusion = Path(resolve_checkpoint(out / "train" / "fusion"))
+    digest = hashlib.blake2b((fusion / "model.safetensors").read_bytes(), digest_size=12)
+    other = hashlib.blake2b(
+        (Path(resolve_checkpoint(out / "train" / "two_tower")) / "model.safetensors")
+        .read_bytes(), digest_size=12)
+    assert digest.hexdigest() != other.hexdigest()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    runs = {"pair_batching": ["--run", str(out), "--repeats", "1"],
+            "cpu_bf16": ["--checkpoint", str(out / "train" / "fusion"),
+                         "--data", str(out.parent / "roco")]}
+    for bench, args in runs.items():
+        results = tmp_path / f"{bench}.json"
+        done = subprocess.run([sys.executable, "-m", f"bench.{bench}", *args,
+                               "--out", str(results)], capture_output=True, text=True,
+                              env=env, timeout=280, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        record = json.loads(results.read_text())["checkpoint"]
+        assert record["kind"] == "fusion", bench
+        assert record["weights_blake2b"] == digest.hexdigest(), bench
+        assert Path(record["path"]).name == fusion.name, bench
+        assert record["model"]["fusion_width"] == yaml.safe_load(
+            (fusion / "config.yaml").read_text())["model"]["fusion"]["width"]
