@@ -15,6 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from bench._checkpoints import checkpoint_record
 from bench._common import write_result
 
 
@@ -50,6 +51,8 @@ def main(argv=None) -> dict:
                                          data=summary["data"], split=metrics["split"],
                                          out=str(work / "score")))
     out = {"bench": "equal_budget", "epochs": epochs,
+           "demo_checkpoints": {k: checkpoint_record(demo / "train" / k)
+                                for k in ("two_tower", "fusion")},
            "two_tower_equal_budget": {"epochs": epochs["fusion"], "metrics": scored["metrics"]}}
     ranks = {d: outputs.read_topk(str(work / "score"), d)[2] for d in ("t2i", "i2t")}
     out["two_tower_equal_budget"]["recall"] = {

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._checkpoints import checkpoint_record
 from bench._common import write_result
 
 GLOBAL_BATCH = 48  # divides over 1, 2 and 3 workers
@@ -169,7 +170,8 @@ def main(argv=None) -> dict:
             sim.shutdown()
     result = {"bench": "multinode", "global_batch": GLOBAL_BATCH, "epochs": args.epochs,
               "repeats": args.repeats, "data": args.data, "training": training,
-              "scoring": scoring, **compare_sizes(training)}
+              "scoring": scoring, "checkpoint": checkpoint_record(args.fusion)
+              if scoring else None, **compare_sizes(training)}
     write_result(result)
     return result
 

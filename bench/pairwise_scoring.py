@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from bench._checkpoints import checkpoint_record
 from bench._common import load_gallery, load_fusion, write_result
 from core.evaluation.reference import encode_batches, score_matrix
 from core.metrics import ranks_from_scores
@@ -136,7 +137,9 @@ def main(argv=None) -> dict:
     base = base_flop_bound()
     print(f"FLOP bound on the speed-up: tiny {bound['bound_speedup']:.1f}x, "
           f"base {base['bound_speedup']:.0f}x")
-    result = {"bench": "pairwise_scoring", "weights": source, "sizes": sizes,
+    result = {"bench": "pairwise_scoring", "weights": source,
+              "checkpoint": checkpoint_record(args.checkpoint)
+              if source.startswith("trained") else None, "sizes": sizes,
               "target_speedup": 30, "flop_bound_tiny": bound, "flop_bound_base": base}
     write_result(result)
     return result

@@ -15,6 +15,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from bench._checkpoints import checkpoint_record
 from bench._common import HELD_OUT, RESULTS, held_out_split, write_result
 
 TARGET = {"speedup": 10.0, "recall_share": 0.95}
@@ -100,6 +101,8 @@ def main(argv=None) -> dict:
     reported = next(r for r in rows if r["k"] == chosen["k"])
     result = {"bench": "rerank", "n": full["n"], "data": args.data, "split": args.split,
               "held_out": held_out, "target": TARGET,
+              "checkpoints": {"fusion": checkpoint_record(args.fusion),
+                              "two_tower": checkpoint_record(args.two_tower)},
               "selection": {"data": select[0], "split": select[1], "n": selection[0]["n"],
                             "ks": selection[1:], "chosen_k": chosen["k"],
                             "rule": RULE},

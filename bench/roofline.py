@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from bench._checkpoints import checkpoint_record
 from bench._common import load_fusion, load_gallery, write_result
 from core.evaluation.reference import encode_batches, score_matrix
 
@@ -63,7 +64,9 @@ def main(argv=None) -> dict:
     head = args.n * args.n * flops / seconds / 1e9
     peak = matmul_gflops()
     fraction = head / peak
-    result = {"bench": "roofline", "weights": source, "n": args.n, "mean_tokens": tokens,
+    result = {"bench": "roofline", "weights": source,
+              "checkpoint": checkpoint_record(args.checkpoint)
+              if source.startswith("trained") else None, "n": args.n, "mean_tokens": tokens,
               "flops_per_pair": flops, "score_s": seconds, "head_gflops": head,
               "matmul_gflops": peak, "fraction_of_matmul": fraction, "target_fraction": 0.3}
     write_result(result)

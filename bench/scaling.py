@@ -14,6 +14,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from bench._checkpoints import checkpoint_record
 from bench._common import RESULTS, held_out_split, write_result
 from core.report import fit_exponent
 from core.scoring.settings import ScoringSettings
@@ -54,7 +55,8 @@ def main(argv=None) -> dict:
         "encode_time": fit_exponent(ns, [r["encode_s"] for r in rows]),
         "score_time": fit_exponent(ns, [r["score_s"] for r in rows]),
         "peak_rss": fit_exponent(ns, [r["peak_rss_mb"] for r in rows])},
-        "work": args.work, "data": args.data, "split": args.split}
+        "work": args.work, "data": args.data, "split": args.split,
+        "checkpoint": checkpoint_record(args.checkpoint)}
     write_result(result)
     return result
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench._checkpoints import checkpoint_record
 from bench._common import held_out_split, write_result
 
 TARGET = {"text_p50_ms": 50.0, "rerank_p50_ms": 300.0}
@@ -111,7 +112,9 @@ def measure(name: str, two_tower: str, fusion: str, data: str, split: str, args)
     table = read_split(data, split, columns=["caption", "image"], max_rows=args.queries)
     captions = [c for c in table.column("caption").to_pylist() if c and c.strip()]
     images = [b for b in image_bytes_column(table) if b]
-    row: dict = {"gallery": name, "data": data, "split": split}
+    row: dict = {"gallery": name, "data": data, "split": split,
+                 "checkpoints": {"two_tower": checkpoint_record(two_tower),
+                                 "fusion": checkpoint_record(fusion)}}
     # the machine's CPUs split two ways: one replica holding all of them (its torch ops use
     # them all) or one replica per CPU
     cpus = args.cpus
