@@ -3,52 +3,39 @@ directory such as ``runs/bench-roco_sample`` is replaced each time its demo is r
 path alone does not say which model a number came from.
 
     checkpoint_record("runs/bench-roco_sample/train/fusion")
-    -> {"path": "runs/bench-roco_sample/train/fusion/checkpoint_epoch_0012", "kind": "fusion",
+    -> {"path": "runs/bench-roco_sample/train/fusion/checkpoint_epoch_0012",
         "model": {"image": "efficientnet_lite0 224 px", "fusion_width": 128, ...},
-        "weights_blake2b": "..."}
+        "kind": "fusion", "weights": {"size": ..., "blake2b": "..."}, "config": {...}}
+
+The identity is ``core.checkpoint.checkpoint_identity``: the same digest of the same weights
+file that keys the cached work built from a checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-
-import yaml
-
-WEIGHTS = "model.safetensors"
-
-
-def weights_digest(checkpoint: str | Path) -> str:
-    """A BLAKE2 digest of a checkpoint's weights file, all of it (about 0.2 s per 100 MB)."""
-    h = hashlib.blake2b(digest_size=12)
-    with (Path(checkpoint) / WEIGHTS).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def checkpoint_record(path: str | Path) -> dict:
     """The checkpoint that ``path`` (a checkpoint, or a training run: its best, else its
-    latest) resolves to: its path (its epoch), the digest of its weights, and the settings
-    that say which model it is (kind, towers, widths)."""
-    from core.checkpoint import resolve_checkpoint
+    latest) resolves to: its path (its epoch), the settings that say which model it is
+    (towers, widths) and its identity (kind, and the digests of its weights and config)."""
+    from core.checkpoint import checkpoint_identity, read_checkpoint_config, resolve_checkpoint
     from core.provenance import portable_path
 
     resolved = Path(resolve_checkpoint(path))
-    config = yaml.safe_load((resolved / "config.yaml").read_text())
-    model = config["model"]
-    kind = model["kind"]
-    described = {"image": f"{model['image']['arch']} {model['image']['image_size']} px",
-                 "text": model["text"]["name_or_path"]}
-    if kind == "fusion":
-        fusion = model["fusion"]
-        described.update(fusion_width=fusion["width"],
-                         negatives_per_positive=fusion["negatives_per_positive"],
-                         negative_mode=fusion["negative_mode"])
+    model = read_checkpoint_config(resolved).model
+    text = model.text
+    described = {"image": f"{model.image.arch} {model.image.image_size} px",
+                 "text": text.name_or_path or f"BERT {text.num_layers} layers x "
+                                              f"{text.hidden_size}, randomly initialised"}
+    if model.kind == "fusion":
+        described.update(fusion_width=model.fusion.width,
+                         negatives_per_positive=model.fusion.negatives_per_positive,
+                         negative_mode=model.fusion.negative_mode)
     else:
-        described.update(embed_dim=model["two_tower"]["embed_dim"])
-    return {"path": portable_path(resolved), "kind": kind, "model": described,
-            "weights_blake2b": weights_digest(resolved)}
+        described.update(embed_dim=model.two_tower.embed_dim)
+    return {"path": portable_path(resolved), "model": described, **checkpoint_identity(resolved)}
 
 
 def short(record: dict) -> str:
@@ -58,4 +45,4 @@ def short(record: dict) -> str:
     width = (f"width {model['fusion_width']}" if "fusion_width" in model
              else f"embedding {model.get('embed_dim')}")
     return (f"{record['kind']} {Path(record['path']).name.replace('checkpoint_', '')}, "
-            f"{width}, weights {record['weights_blake2b'][:8]}")
+            f"{width}, weights {record['weights']['blake2b'][:8]}")

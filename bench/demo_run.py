@@ -8,6 +8,10 @@ files (`python tools/update_readme.py`), never from a run directory that is not 
     python -m bench.demo_run --name roco_ccby --data datasets/roco-ccby --config roco_cpu
     python -m bench.demo_run --name roco_sample --data ../shared/data/roco-sample --config roco_cpu
     python -m bench.demo_run --name roco_sample --run runs/demo-roco-sample   # collect a run
+
+Each file names the checkpoints the run evaluated (``bench._checkpoints``: path, epoch,
+widths and the digest of the weights), the same record the benches that read a demo's
+checkpoint write, so a bench row and its demo row can be matched by weights.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench._checkpoints import checkpoint_record
 from bench._common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +41,7 @@ def collect(run: Path, name: str) -> dict:
             "training": {k: {"final": v["final"], "epochs": v["epochs"],
                              "chance_R@10": v.get("chance_R@10")}
                          for k, v in summary["training"].items()},
+            "checkpoints": {k: checkpoint_record(run / "train" / k) for k in summary["training"]},
             "metrics": metrics, "machine": summary.get("machine")}
 
 
@@ -45,6 +51,8 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default=None, help="`rocoray demo --data` (default: synthetic)")
     p.add_argument("--config", default=None, help="`rocoray demo --config`")
     p.add_argument("--run", default=None, help="collect this finished demo run instead")
+    p.add_argument("--out", default=None,
+                   help="write the results here instead of bench/results/<name>.json")
     args = p.parse_args(argv)
     run = Path(args.run) if args.run else ROOT / "runs" / f"bench-{args.name}"
     if args.run is None:
@@ -57,7 +65,7 @@ def main(argv=None) -> dict:
     result = collect(run, args.name)
     summary = json.loads((run / "summary.json").read_text())
     # the run's own provenance: when and from which code it was measured, not collected
-    write_result(result, provenance=summary.get("provenance"))
+    write_result(result, provenance=summary.get("provenance"), out=args.out)
     return result
 
 

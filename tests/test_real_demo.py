@@ -176,7 +176,9 @@ def test_the_benches_that_read_a_demo_checkpoint_record_which_one_they_measured(
     """`bench.cpu_bf16` and `bench.pair_batching` read a demo run's fusion checkpoint (the
     README rows behind roco_cpu's bf16 and rerank batch size). A demo rerun replaces that
     checkpoint in place, so each results file must name the checkpoint it measured: its
-    resolved path and the digest of its weights, not the run directory alone."""
+    resolved path and the digest of its weights, not the run directory alone. The demo's own
+    results file (`bench.demo_run`) names the same checkpoint by the same digest, so a bench
+    row and the demo row it came from match by weights."""
     import hashlib
 
     from core.checkpoint import resolve_checkpoint
@@ -184,24 +186,29 @@ def test_the_benches_that_read_a_demo_checkpoint_record_which_one_they_measured(
     out, log = real_demo
     assert log.endswith("exit code 0"), log[-4000:]
     fusion = Path(resolve_checkpoint(out / "train" / "fusion"))
-    digest = hashlib.blake2b((fusion / "model.safetensors").read_bytes(), digest_size=12)
+    digest = hashlib.blake2b((fusion / "model.safetensors").read_bytes(), digest_size=16)
     other = hashlib.blake2b(
         (Path(resolve_checkpoint(out / "train" / "two_tower")) / "model.safetensors")
-        .read_bytes(), digest_size=12)
+        .read_bytes(), digest_size=16)
     assert digest.hexdigest() != other.hexdigest()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
     runs = {"pair_batching": ["--run", str(out), "--repeats", "1"],
             "cpu_bf16": ["--checkpoint", str(out / "train" / "fusion"),
-                         "--data", str(out.parent / "roco")]}
+                         "--data", str(out.parent / "roco")],
+            "demo_run": ["--name", "real_demo", "--run", str(out)]}
     for bench, args in runs.items():
         results = tmp_path / f"{bench}.json"
         done = subprocess.run([sys.executable, "-m", f"bench.{bench}", *args,
                                "--out", str(results)], capture_output=True, text=True,
                               env=env, timeout=280, cwd=Path(__file__).resolve().parents[1])
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-        record = json.loads(results.read_text())["checkpoint"]
+        written = json.loads(results.read_text())
+        record = written["checkpoints"]["fusion"] if bench == "demo_run" else written["checkpoint"]
         assert record["kind"] == "fusion", bench
-        assert record["weights_blake2b"] == digest.hexdigest(), bench
+        assert record["weights"]["blake2b"] == digest.hexdigest(), bench
+        if bench == "demo_run":  # and the two-tower the demo evaluated, by its own weights
+            assert (written["checkpoints"]["two_tower"]["weights"]["blake2b"]
+                    == other.hexdigest())
         assert Path(record["path"]).name == fusion.name, bench
         assert record["model"]["fusion_width"] == yaml.safe_load(
             (fusion / "config.yaml").read_text())["model"]["fusion"]["width"]

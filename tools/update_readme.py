@@ -217,6 +217,17 @@ def demo_tables(metrics: dict, training: dict) -> list[str]:
     return lines
 
 
+def checkpoints_line(r: dict) -> list[str]:
+    """The checkpoints a demo evaluated (``bench._checkpoints``), as the bench rows that read
+    them name theirs; nothing for a results file collected before it recorded them."""
+    from bench._checkpoints import short
+
+    if not r.get("checkpoints"):
+        return []
+    return ["Checkpoints evaluated: " + "; ".join(short(c) for c in r["checkpoints"].values())
+            + ".", ""]
+
+
 def stage_table(stages: dict) -> list[str]:
     from core.report import markdown_table
 
@@ -236,7 +247,7 @@ def demo_block(path: Path) -> str | None:
     lines = [f"Measured by `rocoray demo` ({r['minutes']:.1f} min end to end on {ran_on(r)}; "
              f"{stamp(r, 'ray_jobs/demo.py')}), collected by `python -m bench.demo_run --name "
              f"demo` into {path.relative_to(REPO)} and written here by `python "
-             "tools/update_readme.py`.", ""]
+             "tools/update_readme.py`.", "", *checkpoints_line(r)]
     return "\n".join(lines + demo_tables(r["metrics"], r["training"]))
 
 
@@ -254,7 +265,8 @@ def real_demo_lines(path: Path, command: str) -> list[str]:
     r = json.loads(path.read_text())
     return [f"`{command}`: {r['minutes']:.1f} min end to end on {ran_on(r)} "
             f"({stamp(r, 'ray_jobs/demo.py')}; {path.relative_to(REPO)}, data "
-            f"{r['data']}).", "", *demo_tables(r["metrics"], r["training"]), "",
+            f"{r['data']}).", "", *checkpoints_line(r), *demo_tables(r["metrics"], r["training"]),
+            "",
             *stage_table(r["stages"]), ""]
 
 
