@@ -40,9 +40,11 @@ def checkpoint_record(path: str | Path) -> dict:
 
 def short(record: dict) -> str:
     """A checkpoint record in a few words, for a README row: its kind, epoch, width and the
-    start of its weights' digest."""
+    start of its weights' digest (a record written before ``checkpoint_identity`` was used
+    holds its digest as ``weights_blake2b``)."""
     model = record["model"]
+    digest = record["weights"]["blake2b"] if "weights" in record else record["weights_blake2b"]
     width = (f"width {model['fusion_width']}" if "fusion_width" in model
              else f"embedding {model.get('embed_dim')}")
     return (f"{record['kind']} {Path(record['path']).name.replace('checkpoint_', '')}, "
-            f"{width}, weights {record['weights']['blake2b'][:8]}")
+            f"{width}, weights {digest[:8]}")
