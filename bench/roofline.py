@@ -16,6 +16,7 @@ import torch
 
 from bench._checkpoints import checkpoint_record
 from bench._common import load_fusion, load_gallery, write_result
+from bench.pairwise_scoring import model_measured
 from core.evaluation.reference import encode_batches, score_matrix
 
 
@@ -76,7 +77,7 @@ def main(argv=None) -> dict:
 def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     """This benchmark's rows of the README's performance table: (benchmark, measured,
     target, verdict), from its results file (``bench.summary`` collects them)."""
-    return [("fusion head roofline", f"{r['head_gflops']:.0f} GFLOP/s = "
+    return [(f"fusion head roofline ({model_measured(r)})", f"{r['head_gflops']:.0f} GFLOP/s = "
              f"{100 * r['fraction_of_matmul']:.0f}% of measured matmul {r['matmul_gflops']:.0f} GFLOP/s",
              ">= 30%", "met" if r["fraction_of_matmul"] >= 0.3 else "missed")]
 
