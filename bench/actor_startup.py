@@ -1,0 +1,174 @@
+"""What an encode stage's fixed start-up is made of, side by side in one run. Every Ray Data
+actor stage (the frozen towers' encode stage of ``ray_jobs.frozen``, the scoring jobs' pools)
+starts its actors in fresh worker processes and pays this before its first row:
+
+  ray       the same kind of stage (one actor, one one-row block) whose actor does nothing:
+            Ray Data's planning, the actor's worker process, the block's round trip
+  imports   ... whose actor imports what the encode actor imports (``ray_jobs.frozen``, then
+            what ``core.models`` imports to build the roco_cpu towers: timm, transformers'
+            BERT), timed inside the actor
+  model     ... and then builds the roco_cpu two-tower model (EfficientNet-Lite0 + MiniLM, the
+            packaged weights read and checked), timed inside the actor
+
+and, each in a fresh interpreter before Ray starts, the same imports one library at a time in
+the order the actor makes them, so the imports are named by library. A new actor each repeat
+(a stage's actors end with it); medians over ``--repeats``.
+
+PROJECTION (from bench/results/encode_rate.json, not measured here): the whole-split encode
+ratio for a split of N rows, N / (start-up + N / stream) / in-process, with that run's
+start-up and rates, and the split size from which it reaches the 0.8x target.
+
+    python -m bench.actor_startup [--repeats 3]
+
+Writes bench/results/actor_startup.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# what the encode actor imports, in its order: its module, then the towers' libraries
+CHAIN = ["torch", "ray_jobs.frozen", "torchvision", "timm",
+         "transformers.models.bert.modeling_bert", "core.models"]
+LABELS = {"torchvision": "torchvision (it imports torch._dynamo)",
+          "transformers.models.bert.modeling_bert": "transformers' BERT"}
+SPLIT_SIZES = [1460, 2990, 10_000, 60_000]  # roco-ccby train; ROCO sample train + val; ROCOv2 train
+
+
+def chain_in_fresh_interpreter() -> dict[str, float]:
+    """Seconds each import of CHAIN adds, in order, in a new interpreter (its start excluded)."""
+    code = ("import importlib, json, sys, time\nimport ray.data  # a Ray worker has it\nout = {}\n"
+            f"for name in {CHAIN!r}:\n"
+            "    t = time.perf_counter(); importlib.import_module(name)\n"
+            "    out[name] = time.perf_counter() - t\n"
+            "print(json.dumps(out))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class Noop:
+    """The actor of the 'ray' stage."""
+
+    def __init__(self, build: bool = False, imports: bool = False):
+        self.parts = {}
+        if imports or build:
+            import importlib
+
+            t = time.perf_counter()
+            for name in CHAIN:
+                importlib.import_module(name)
+            self.parts["imports_s"] = time.perf_counter() - t
+        if build:
+            from core.config import load_config
+            from core.models import build_model
+
+            t = time.perf_counter()
+            build_model(load_config("roco_cpu", ["model.kind=two_tower"]).model).eval()
+            self.parts["model_s"] = time.perf_counter() - t
+
+    def __call__(self, batch: dict) -> dict:
+        return {"parts": [json.dumps(self.parts)] * len(batch["id"])}
+
+
+def stage(imports: bool, build: bool) -> dict:
+    """One actor stage over one one-row block: its wall seconds and the parts its actor timed."""
+    import warnings
+
+    import ray.data
+
+    t = time.perf_counter()
+    with warnings.catch_warnings():  # max_restarts=0 as the encode stage (ray_jobs.frozen)
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ray.data.range(1, override_num_blocks=1).map_batches(
+            Noop, fn_constructor_kwargs={"imports": imports, "build": build}, batch_size=1,
+            batch_format="numpy", num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1),
+            max_restarts=0)
+    rows = ds.take_all()
+    return {"wall_s": time.perf_counter() - t, **json.loads(rows[0]["parts"])}
+
+
+def projection(encode: dict) -> dict:
+    """The whole-split Ray/in-process ratio by split size, from bench.encode_rate's run."""
+    whole = encode["whole_split"]
+    start, stream = whole["ray_stage"]["start_up_s"], whole["ray_stage"]["streaming_rows_per_s"]
+    local, target = whole["in_process_rows_per_s"], encode["target_ratio"]
+    ratio = {n: n / (start + n / stream) / local for n in SPLIT_SIZES}
+    # n / (start + n / stream) = target * local  <=>
+    # n = target * local * start / (1 - target * local / stream)
+    room = 1 - target * local / stream
+    reaches = target * local * start / room if room > 0 else None
+    return {"start_up_s": start, "streaming_rows_per_s": stream, "in_process_rows_per_s": local,
+            "ratio_by_rows": ratio, "target_ratio": target, "reaches_target_from_rows": reaches,
+            "from": {"file": "bench/results/encode_rate.json",
+                     "commit": encode["provenance"]["commit"],
+                     "time_utc": encode["provenance"]["time_utc"]}}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    from bench._common import RESULTS, write_result  # not in the actors: it asks git
+
+    chains = [chain_in_fresh_interpreter() for _ in range(args.repeats)]  # before Ray starts
+    from ray_jobs.runtime import init_ray
+
+    init_ray(num_cpus=2, progress_bars=False)
+    stage(imports=False, build=False)  # Ray Data's first use in this process: not a part
+    runs = {"ray": [], "imports": [], "model": []}
+    for _ in range(args.repeats):  # the arms alternate, so a slow spell hits each alike
+        runs["ray"].append(stage(imports=False, build=False))
+        runs["imports"].append(stage(imports=True, build=False))
+        runs["model"].append(stage(imports=True, build=True))
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    parts = {"ray_s": med([r["wall_s"] for r in runs["ray"]]),
+             "imports_s": med([r["imports_s"] for r in runs["model"]]),
+             "model_s": med([r["model_s"] for r in runs["model"]]),
+             "stage_wall_s": med([r["wall_s"] for r in runs["model"]])}
+    libraries = {name: med([c[name] for c in chains]) for name in CHAIN}
+    result = {"bench": "actor_startup", "repeats": args.repeats, "chain": CHAIN,
+              "parts": parts, "imports_in_fresh_interpreter_s": libraries, "runs": runs,
+              "projection": projection(json.loads((RESULTS / "encode_rate.json").read_text()))}
+    print(f"actor stage start-up: Ray {parts['ray_s']:.1f} s, imports {parts['imports_s']:.1f} s, "
+          f"model {parts['model_s']:.1f} s; whole stage {parts['stage_wall_s']:.1f} s")
+    print("imports in a fresh interpreter: " + ", ".join(
+        f"{k} {v:.2f} s" for k, v in libraries.items()))
+    write_result(result)
+    return result
+
+
+def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    """This benchmark's rows of the README's performance table: (benchmark, measured,
+    target, verdict), from its results file (``bench.summary`` collects them)."""
+    parts, libs, proj = r["parts"], r["imports_in_fresh_interpreter_s"], r["projection"]
+    named = ", ".join(f"{LABELS.get(k, k)} {v:.1f} s" for k, v in libs.items())
+    rows = [("an actor stage's start-up, in parts (one actor, one row; a fresh worker "
+             "process, as each stage's actors are)",
+             f"{parts['stage_wall_s']:.1f} s: Ray Data and the actor's process "
+             f"{parts['ray_s']:.1f} s (a stage whose actor does nothing), imports "
+             f"{parts['imports_s']:.1f} s, building the roco_cpu towers {parts['model_s']:.1f} s; "
+             f"the imports one library at a time in a fresh interpreter: {named} "
+             f"(median of {r['repeats']})", "no target",
+             "what the encode ratio's start-up is made of")]
+    by_rows = ", ".join(f"{int(n):,} rows {x:.2f}x" for n, x in proj["ratio_by_rows"].items())
+    reach = proj["reaches_target_from_rows"]
+    rows.append(("PROJECTION: the whole-split encode ratio by split size, from "
+                 f"encode_rate.json's start-up ({proj['start_up_s']:.1f} s) and rates "
+                 f"(stream {proj['streaming_rows_per_s']:.1f}, in process "
+                 f"{proj['in_process_rows_per_s']:.1f} rows/s)",
+                 by_rows + (f"; {proj['target_ratio']:.1f}x from about {reach:,.0f} rows"
+                            if reach else "; never reaches the target: the stream is slower"),
+                 "no target", "projection (not measured)"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
