@@ -20,6 +20,8 @@ native bf16: ``core.precision``).
                BatchNorms folded into the convolutions (``core.models.bn_folding``), 640 rows
 
     python -m bench.encode_rate [--rows 640]
+    python -m bench.encode_rate --data ../shared/data/roco-sample \
+        --out bench/results/encode_rate_roco_sample.json     # the ROCO sample's larger splits
 
 Target: the Ray stage at >= 80 % of the in-process rate. Writes bench/results/encode_rate.json.
 """
@@ -48,7 +50,7 @@ def build(config):
 
 
 def in_process(config, tokenizer, rows: int | None, precision: str, fold: bool = True,
-               splits=("train",)) -> float:
+               splits=("train",), data: Path = DATA) -> float:
     from unittest import mock
 
     from bench._frozen_inputs import encode_split
@@ -60,13 +62,13 @@ def in_process(config, tokenizer, rows: int | None, precision: str, fold: bool =
             model.image_encoder.frozen_prefix(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     t0 = time.perf_counter()
     n = sum(len(out["skip"]) for split in splits
-            for out in encode_split(model, str(DATA), split, tokenizer, None, precision,
+            for out in encode_split(model, str(data), split, tokenizer, None, precision,
                                     max_rows=rows))
     return n / (time.perf_counter() - t0)
 
 
 def ray_stage(config, tokenizer, rows: int | None, cpus: float, precision: str,
-              actors: int = 1, splits=("train",)) -> tuple[float, dict]:
+              actors: int = 1, splits=("train",), data: Path = DATA) -> tuple[float, dict]:
     from unittest import mock
 
     from core.data.preprocess import build_preprocessor
@@ -87,7 +89,7 @@ def ray_stage(config, tokenizer, rows: int | None, cpus: float, precision: str,
             mock.patch.object(FrozenStore, "write_block", timed_write_block):
         t0 = time.perf_counter()
         stores = ensure_stores(cache, model, config.model, tokenizer,
-                               [resolve_split(str(DATA), s) for s in splits], rows,
+                               [resolve_split(str(data), s) for s in splits], rows,
                                build_model=partial(build, config),
                                preprocessor=build_preprocessor(config.model, tokenizer),
                                actors=actors, cpus=cpus, precision=precision)
@@ -104,12 +106,16 @@ def ray_stage(config, tokenizer, rows: int | None, cpus: float, precision: str,
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=640)
+    p.add_argument("--data", type=Path, default=DATA, help="real figures in the ROCOv2 layout")
+    p.add_argument("--out", default=None, help="results file (default: "
+                   "bench/results/encode_rate.json)")
     args = p.parse_args(argv)
+    data = args.data
     from core.config import load_config
     from core.data.tokenizer import resolve_tokenizer
 
     config = load_config("roco_cpu")
-    tokenizer, _ = resolve_tokenizer(config.model.text, str(DATA))
+    tokenizer, _ = resolve_tokenizer(config.model.text, str(data))
     cpus = config.train.num_workers * config.train.cpus_per_worker  # what training reserves
     from core.precision import training_precision
 
@@ -117,15 +123,16 @@ def main(argv=None) -> dict:
     # every in-process rate first, before Ray starts: the one process a user would run
     # instead, with no Ray processes beside it
     both = ("train", "validation")
-    local = in_process(config, tokenizer, args.rows, precision)
-    unfolded = in_process(config, tokenizer, args.rows, precision, fold=False)
-    split_local = in_process(config, tokenizer, None, precision)
-    both_local = in_process(config, tokenizer, None, precision, splits=both)
-    staged, info = ray_stage(config, tokenizer, args.rows, cpus, precision)
-    split_staged, split_info = ray_stage(config, tokenizer, None, cpus, precision)
-    two, two_info = ray_stage(config, tokenizer, args.rows, cpus, precision, actors=2)
-    both_staged, both_info = ray_stage(config, tokenizer, None, cpus, precision, splits=both)
-    result = {"bench": "encode_rate", "data": str(DATA), "rows": args.rows,
+    local = in_process(config, tokenizer, args.rows, precision, data=data)
+    unfolded = in_process(config, tokenizer, args.rows, precision, fold=False, data=data)
+    split_local = in_process(config, tokenizer, None, precision, data=data)
+    both_local = in_process(config, tokenizer, None, precision, splits=both, data=data)
+    staged, info = ray_stage(config, tokenizer, args.rows, cpus, precision, data=data)
+    split_staged, split_info = ray_stage(config, tokenizer, None, cpus, precision, data=data)
+    two, two_info = ray_stage(config, tokenizer, args.rows, cpus, precision, actors=2, data=data)
+    both_staged, both_info = ray_stage(config, tokenizer, None, cpus, precision, splits=both,
+                                       data=data)
+    result = {"bench": "encode_rate", "data": str(data), "rows": args.rows,
               "in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
               "ratio": staged / local, "ray_stage": info, "ray_stage_cpus": cpus,
               "whole_split": {"rows": split_info["rows"], "in_process_rows_per_s": split_local,
@@ -152,14 +159,15 @@ def main(argv=None) -> dict:
     print(f"train + validation ({both_info['rows']} rows) in one stage, as training runs it: "
           f"in process {both_local:.1f} rows/s; Ray stage {both_staged:.1f} rows/s "
           f"({both_staged / both_local:.2f}x)")
-    write_result(result)
+    write_result(result, out=args.out)
     return result
 
 
 def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     """This benchmark's rows of the README's performance table: (benchmark, measured,
     target, verdict), from its results file (``bench.summary`` collects them)."""
-    name = (f"frozen towers' encode stage (roco_cpu, 224 px, {r.get('precision', 'fp32')}), "
+    on = "" if r["data"].endswith("roco-ccby") else f", on {r['data']}"
+    name = (f"frozen towers' encode stage (roco_cpu, 224 px, {r.get('precision', 'fp32')}{on}), "
             "Ray stage vs one process")
     rows = [(name, f"{r['ray_stage_rows_per_s']:.1f} vs {r['in_process_rows_per_s']:.1f} rows/s: "
              f"{r['ratio']:.2f}x ({r['rows']} real figures; the stage's wall includes "

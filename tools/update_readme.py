@@ -445,7 +445,7 @@ def install_block(path: Path) -> str | None:
 def performance_block(results_dir: Path) -> str | None:
     from bench.summary import performance_markdown
 
-    return (performance_markdown(results_dir, lambda r, name: stamp(r, f"bench/{name}.py"))
+    return (performance_markdown(results_dir, lambda r, name: stamp(r, f"bench/{r['bench']}.py"))
             if any(results_dir.glob("*.json")) else None)
 
 
