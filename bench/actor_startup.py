@@ -10,9 +10,13 @@ starts its actors in fresh worker processes and pays this before its first row:
   model     ... and then builds the roco_cpu two-tower model (EfficientNet-Lite0 + MiniLM, the
             packaged weights read and checked), timed inside the actor
 
-and, each in a fresh interpreter before Ray starts, the same imports one library at a time in
-the order the actor makes them, so the imports are named by library. A new actor each repeat
-(a stage's actors end with it); medians over ``--repeats``.
+and, for contrast, a task stage (``map_batches`` with a function, Ray's task workers) whose
+function makes the same imports, run several times in one job: the first stage pays them;
+Ray reuses an idle task worker for a later stage, with its imports, where every actor stage
+starts a fresh process. And, each in a fresh interpreter before Ray starts, the same
+imports one library at a time in the order the actor makes them, so the imports are named
+by library. A new actor each repeat (a stage's actors end with it); medians over
+``--repeats``.
 
 PROJECTION (from bench/results/encode_rate.json, not measured here): the whole-split encode
 ratio for a split of N rows, N / (start-up + N / stream) / in-process, with that run's
@@ -95,6 +99,31 @@ def stage(imports: bool, build: bool) -> dict:
     return {"wall_s": time.perf_counter() - t, **json.loads(rows[0]["parts"])}
 
 
+def _imports_task(batch: dict) -> dict:
+    import importlib
+    import os
+
+    t = time.perf_counter()
+    for name in CHAIN:
+        importlib.import_module(name)
+    n = len(batch["id"])
+    return {"pid": [os.getpid()] * n, "imports_s": [time.perf_counter() - t] * n}
+
+
+def task_stages(count: int) -> list[dict]:
+    """``count`` one-row task stages in a row: wall seconds, the worker and its import time."""
+    import ray.data
+
+    out = []
+    for _ in range(count):
+        t = time.perf_counter()
+        row = ray.data.range(1, override_num_blocks=1).map_batches(
+            _imports_task, batch_size=1, num_cpus=1).take_all()[0]
+        out.append({"wall_s": time.perf_counter() - t, "pid": int(row["pid"]),
+                    "imports_s": float(row["imports_s"])})
+    return out
+
+
 def projection(encode: dict) -> dict:
     """The whole-split Ray/in-process ratio by split size, from bench.encode_rate's run."""
     whole = encode["whole_split"]
@@ -133,9 +162,16 @@ def main(argv=None) -> dict:
              "imports_s": med([r["imports_s"] for r in runs["model"]]),
              "model_s": med([r["model_s"] for r in runs["model"]]),
              "stage_wall_s": med([r["wall_s"] for r in runs["model"]])}
+    tasks = task_stages(args.repeats + 1)
+    later = tasks[1:]
+    parts.update(task_first_s=tasks[0]["wall_s"], task_later_s=med([t["wall_s"] for t in later]),
+                 task_later_imports_s=med([t["imports_s"] for t in later]),
+                 task_later_on_a_used_worker=sum(t["pid"] in {u["pid"] for u in tasks[:i + 1]}
+                                                 for i, t in enumerate(later)))
     libraries = {name: med([c[name] for c in chains]) for name in CHAIN}
     result = {"bench": "actor_startup", "repeats": args.repeats, "chain": CHAIN,
-              "parts": parts, "imports_in_fresh_interpreter_s": libraries, "runs": runs,
+              "parts": parts, "imports_in_fresh_interpreter_s": libraries,
+              "runs": {**runs, "task": tasks},
               "projection": projection(json.loads((RESULTS / "encode_rate.json").read_text()))}
     print(f"actor stage start-up: Ray {parts['ray_s']:.1f} s, imports {parts['imports_s']:.1f} s, "
           f"model {parts['model_s']:.1f} s; whole stage {parts['stage_wall_s']:.1f} s")
@@ -158,6 +194,12 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
              f"the imports one library at a time in a fresh interpreter: {named} "
              f"(median of {r['repeats']})", "no target",
              "what the encode ratio's start-up is made of")]
+    rows.append(("the same imports in a task stage (a function, Ray's task workers), first and "
+                 "later stages of one job", f"first {parts['task_first_s']:.1f} s; later "
+                 f"{parts['task_later_s']:.1f} s, imports {parts['task_later_imports_s']:.2f} s "
+                 f"({parts['task_later_on_a_used_worker']} of {r['repeats']} on a worker an "
+                 "earlier stage used): Ray reuses task workers across stages, never an actor's "
+                 "process", "no target", "what a warm worker saves each stage"))
     by_rows = ", ".join(f"{int(n):,} rows {x:.2f}x" for n, x in proj["ratio_by_rows"].items())
     reach = proj["reaches_target_from_rows"]
     rows.append(("PROJECTION: the whole-split encode ratio by split size, from "
