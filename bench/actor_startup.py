@@ -19,8 +19,8 @@ by library. A new actor each repeat (a stage's actors end with it); medians over
 ``--repeats``.
 
 PROJECTION (from bench/results/encode_rate.json, not measured here): the whole-split encode
-ratio for a split of N rows, N / (start-up + N / stream) / in-process, with that run's
-start-up and rates, and the split size from which it reaches the 0.8x target.
+ratio for a split of N rows, N / (start-up + N / rate after it) / in-process, with that run's
+start-up (before the actor's first call) and rates, and the split size from which it reaches the 0.8x target.
 
     python -m bench.actor_startup [--repeats 3]
 
@@ -127,14 +127,15 @@ def task_stages(count: int) -> list[dict]:
 def projection(encode: dict) -> dict:
     """The whole-split Ray/in-process ratio by split size, from bench.encode_rate's run."""
     whole = encode["whole_split"]
-    start, stream = whole["ray_stage"]["start_up_s"], whole["ray_stage"]["streaming_rows_per_s"]
+    start = whole["ray_stage"]["start_up_s"]  # before the actor's first call
+    stream = whole["ray_stage"]["after_start_up_rows_per_s"]  # the rest of the wall, per row
     local, target = whole["in_process_rows_per_s"], encode["target_ratio"]
     ratio = {n: n / (start + n / stream) / local for n in SPLIT_SIZES}
     # n / (start + n / stream) = target * local  <=>
     # n = target * local * start / (1 - target * local / stream)
     room = 1 - target * local / stream
     reaches = target * local * start / room if room > 0 else None
-    return {"start_up_s": start, "streaming_rows_per_s": stream, "in_process_rows_per_s": local,
+    return {"start_up_s": start, "after_start_up_rows_per_s": stream, "in_process_rows_per_s": local,
             "ratio_by_rows": ratio, "target_ratio": target, "reaches_target_from_rows": reaches,
             "from": {"file": "bench/results/encode_rate.json",
                      "commit": encode["provenance"]["commit"],
@@ -204,7 +205,7 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     reach = proj["reaches_target_from_rows"]
     rows.append(("PROJECTION: the whole-split encode ratio by split size, from "
                  f"encode_rate.json's start-up ({proj['start_up_s']:.1f} s) and rates "
-                 f"(stream {proj['streaming_rows_per_s']:.1f}, in process "
+                 f"(after it {proj['after_start_up_rows_per_s']:.1f}, in process "
                  f"{proj['in_process_rows_per_s']:.1f} rows/s)",
                  by_rows + (f"; {proj['target_ratio']:.1f}x from about {reach:,.0f} rows"
                             if reach else "; never reaches the target: the stream is slower"),
