@@ -18,10 +18,6 @@ imports one library at a time in the order the actor makes them, so the imports 
 by library. A new actor each repeat (a stage's actors end with it); medians over
 ``--repeats``.
 
-PROJECTION (from bench/results/encode_rate.json, not measured here): the whole-split encode
-ratio for a split of N rows, N / (start-up + N / rate after it) / in-process, with that run's
-start-up (before the actor's first call) and rates, and the split size from which it reaches the 0.8x target.
-
     python -m bench.actor_startup [--repeats 3]
 
 Writes bench/results/actor_startup.json.
@@ -43,7 +39,6 @@ CHAIN = ["torch", "ray_jobs.frozen", "torchvision", "timm",
          "transformers.models.bert.modeling_bert", "core.models"]
 LABELS = {"torchvision": "torchvision (it imports torch._dynamo)",
           "transformers.models.bert.modeling_bert": "transformers' BERT"}
-SPLIT_SIZES = [1460, 2990, 10_000, 60_000]  # roco-ccby train; ROCO sample train + val; ROCOv2 train
 
 
 def chain_in_fresh_interpreter() -> dict[str, float]:
@@ -124,29 +119,11 @@ def task_stages(count: int) -> list[dict]:
     return out
 
 
-def projection(encode: dict) -> dict:
-    """The whole-split Ray/in-process ratio by split size, from bench.encode_rate's run."""
-    whole = encode["whole_split"]
-    start = whole["ray_stage"]["start_up_s"]  # before the actor's first call
-    stream = whole["ray_stage"]["after_start_up_rows_per_s"]  # the rest of the wall, per row
-    local, target = whole["in_process_rows_per_s"], encode["target_ratio"]
-    ratio = {n: n / (start + n / stream) / local for n in SPLIT_SIZES}
-    # n / (start + n / stream) = target * local  <=>
-    # n = target * local * start / (1 - target * local / stream)
-    room = 1 - target * local / stream
-    reaches = target * local * start / room if room > 0 else None
-    return {"start_up_s": start, "after_start_up_rows_per_s": stream, "in_process_rows_per_s": local,
-            "ratio_by_rows": ratio, "target_ratio": target, "reaches_target_from_rows": reaches,
-            "from": {"file": "bench/results/encode_rate.json",
-                     "commit": encode["provenance"]["commit"],
-                     "time_utc": encode["provenance"]["time_utc"]}}
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    from bench._common import RESULTS, write_result  # not in the actors: it asks git
+    from bench._common import write_result  # not in the actors: it asks git
 
     chains = [chain_in_fresh_interpreter() for _ in range(args.repeats)]  # before Ray starts
     from ray_jobs.runtime import init_ray
@@ -172,8 +149,7 @@ def main(argv=None) -> dict:
     libraries = {name: med([c[name] for c in chains]) for name in CHAIN}
     result = {"bench": "actor_startup", "repeats": args.repeats, "chain": CHAIN,
               "parts": parts, "imports_in_fresh_interpreter_s": libraries,
-              "runs": {**runs, "task": tasks},
-              "projection": projection(json.loads((RESULTS / "encode_rate.json").read_text()))}
+              "runs": {**runs, "task": tasks}}
     print(f"actor stage start-up: Ray {parts['ray_s']:.1f} s, imports {parts['imports_s']:.1f} s, "
           f"model {parts['model_s']:.1f} s; whole stage {parts['stage_wall_s']:.1f} s")
     print("imports in a fresh interpreter: " + ", ".join(
@@ -185,7 +161,7 @@ def main(argv=None) -> dict:
 def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     """This benchmark's rows of the README's performance table: (benchmark, measured,
     target, verdict), from its results file (``bench.summary`` collects them)."""
-    parts, libs, proj = r["parts"], r["imports_in_fresh_interpreter_s"], r["projection"]
+    parts, libs = r["parts"], r["imports_in_fresh_interpreter_s"]
     named = ", ".join(f"{LABELS.get(k, k)} {v:.1f} s" for k, v in libs.items())
     rows = [("an actor stage's start-up, in parts (one actor, one row; a fresh worker "
              "process, as each stage's actors are)",
@@ -201,15 +177,6 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
                  f"({parts['task_later_on_a_used_worker']} of {r['repeats']} on a worker an "
                  "earlier stage used): Ray reuses task workers across stages, never an actor's "
                  "process", "no target", "what a warm worker saves each stage"))
-    by_rows = ", ".join(f"{int(n):,} rows {x:.2f}x" for n, x in proj["ratio_by_rows"].items())
-    reach = proj["reaches_target_from_rows"]
-    rows.append(("PROJECTION: the whole-split encode ratio by split size, from "
-                 f"encode_rate.json's start-up ({proj['start_up_s']:.1f} s) and rates "
-                 f"(after it {proj['after_start_up_rows_per_s']:.1f}, in process "
-                 f"{proj['in_process_rows_per_s']:.1f} rows/s)",
-                 by_rows + (f"; {proj['target_ratio']:.1f}x from about {reach:,.0f} rows"
-                            if reach else "; never reaches the target: the stream is slower"),
-                 "no target", "projection (not measured)"))
     return rows
 
 
