@@ -5,8 +5,8 @@ included in both, both in the precision roco_cpu's training runs in (bf16 on CPU
 native bf16: ``core.precision``).
 
   in process   one process, torch on all the machine's cores: read, preprocess, run the
-               frozen layers (``core.training.frozen_features.encode_frozen``), 64 rows a batch;
-               every in-process rate is measured before Ray starts
+               frozen layers (``core.training.frozen_features.encode_frozen``), 64 rows a
+               batch; Ray is up and idle beside it, as in a user's job
   Ray stage    ``ray_jobs.frozen.ensure_store``: the Ray Data actor stage that every job uses
                (the CPUs a training run reserves), writing the store; its wall time includes
                starting the actor and loading the model, a fixed cost, so the rate is
@@ -21,7 +21,12 @@ native bf16: ``core.precision``).
   unfolded     in process, the frozen image stages run as they are, without their
                BatchNorms folded into the convolutions (``core.models.bn_folding``), 640 rows
 
-    python -m bench.encode_rate [--rows 640]
+Each arm is measured as ``--repeats`` pairs, the in-process run and the Ray stage back to
+back, the arms taking turns: this machine's speed drifts by tens of percent within minutes,
+and a ratio of two runs minutes apart measures the drift. Reported: the median pair ratio
+and the range.
+
+    python -m bench.encode_rate [--rows 640] [--repeats 3]
     python -m bench.encode_rate --data ../shared/data/roco-sample \
         --out bench/results/encode_rate_roco_sample.json     # the ROCO sample's larger splits
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from functools import partial
@@ -106,9 +112,29 @@ def ray_stage(config, tokenizer, rows: int | None, cpus: float, precision: str,
                       **stage_parts(t0, t_end, list(clocks.values()), n)}
 
 
+ARMS = {  # name: (rows: "rows" for --rows, None for all; splits; actors)
+    "first rows": ("rows", ("train",), 1),
+    "whole split": (None, ("train",), 1),
+    "2 actors x 1 thread": ("rows", ("train",), 2),
+    "train + validation": (None, ("train", "validation"), 1),
+}
+
+
+def arm_pairs(name: str, pairs: list[dict]) -> dict:
+    """An arm's alternated (in process, Ray stage) pairs and their medians."""
+    med = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
+    return {"rows": pairs[0]["ray_stage"]["rows"], "pairs": pairs, "ratio": med("ratio"),
+            "ratio_range": [min(p["ratio"] for p in pairs), max(p["ratio"] for p in pairs)],
+            "in_process_rows_per_s": med("in_process_rows_per_s"),
+            "ray_stage_rows_per_s": med("ray_stage_rows_per_s"),
+            "ray_stage": {k: statistics.median(p["ray_stage"][k] for p in pairs)
+                          for k in pairs[0]["ray_stage"] if k != "splits"}}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=640)
+    p.add_argument("--repeats", type=int, default=3, help="alternated pairs per arm")
     p.add_argument("--data", type=Path, default=DATA, help="real figures in the ROCOv2 layout")
     p.add_argument("--out", default=None, help="results file (default: "
                    "bench/results/encode_rate.json)")
@@ -116,55 +142,39 @@ def main(argv=None) -> dict:
     data = args.data
     from core.config import load_config
     from core.data.tokenizer import resolve_tokenizer
+    from core.precision import training_precision
+    from ray_jobs.runtime import init_ray
 
     config = load_config("roco_cpu")
     tokenizer, _ = resolve_tokenizer(config.model.text, str(data))
     cpus = config.train.num_workers * config.train.cpus_per_worker  # what training reserves
-    from core.precision import training_precision
-
     precision = training_precision(config.train.precision, "cpu")  # as roco_cpu's training runs
-    # every in-process rate first, before Ray starts: the one process a user would run
-    # instead, with no Ray processes beside it
-    both = ("train", "validation")
-    local = in_process(config, tokenizer, args.rows, precision, data=data)
-    unfolded = in_process(config, tokenizer, args.rows, precision, fold=False, data=data)
-    split_local = in_process(config, tokenizer, None, precision, data=data)
-    both_local = in_process(config, tokenizer, None, precision, splits=both, data=data)
-    staged, info = ray_stage(config, tokenizer, args.rows, cpus, precision, data=data)
-    split_staged, split_info = ray_stage(config, tokenizer, None, cpus, precision, data=data)
-    two, two_info = ray_stage(config, tokenizer, args.rows, cpus, precision, actors=2, data=data)
-    both_staged, both_info = ray_stage(config, tokenizer, None, cpus, precision, splits=both,
-                                       data=data)
+    init_ray(num_cpus=os.cpu_count())  # idle beside the in-process arms, as in a user's job
+    pairs, folding = {name: [] for name in ARMS}, []
+    for _ in range(args.repeats):  # each pair back to back: a slow spell of the machine hits both
+        for name, (rows, splits, actors) in ARMS.items():
+            rows = args.rows if rows == "rows" else None
+            local = in_process(config, tokenizer, rows, precision, splits=splits, data=data)
+            staged, info = ray_stage(config, tokenizer, rows, cpus, precision, actors=actors,
+                                     splits=splits, data=data)
+            pairs[name].append({"in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
+                                "ratio": staged / local, "ray_stage": info})
+            print(f"{name}: in process {local:.1f} rows/s, Ray stage {staged:.1f} rows/s "
+                  f"({staged / local:.2f}x)", flush=True)
+        folded = in_process(config, tokenizer, args.rows, precision, data=data)
+        unfolded = in_process(config, tokenizer, args.rows, precision, fold=False, data=data)
+        folding.append({"folded_rows_per_s": folded, "unfolded_rows_per_s": unfolded,
+                        "speedup": folded / unfolded})
     result = {"bench": "encode_rate", "data": str(data), "rows": args.rows,
-              "in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
-              "ratio": staged / local, "ray_stage": info, "ray_stage_cpus": cpus,
-              "whole_split": {"rows": split_info["rows"], "in_process_rows_per_s": split_local,
-                              "ray_stage_rows_per_s": split_staged,
-                              "ratio": split_staged / split_local, "ray_stage": split_info},
-              "two_actors_one_thread": {"rows_per_s": two, "ratio": two / local, **two_info},
-              "train_and_validation": {"rows": both_info["rows"],
-                                       "in_process_rows_per_s": both_local,
-                                       "ray_stage_rows_per_s": both_staged,
-                                       "ratio": both_staged / both_local,
-                                       "ray_stage": both_info},
-              "unfolded_in_process_rows_per_s": unfolded, "folding_speedup": local / unfolded,
-              "precision": precision,
-              "threads_in_process": torch.get_num_threads(), "target_ratio": 0.8}
-    print(f"{args.rows} rows: in process {local:.1f} rows/s; Ray stage {staged:.1f} rows/s "
-          f"({staged / local:.2f}x); 2 actors x 1 thread {two:.1f} rows/s ({two / local:.2f}x)")
-    print(f"in process, BatchNorm folded {local:.1f} vs not {unfolded:.1f} rows/s "
-          f"({local / unfolded:.2f}x)")
-    print(f"whole split ({split_info['rows']} rows): in process {split_local:.1f} rows/s; "
-          f"Ray stage {split_staged:.1f} rows/s ({split_staged / split_local:.2f}x)")
-    print(f"whole split through Ray: {split_info['start_up_s']:.1f} s before the actor's "
-          f"first call, {split_info['in_calls_s']:.1f} s in its calls at "
-          f"{split_info['in_calls_rows_per_s']:.1f} rows/s "
-          f"({split_info['in_calls_rows_per_s'] / split_local:.2f}x the in-process rate), "
-          f"{split_info['between_calls_s']:.1f} s between them, "
-          f"{split_info['after_last_call_s']:.1f} s after the last")
-    print(f"train + validation ({both_info['rows']} rows) in one stage, as training runs it: "
-          f"in process {both_local:.1f} rows/s; Ray stage {both_staged:.1f} rows/s "
-          f"({both_staged / both_local:.2f}x)")
+              "repeats": args.repeats, "precision": precision, "ray_stage_cpus": cpus,
+              "threads_in_process": torch.get_num_threads(), "target_ratio": 0.8,
+              "arms": {name: arm_pairs(name, got) for name, got in pairs.items()},
+              "folding": {"pairs": folding,
+                          "speedup": statistics.median(f["speedup"] for f in folding),
+                          "folded_rows_per_s": statistics.median(
+                              f["folded_rows_per_s"] for f in folding),
+                          "unfolded_rows_per_s": statistics.median(
+                              f["unfolded_rows_per_s"] for f in folding)}}
     write_result(result, out=args.out)
     return result
 
@@ -173,51 +183,35 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     """This benchmark's rows of the README's performance table: (benchmark, measured,
     target, verdict), from its results file (``bench.summary`` collects them)."""
     on = "" if r["data"].endswith("roco-ccby") else f", on {r['data']}"
-    name = (f"frozen towers' encode stage (roco_cpu, 224 px, {r.get('precision', 'fp32')}{on}), "
-            "Ray stage vs one process")
-    rows = [(name, f"{r['ray_stage_rows_per_s']:.1f} vs {r['in_process_rows_per_s']:.1f} rows/s: "
-             f"{r['ratio']:.2f}x ({r['rows']} real figures; the stage's wall includes "
-             "starting its actor)", f">= {r['target_ratio']:.1f}x",
-             "met" if r["ratio"] >= r["target_ratio"] else "missed")]
-    whole = r.get("whole_split")
-    if whole:
-        rows.append((name + ", whole split",
-                     f"{whole['ray_stage_rows_per_s']:.1f} vs {whole['in_process_rows_per_s']:.1f} "
-                     f"rows/s: {whole['ratio']:.2f}x ({whole['rows']} real figures)",
-                     f">= {r['target_ratio']:.1f}x",
-                     "met" if whole["ratio"] >= r["target_ratio"] else "missed"))
-        both = r.get("train_and_validation")
-        if both:
-            rows.append((name + ", train + validation splits in one stage (as training runs "
-                         "it)", f"{both['ray_stage_rows_per_s']:.1f} vs "
-                         f"{both['in_process_rows_per_s']:.1f} rows/s: {both['ratio']:.2f}x "
-                         f"({both['rows']} real figures, one actor start-up)",
-                         f">= {r['target_ratio']:.1f}x",
-                         "met" if both["ratio"] >= r["target_ratio"] else "missed"))
-        stage = whole["ray_stage"]
-        if "in_calls_rows_per_s" in stage:
-            local = whole["in_process_rows_per_s"]
-            rows.append(("the whole-split stage's wall time in parts, by the actor's own clock",
-                         f"{stage['wall_s']:.1f} s: {stage['start_up_s']:.1f} s before its first "
-                         f"call (Ray Data, the actor's process, imports, model: "
-                         f"{stage['actor_init_s']:.1f} s of it in the actor's constructor), "
-                         f"{stage['in_calls_s']:.1f} s in its {stage['calls']} calls at "
-                         f"{stage['in_calls_rows_per_s']:.1f} rows/s "
-                         f"({stage['in_calls_rows_per_s'] / local:.2f}x the in-process rate), "
-                         f"{stage['between_calls_s']:.1f} s between calls, "
-                         f"{stage['after_last_call_s']:.1f} s after the last",
-                         "no target", "what the ratio above is made of"))
-        two = r["two_actors_one_thread"]
-        rows.append(("the same stage as 2 actors x 1 thread (the scoring jobs' pool), vs one "
-                     "process", f"{two['rows_per_s']:.1f} rows/s: {two['ratio']:.2f}x "
-                     f"({r['rows']} real figures)", f">= {r['target_ratio']:.1f}x",
-                     "met" if two["ratio"] >= r["target_ratio"] else "missed"))
-    if "folding_speedup" in r:
-        rows.append(("the same encode in one process, image BatchNorms folded into the "
-                     "convolutions vs as they are", f"{r['in_process_rows_per_s']:.1f} vs "
-                     f"{r['unfolded_in_process_rows_per_s']:.1f} rows/s: "
-                     f"{r['folding_speedup']:.2f}x ({r['rows']} real figures)", "> 1x",
-                     "met" if r["folding_speedup"] > 1.0 else "missed"))
+    name = (f"frozen towers' encode stage (roco_cpu, 224 px, {r['precision']}{on}), Ray stage "
+            "vs one process")
+    what = {"first rows": f"first {r['rows']} rows", "whole split": "whole split",
+            "2 actors x 1 thread": f"2 actors x 1 thread (the scoring jobs' pool), {r['rows']} rows",
+            "train + validation": "train + validation splits in one stage, as training runs it"}
+    target, rows = r["target_ratio"], []
+    for arm, a in r["arms"].items():
+        lo, hi = a["ratio_range"]
+        rows.append((f"{name}, {what[arm]}",
+                     f"{a['ray_stage_rows_per_s']:.1f} vs {a['in_process_rows_per_s']:.1f} rows/s: "
+                     f"{a['ratio']:.2f}x [{lo:.2f}, {hi:.2f}] ({a['rows']} real figures; median "
+                     f"of {len(a['pairs'])} alternated pairs [range])", f">= {target:.1f}x",
+                     "met" if a["ratio"] >= target else "missed"))
+    stage, local = r["arms"]["whole split"]["ray_stage"], r["arms"]["whole split"]
+    rows.append(("the whole-split stage's wall time in parts, by the actor's own clock (medians)",
+                 f"{stage['wall_s']:.1f} s: {stage['start_up_s']:.1f} s before its first call "
+                 f"(Ray Data, the actor's process, imports, model: {stage['actor_init_s']:.1f} s "
+                 f"of it in the actor's constructor), {stage['in_calls_s']:.1f} s in its calls at "
+                 f"{stage['in_calls_rows_per_s']:.1f} rows/s "
+                 f"({stage['in_calls_rows_per_s'] / local['in_process_rows_per_s']:.2f}x the "
+                 f"in-process rate), {stage['between_calls_s']:.1f} s between calls, "
+                 f"{stage['after_last_call_s']:.1f} s after the last", "no target",
+                 "what the ratio above is made of"))
+    f = r["folding"]
+    rows.append((f"the same encode in one process{on}, image BatchNorms folded into the "
+                 "convolutions vs as they are", f"{f['folded_rows_per_s']:.1f} vs "
+                 f"{f['unfolded_rows_per_s']:.1f} rows/s: {f['speedup']:.2f}x ({r['rows']} real "
+                 f"figures, median of {len(f['pairs'])})", "> 1x",
+                 "met" if f["speedup"] > 1 else "missed"))
     return rows
 
 
