@@ -20,7 +20,13 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
     except ImportError:
         return []
     rows = getattr(module, "readme_rows", None)
-    return rows(r) if rows else []
+    if rows is None:
+        return []
+    try:
+        return rows(r)
+    except (KeyError, TypeError, ValueError):  # written by an earlier version of the bench
+        return [(f"`bench/{r['bench']}.py`", "STALE: its results file is in a format this "
+                 f"bench no longer reads; rerun `python -m bench.{r['bench']}`", "", "")]
 
 
 def performance_markdown(results_dir: Path, stamp=None) -> str:

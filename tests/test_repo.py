@@ -60,6 +60,25 @@ def test_a_result_is_stale_once_the_code_it_measured_changes():
     assert "STALE" in update_readme.stamp({}, "bench/fusion_variants.py")  # no provenance
 
 
+def test_a_results_file_in_an_older_format_is_a_stale_row_not_a_crash(tmp_path):
+    """A bench whose results format changed, with a sibling results file not yet rerun: the
+    README still regenerates, and that file's row says STALE and how to rerun it."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import update_readme
+
+    current = json.loads((REPO / "bench" / "results" / "encode_rate.json").read_text())
+    (tmp_path / "encode_rate.json").write_text(json.dumps(current))
+    older = {k: v for k, v in current.items() if k != "arms"}  # as before the format changed
+    (tmp_path / "encode_rate_elsewhere.json").write_text(json.dumps(older))
+    block = update_readme.performance_block(tmp_path)
+    stale = [line for line in block.splitlines() if "no longer reads" in line]
+    assert len(stale) == 1 and "rerun `python -m bench.encode_rate`" in stale[0], stale
+    assert "frozen towers' encode stage" in block  # the current file's rows are all there
+
+
 def test_a_comment_or_docstring_edit_is_no_new_code_but_any_statement_is():
     import sys
 
