@@ -24,9 +24,11 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
         return []
     try:
         return rows(r)
-    except (KeyError, TypeError, ValueError):  # written by an earlier version of the bench
+    except KeyError:  # a key the bench reads now is missing: an earlier version wrote it
+        ran = (r.get("provenance") or {}).get("command")
         return [(f"`bench/{r['bench']}.py`", "STALE: its results file is in a format this "
-                 f"bench no longer reads; rerun `python -m bench.{r['bench']}`", "", "")]
+                 f"bench no longer reads; rerun `python -m bench.{r['bench']}`"
+                 + (f" (its recorded command: `{ran}`)" if ran else ""), "", "")]
 
 
 def performance_markdown(results_dir: Path, stamp=None) -> str:
