@@ -4,11 +4,10 @@ starts its actors in fresh worker processes and pays this before its first row:
 
   ray       the same kind of stage (one actor, one one-row block) whose actor does nothing:
             Ray Data's planning, the actor's worker process, the block's round trip
-  imports   ... whose actor imports what the encode actor imports (``ray_jobs.frozen``, then
+  model     ... whose actor imports what the encode actor imports (``ray_jobs.frozen``, then
             what ``core.models`` imports to build the roco_cpu towers: timm, transformers'
-            BERT), timed inside the actor
-  model     ... and then builds the roco_cpu two-tower model (EfficientNet-Lite0 + MiniLM, the
-            packaged weights read and checked), timed inside the actor
+            BERT) and then builds the roco_cpu two-tower model (EfficientNet-Lite0 + MiniLM,
+            the packaged weights read and checked), each timed inside the actor
 
 and, for contrast, a task stage (``map_batches`` with a function, Ray's task workers) whose
 function makes the same imports, run several times in one job: the first stage pays them;
@@ -41,6 +40,16 @@ LABELS = {"torchvision": "torchvision (it imports torch._dynamo)",
           "transformers.models.bert.modeling_bert": "transformers' BERT"}
 
 
+def import_chain() -> float:
+    """Import CHAIN in order here: the seconds it took (none where it was imported already)."""
+    import importlib
+
+    t = time.perf_counter()
+    for name in CHAIN:
+        importlib.import_module(name)
+    return time.perf_counter() - t
+
+
 def chain_in_fresh_interpreter() -> dict[str, float]:
     """Seconds each import of CHAIN adds, in order, in a new interpreter (its start excluded)."""
     code = ("import importlib, json, sys, time\nimport ray.data  # a Ray worker has it\nout = {}\n"
@@ -56,16 +65,10 @@ def chain_in_fresh_interpreter() -> dict[str, float]:
 class Noop:
     """The actor of the 'ray' stage."""
 
-    def __init__(self, build: bool = False, imports: bool = False):
+    def __init__(self, build: bool = False):
         self.parts = {}
-        if imports or build:
-            import importlib
-
-            t = time.perf_counter()
-            for name in CHAIN:
-                importlib.import_module(name)
-            self.parts["imports_s"] = time.perf_counter() - t
         if build:
+            self.parts["imports_s"] = import_chain()
             from core.config import load_config
             from core.models import build_model
 
@@ -77,7 +80,7 @@ class Noop:
         return {"parts": [json.dumps(self.parts)] * len(batch["id"])}
 
 
-def stage(imports: bool, build: bool) -> dict:
+def stage(build: bool) -> dict:
     """One actor stage over one one-row block: its wall seconds and the parts its actor timed."""
     import warnings
 
@@ -87,7 +90,7 @@ def stage(imports: bool, build: bool) -> dict:
     with warnings.catch_warnings():  # max_restarts=0 as the encode stage (ray_jobs.frozen)
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ray.data.range(1, override_num_blocks=1).map_batches(
-            Noop, fn_constructor_kwargs={"imports": imports, "build": build}, batch_size=1,
+            Noop, fn_constructor_kwargs={"build": build}, batch_size=1,
             batch_format="numpy", num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1),
             max_restarts=0)
     rows = ds.take_all()
@@ -95,14 +98,10 @@ def stage(imports: bool, build: bool) -> dict:
 
 
 def _imports_task(batch: dict) -> dict:
-    import importlib
     import os
 
-    t = time.perf_counter()
-    for name in CHAIN:
-        importlib.import_module(name)
-    n = len(batch["id"])
-    return {"pid": [os.getpid()] * n, "imports_s": [time.perf_counter() - t] * n}
+    seconds, n = import_chain(), len(batch["id"])
+    return {"pid": [os.getpid()] * n, "imports_s": [seconds] * n}
 
 
 def task_stages(count: int) -> list[dict]:
@@ -129,13 +128,12 @@ def main(argv=None) -> dict:
     from ray_jobs.runtime import init_ray
 
     init_ray(num_cpus=2, progress_bars=False)
-    stage(imports=False, build=False)  # Ray Data's first use in this process: not a part
-    runs = {"ray": [], "imports": [], "model": []}
+    stage(build=False)  # Ray Data's first use in this process: not a part
+    runs = {"ray": [], "model": []}
     for _ in range(args.repeats):  # the arms alternate, so a slow spell hits each alike
-        runs["ray"].append(stage(imports=False, build=False))
-        runs["imports"].append(stage(imports=True, build=False))
-        runs["model"].append(stage(imports=True, build=True))
-    med = lambda xs: statistics.median(xs)  # noqa: E731
+        runs["ray"].append(stage(build=False))
+        runs["model"].append(stage(build=True))
+    med = statistics.median
     parts = {"ray_s": med([r["wall_s"] for r in runs["ray"]]),
              "imports_s": med([r["imports_s"] for r in runs["model"]]),
              "model_s": med([r["model_s"] for r in runs["model"]]),
