@@ -43,5 +43,4 @@ def stage_parts(t0: float, t_end: float, clocks: list[dict], rows: int) -> dict:
             "calls": len(clocks), "actors": actors, "in_calls_s": in_calls,
             "in_calls_rows_per_s": rows / in_calls * actors,
             "between_calls_s": (last - first) - in_calls / actors,
-            "after_last_call_s": t_end - last,
-            "after_start_up_rows_per_s": rows / (t_end - first)}
+            "after_last_call_s": t_end - last}

@@ -120,7 +120,7 @@ ARMS = {  # name: (rows: "rows" for --rows, None for all; splits; actors)
 }
 
 
-def arm_pairs(name: str, pairs: list[dict]) -> dict:
+def arm_pairs(pairs: list[dict]) -> dict:
     """An arm's alternated (in process, Ray stage) pairs and their medians."""
     med = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
     return {"rows": pairs[0]["ray_stage"]["rows"], "pairs": pairs, "ratio": med("ratio"),
@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
     result = {"bench": "encode_rate", "data": str(data), "rows": args.rows,
               "repeats": args.repeats, "precision": precision, "ray_stage_cpus": cpus,
               "threads_in_process": torch.get_num_threads(), "target_ratio": 0.8,
-              "arms": {name: arm_pairs(name, got) for name, got in pairs.items()},
+              "arms": {name: arm_pairs(got) for name, got in pairs.items()},
               "folding": {"pairs": folding,
                           "speedup": statistics.median(f["speedup"] for f in folding),
                           "folded_rows_per_s": statistics.median(
@@ -197,7 +197,8 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
                      f"of {len(a['pairs'])} alternated pairs [range])", f">= {target:.1f}x",
                      "met" if a["ratio"] >= target else "missed"))
     stage, local = r["arms"]["whole split"]["ray_stage"], r["arms"]["whole split"]
-    rows.append(("the whole-split stage's wall time in parts, by the actor's own clock (medians)",
+    rows.append((f"the whole-split stage's wall time in parts{on}, by the actor's own clock "
+                 "(medians)",
                  f"{stage['wall_s']:.1f} s: {stage['start_up_s']:.1f} s before its first call "
                  f"(Ray Data, the actor's process, imports, model: {stage['actor_init_s']:.1f} s "
                  f"of it in the actor's constructor), {stage['in_calls_s']:.1f} s in its calls at "
