@@ -113,17 +113,6 @@ class GalleryEncoder:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "empty"}
 
 
-_ENCODER: dict = {}
-
-
-def encode_units(kwargs: dict, units: dict) -> dict:
-    key = repr(sorted(kwargs.items()))
-    if key not in _ENCODER:
-        _ENCODER.clear()
-        _ENCODER[key] = GalleryEncoder(**kwargs)
-    return _ENCODER[key](units)
-
-
 @dataclass
 class Gallery:
     """An encoded gallery: its rows, and its feature blocks in the object store."""
@@ -188,14 +177,13 @@ def encoder_dataset(job, checkpoint: str):
         # no error-level note to log about restarting an actor whose arguments live in the
         # object store. Ray Data's own docs name this keyword, which it also calls deprecated.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        kwargs = {
+        ds = ds.map_batches(GalleryEncoder, fn_constructor_kwargs={
             "checkpoint": checkpoint, "filesystem": job.files.filesystem,
             "columns": columns_to_read(job.files), "device": job.device,
             "precision": job.precision,
-            "threads": max(1, math.ceil(cfg.cpus_per_actor - 1e-9))}
-        ds = ds.map_batches(partial(encode_units, kwargs),
-            batch_size=1, concurrency=pool_size(cfg, len(units)),
-            batch_format="numpy", **actor_resources(cfg))
+            "threads": max(1, math.ceil(cfg.cpus_per_actor - 1e-9))},
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool_size(cfg, len(units))),
+            batch_format="numpy", max_restarts=0, **actor_resources(cfg))
     ds.context.execution_options.preserve_order = True  # the same gallery order on every run
     return ds.limit(cfg.max_items) if cfg.max_items is not None else ds
 
