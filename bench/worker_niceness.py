@@ -41,43 +41,47 @@ SETTINGS = {"Ray's default": None, "niceness 0": "0"}  # RAY_worker_niceness (No
 ACTOR = "MapWorker"  # Ray Data's actor processes are named ray::MapWorker(...)
 
 
-def cpu_seconds() -> dict[int, tuple[str, float]]:
-    """Every process's (command line, CPU seconds) now."""
+def snapshot() -> dict[int, tuple[str, float, int]]:
+    """Every process's (command line, CPU seconds, niceness) now, by pid."""
     import psutil
 
     out = {}
     for p in psutil.process_iter(["cmdline", "name"]):
         try:
             t = p.cpu_times()
-            out[p.pid] = (" ".join(p.info["cmdline"] or []) or p.info["name"], t.user + t.system)
+            out[p.pid] = (" ".join(p.info["cmdline"] or []) or p.info["name"],
+                          t.user + t.system, p.nice())
         except psutil.Error:
             continue
     return out
 
 
+def sample(latest: dict, stop: threading.Event) -> None:
+    """``snapshot`` into ``latest`` every 0.5 s until ``stop``: a process that exits before
+    the end (the stage's actor) keeps its last count."""
+    while True:
+        latest.update(snapshot())
+        if stop.wait(0.5):
+            return
+
+
+def role(pid: int, cmd: str) -> str | None:
+    """This driver, the encode actor, Ray's own processes (its daemons and workers), or
+    neither (the rest of the machine, left out)."""
+    if pid == os.getpid():
+        return "driver"
+    if ACTOR in cmd:
+        return "actor"
+    return "ray" if cmd.startswith("ray::") or "/ray/" in cmd else None
+
+
 def by_role(before: dict, after: dict) -> dict[str, float]:
-    """CPU seconds between two snapshots: this driver, the encode actor, Ray's own processes
-    (the rest of the machine left out)."""
+    """CPU seconds each role used between two snapshots."""
     roles = {"driver": 0.0, "actor": 0.0, "ray": 0.0}
-    for pid, (cmd, t) in after.items():
-        used = t - before.get(pid, (cmd, 0.0))[1]
-        role = ("driver" if pid == os.getpid() else "actor" if ACTOR in cmd
-                else "ray" if "ray" in cmd else None)
-        if role:
-            roles[role] += used
+    for pid, (cmd, t, _) in after.items():
+        if who := role(pid, cmd):
+            roles[who] += t - before.get(pid, (cmd, 0.0, 0))[1]
     return roles
-
-
-def watch_actor_niceness(seen: list, stop: threading.Event) -> None:
-    import psutil
-
-    while not stop.wait(0.5):
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if ACTOR in " ".join(p.info["cmdline"] or []):
-                    seen.append(p.nice())
-            except psutil.Error:
-                continue
 
 
 def one_run(data: Path) -> dict:
@@ -94,19 +98,21 @@ def one_run(data: Path) -> dict:
     precision = training_precision(config.train.precision, "cpu")
     init_ray(num_cpus=os.cpu_count())
     local = in_process(config, tokenizer, None, precision, data=data)
-    seen, stop = [], threading.Event()
-    watcher = threading.Thread(target=watch_actor_niceness, args=(seen, stop), daemon=True)
-    before = cpu_seconds()
-    watcher.start()
+    before, stop = snapshot(), threading.Event()
+    latest = dict(before)
+    sampler = threading.Thread(target=sample, args=(latest, stop), daemon=True)
+    sampler.start()
     staged, info = ray_stage(config, tokenizer, None, cpus, precision, data=data)
     stop.set()
-    cpu = by_role(before, cpu_seconds())
+    sampler.join()
+    latest.update(snapshot())
     return {"in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
             "ratio": staged / local,
             "in_calls_ratio": float(info["in_calls_rows_per_s"]) / local,
             "rows": info["rows"], "wall_s": info["wall_s"],
             "start_up_s": float(info["start_up_s"]), "in_calls_s": float(info["in_calls_s"]),
-            "actor_niceness": sorted(set(seen)), "stage_cpu_s": cpu}
+            "actor_niceness": sorted({nice for cmd, _, nice in latest.values() if ACTOR in cmd}),
+            "stage_cpu_s": by_role(before, latest)}
 
 
 def child(setting: str, data: Path) -> dict:
