@@ -13,7 +13,7 @@ layers in this process, torch on every core) and ``ray_stage`` (``ray_jobs.froze
 Data actor stage with the CPUs a training run reserves, writing the store, its actor keeping
 its own clock), back to back as pairs, ``--repeats`` pairs.
 
-    python -m bench.encode_scale [--repeats 3]
+    python -m bench.encode_scale [--repeats 5] [--copies 2]
 
 Target: the Ray stage at >= 80 % of the in-process rate. Writes bench/results/encode_scale.json.
 """
@@ -65,6 +65,60 @@ def one_split(sources: list[Path], out: Path, copies: int = 1) -> tuple[int, int
     return table.num_rows, once.num_rows, read
 
 
+def cpu_series(series: list, stop) -> None:
+    """Every 0.5 s until ``stop``: (time, CPU seconds used so far by each of
+    ``bench.worker_niceness``'s roles: this process (the driver), the encode actor, Ray's own
+    processes). A process keeps its last count after it exits (the stage's actor does)."""
+    import time
+
+    from bench.worker_niceness import role, snapshot
+
+    latest: dict = {}
+    while True:
+        now = time.time()
+        latest.update(snapshot())
+        totals = {"driver": 0.0, "actor": 0.0, "ray": 0.0}
+        for pid, (cmd, seconds, _) in latest.items():
+            if who := role(pid, cmd):
+                totals[who] += seconds
+        series.append((now, totals))
+        if stop.wait(0.5):
+            return
+
+
+def cores_between(series: list, start: float, end: float) -> dict[str, float]:
+    """The cores each role kept busy from ``start`` to ``end`` (CPU seconds over wall
+    seconds, between the samples nearest them)."""
+    first = min(series, key=lambda s: abs(s[0] - start))
+    last = min(series, key=lambda s: abs(s[0] - end))
+    wall = max(last[0] - first[0], 1e-9)
+    return {who: (last[1][who] - first[1][who]) / wall for who in first[1]}
+
+
+def cores_used(arm, *args, **kwargs) -> tuple:
+    """(``arm(*args, **kwargs)``, the cores each role kept busy while it ran, and for the Ray
+    stage also over the actor's calls only: start-up and tail left out)."""
+    import threading
+    import time
+
+    series, stop = [], threading.Event()
+    sampler = threading.Thread(target=cpu_series, args=(series, stop), daemon=True)
+    sampler.start()
+    time.sleep(0.6)  # a first sample before the arm starts
+    t0 = time.time()
+    out = arm(*args, **kwargs)
+    t_end = time.time()
+    time.sleep(0.6)
+    stop.set()
+    sampler.join()
+    cores = {"whole": cores_between(series, t0, t_end)}
+    if isinstance(out, tuple):  # the Ray stage: (rate, its parts by the actor's clock)
+        info = out[1]
+        cores["calls"] = cores_between(series, t_end - info["wall_s"] + info["start_up_s"],
+                                       t_end - info["after_last_call_s"])
+    return out, cores
+
+
 def project(pairs: list[dict], rows: int, target_rows: int) -> dict:
     """The ratio on ``target_rows`` rows from the measured parts (medians over the pairs): the
     fixed start-up once, then the stage's rate in its calls and the in-process rate, each as
@@ -81,7 +135,7 @@ def project(pairs: list[dict], rows: int, target_rows: int) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="alternated pairs")
+    p.add_argument("--repeats", type=int, default=5, help="alternated pairs")
     p.add_argument("--sample", type=Path, default=SAMPLE, help="../shared's ROCO sample (read "
                    "when present)")
     p.add_argument("--copies", type=int, default=2, help="times each figure is in the split")
@@ -102,10 +156,12 @@ def main(argv=None) -> dict:
         data = Path(tmp) / "one-split"
         rows, unique, read = one_split(sources, data, args.copies)
         for _ in range(args.repeats):  # back to back: a slow spell of the machine hits both
-            local = in_process(config, tokenizer, None, precision, data=data)
-            staged, info = ray_stage(config, tokenizer, None, cpus, precision, data=data)
+            (local, local_cores), ((staged, info), stage_cores) = (
+                cores_used(in_process, config, tokenizer, None, precision, data=data),
+                cores_used(ray_stage, config, tokenizer, None, cpus, precision, data=data))
             pairs.append({"in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
-                          "ratio": staged / local, "ray_stage": info})
+                          "ratio": staged / local, "ray_stage": info,
+                          "cores": {"in_process": local_cores, "ray_stage": stage_cores}})
             print(f"{rows} rows: in process {local:.1f} rows/s, Ray stage {staged:.1f} rows/s "
                   f"({staged / local:.2f}x)", flush=True)
     result = {"bench": "encode_scale", "data": [str(s) for s in sources], "files": read,
@@ -115,6 +171,13 @@ def main(argv=None) -> dict:
               "projection": project(pairs, rows, ROCOV2_TRAIN)}
     write_result(result)
     return result
+
+
+def med_cores(arm: dict, who: str) -> float:
+    """The median over the pairs of the cores a role kept busy: the in-process arm's own
+    process (``who`` "in_process") or one role during the Ray stage."""
+    return statistics.median(p["cores"]["in_process"]["whole"]["driver"] if who == "in_process"
+                             else p["cores"]["ray_stage"]["calls"][who] for p in arm["pairs"])
 
 
 def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
@@ -135,6 +198,13 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
          f"{stage['in_calls_rows_per_s'] / a['in_process_rows_per_s']:.2f}x the in-process "
          f"rate (median of {len(a['pairs'])} alternated pairs [range])", f">= {target:.1f}x",
          "met" if a["ratio"] >= target else "missed"),
+        ("where the machine's 2 cores went (cores kept busy: CPU seconds over wall seconds, "
+         "medians; the driver's and Ray's own are CPU the actor's reservation does not hold)",
+         f"in one process {med_cores(a, 'in_process'):.2f}; during the Ray stage's calls (its "
+         f"start-up left out) the actor "
+         f"{med_cores(a, 'actor'):.2f}, the driver {med_cores(a, 'driver'):.2f} (Ray Data's "
+         f"executor, receiving the blocks, writing the store), Ray's own processes "
+         f"{med_cores(a, 'ray'):.2f}", "no target", "what the ratio above is made of"),
         (f"the same stage on ROCOv2's training split ({proj['rows']:,} figures): a PROJECTION "
          "from the parts above, not a measurement",
          f"{proj['ratio']:.2f}x: {proj['fixed_s']:.1f} s fixed (start-up and tail), then "
