@@ -143,6 +143,7 @@ def main(argv=None) -> dict:
     from core.config import load_config
     from core.data.tokenizer import resolve_tokenizer
     from core.precision import training_precision
+    from core.provenance import portable_path
     from ray_jobs.runtime import init_ray
 
     config = load_config("roco_cpu")
@@ -164,12 +165,13 @@ def main(argv=None) -> dict:
                           "cores": {"in_process": local_cores, "ray_stage": stage_cores}})
             print(f"{rows} rows: in process {local:.1f} rows/s, Ray stage {staged:.1f} rows/s "
                   f"({staged / local:.2f}x)", flush=True)
-    result = {"bench": "encode_scale", "data": [str(s) for s in sources], "files": read,
+    result = {"bench": "encode_scale", "data": [portable_path(s) for s in sources],
+              "files": [portable_path(f) for f in read],
               "rows": rows, "unique_figures": unique,
               "copies": args.copies, "repeats": args.repeats, "precision": precision,
               "ray_stage_cpus": cpus, "target_ratio": 0.8, "arm": arm_pairs(pairs),
               "projection": project(pairs, rows, ROCOV2_TRAIN)}
-    write_result(result)
+    write_result(result, data=[str(s) for s in sources])
     return result
 
 
