@@ -65,44 +65,44 @@ def one_split(sources: list[Path], out: Path, copies: int = 1) -> tuple[int, int
     return table.num_rows, once.num_rows, read
 
 
-def cpu_series(series: list, stop) -> None:
-    """Every 0.5 s until ``stop``: (time, CPU seconds used so far by each of
-    ``bench.worker_niceness``'s roles: this process (the driver), the encode actor, Ray's own
-    processes). A process keeps its last count after it exits (the stage's actor does)."""
+def snapshots(series: list, stop) -> None:
+    """Every 0.5 s until ``stop``: (time, every process's CPU seconds so far, by pid:
+    ``bench.worker_niceness.snapshot``). A process keeps its last count after it exits (the
+    stage's actor does)."""
     import time
 
-    from bench.worker_niceness import role, snapshot
+    from bench.worker_niceness import snapshot
 
     latest: dict = {}
     while True:
         now = time.time()
         latest.update(snapshot())
-        totals = {"driver": 0.0, "actor": 0.0, "ray": 0.0}
-        for pid, (cmd, seconds, _) in latest.items():
-            if who := role(pid, cmd):
-                totals[who] += seconds
-        series.append((now, totals))
+        series.append((now, dict(latest)))
         if stop.wait(0.5):
             return
 
 
 def cores_between(series: list, start: float, end: float) -> dict[str, float]:
-    """The cores each role kept busy from ``start`` to ``end`` (CPU seconds over wall
-    seconds, between the samples nearest them)."""
+    """The cores each of ``bench.worker_niceness``'s roles (this process, the encode actor,
+    Ray's own processes) kept busy from ``start`` to ``end``: its CPU seconds
+    (``by_role``) over the wall seconds between the samples nearest them."""
+    from bench.worker_niceness import by_role
+
     first = min(series, key=lambda s: abs(s[0] - start))
     last = min(series, key=lambda s: abs(s[0] - end))
     wall = max(last[0] - first[0], 1e-9)
-    return {who: (last[1][who] - first[1][who]) / wall for who in first[1]}
+    return {who: seconds / wall for who, seconds in by_role(first[1], last[1]).items()}
 
 
-def cores_used(arm, *args, **kwargs) -> tuple:
-    """(``arm(*args, **kwargs)``, the cores each role kept busy while it ran, and for the Ray
-    stage also over the actor's calls only: start-up and tail left out)."""
+def cores_used(arm, *args, stage: bool = False, **kwargs) -> tuple:
+    """(``arm(*args, **kwargs)``, the cores each role kept busy while it ran; for the Ray
+    stage (``stage``: its result is (rate, its parts by the actor's clock)) also over the
+    actor's calls only, start-up and tail left out)."""
     import threading
     import time
 
     series, stop = [], threading.Event()
-    sampler = threading.Thread(target=cpu_series, args=(series, stop), daemon=True)
+    sampler = threading.Thread(target=snapshots, args=(series, stop), daemon=True)
     sampler.start()
     time.sleep(0.6)  # a first sample before the arm starts
     t0 = time.time()
@@ -112,21 +112,21 @@ def cores_used(arm, *args, **kwargs) -> tuple:
     stop.set()
     sampler.join()
     cores = {"whole": cores_between(series, t0, t_end)}
-    if isinstance(out, tuple):  # the Ray stage: (rate, its parts by the actor's clock)
+    if stage:
         info = out[1]
         cores["calls"] = cores_between(series, t_end - info["wall_s"] + info["start_up_s"],
                                        t_end - info["after_last_call_s"])
     return out, cores
 
 
-def project(pairs: list[dict], rows: int, target_rows: int) -> dict:
+def project(pairs: list[dict], target_rows: int) -> dict:
     """The ratio on ``target_rows`` rows from the measured parts (medians over the pairs): the
     fixed start-up once, then the stage's rate in its calls and the in-process rate, each as
     measured here. A projection, not a measurement."""
     med = lambda f: statistics.median(f(p) for p in pairs)  # noqa: E731
     local = med(lambda p: p["in_process_rows_per_s"])
     calls = med(lambda p: p["ray_stage"]["in_calls_rows_per_s"])
-    fixed = med(lambda p: p["ray_stage"]["wall_s"] - rows / p["ray_stage"]["in_calls_rows_per_s"])
+    fixed = med(lambda p: p["ray_stage"]["wall_s"] - p["ray_stage"]["in_calls_s"])  # 1 actor
     return {"rows": target_rows, "fixed_s": fixed, "calls_rows_per_s": calls,
             "in_process_rows_per_s": local,
             "ratio": (target_rows / local) / (fixed + target_rows / calls),
@@ -159,7 +159,8 @@ def main(argv=None) -> dict:
         for _ in range(args.repeats):  # back to back: a slow spell of the machine hits both
             (local, local_cores), ((staged, info), stage_cores) = (
                 cores_used(in_process, config, tokenizer, None, precision, data=data),
-                cores_used(ray_stage, config, tokenizer, None, cpus, precision, data=data))
+                cores_used(ray_stage, config, tokenizer, None, cpus, precision, data=data,
+                           stage=True))
             pairs.append({"in_process_rows_per_s": local, "ray_stage_rows_per_s": staged,
                           "ratio": staged / local, "ray_stage": info,
                           "cores": {"in_process": local_cores, "ray_stage": stage_cores}})
@@ -170,7 +171,7 @@ def main(argv=None) -> dict:
               "rows": rows, "unique_figures": unique,
               "copies": args.copies, "repeats": args.repeats, "precision": precision,
               "ray_stage_cpus": cpus, "target_ratio": 0.8, "arm": arm_pairs(pairs),
-              "projection": project(pairs, rows, ROCOV2_TRAIN)}
+              "projection": project(pairs, ROCOV2_TRAIN)}
     write_result(result, data=[str(s) for s in sources])
     return result
 

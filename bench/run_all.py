@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 BENCHES = ["synthetic_generation", "pairwise_scoring", "roofline", "input_pipeline",
-           "encode_rate", "encode_scale", "actor_startup", "worker_niceness", "fusion_step", "ray_overhead",
-           "scaling", "rerank", "equal_budget", "mcr_efficiency", "serve_latency", "multinode",
-           "cost_model"]
+           "encode_rate", "encode_scale", "actor_startup", "worker_niceness", "fusion_step",
+           "ray_overhead", "scaling", "rerank", "equal_budget", "mcr_efficiency",
+           "serve_latency", "multinode", "cost_model"]
 # Not run by default: gpu (a GPU machine), roco_variants / fusion_variants (../shared's ROCO
 # sample, about an hour each), cpu_bf16 and explain_precision (a trained ROCO-sample demo
 # run), demo_run
