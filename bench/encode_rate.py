@@ -4,9 +4,11 @@ real figures (the embedded datasets/roco-ccby training split), decode and prepro
 included in both, both in the precision roco_cpu's training runs in (bf16 on CPUs with
 native bf16: ``core.precision``).
 
-  in process   one process, torch on all the machine's cores: read, preprocess, run the
-               frozen layers (``core.training.frozen_features.encode_frozen``), 64 rows a
-               batch; Ray is up and idle beside it, as in a user's job
+  in process   one process on all the machine's cores: read, preprocess, run the frozen
+               layers (``core.training.frozen_features.encode_frozen``), 64 rows a batch,
+               one batch per core at once, each on one torch thread, as the Ray stage runs
+               its calls (``ray_jobs.frozen.stage_streams``); Ray is up and idle beside it,
+               as in a user's job
   Ray stage    ``ray_jobs.frozen.ensure_store``: the Ray Data actor stage that every job uses
                (the CPUs a training run reserves), writing the store; its wall time includes
                starting the actor and loading the model, a fixed cost, so the rate is
@@ -20,6 +22,8 @@ native bf16: ``core.precision``).
                splits in one process
   unfolded     in process, the frozen image stages run as they are, without their
                BatchNorms folded into the convolutions (``core.models.bn_folding``), 640 rows
+  one batch    in process, one batch at a time, its ops on torch threads over all the cores
+               (how the stage ran before its calls ran side by side), 640 rows
 
 Each arm is measured as ``--repeats`` pairs, the in-process run and the Ray stage back to
 back, the arms taking turns: this machine's speed drifts by tens of percent within minutes,
@@ -58,20 +62,41 @@ def build(config):
 
 
 def in_process(config, tokenizer, rows: int | None, precision: str, fold: bool = True,
-               splits=("train",), data: Path = DATA) -> float:
+               splits=("train",), data: Path = DATA, streams: int | None = None) -> float:
+    """Rows/s of read + preprocess + the frozen layers in this process, 64 rows a batch,
+    ``streams`` batches at once in threads (default: as the Ray stage runs on this machine's
+    cores, ``ray_jobs.frozen.stage_streams``), the cores shared among them as torch threads;
+    ``streams=1``: one batch at a time, its ops on all the cores."""
+    import copy
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
     from unittest import mock
 
-    from bench._frozen_inputs import encode_split
+    from core.data.preprocess import build_preprocessor
+    from core.data.rocov2 import read_split
+    from core.training.frozen_features import encode_frozen
+    from ray_jobs.frozen import stage_streams
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    streams, threads = stage_streams(cores) if streams is None else (streams, cores // streams)
+    torch.set_num_threads(max(1, threads))
     model = build(config)
     if not fold:  # the stages as they are: what folding is measured against
         with mock.patch("core.models.encoders.fold_batchnorm", lambda *a: None):
             model.image_encoder.frozen_prefix(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    pre, local = build_preprocessor(config.model, tokenizer), threading.local()
+
+    def encode(table) -> int:  # each thread its own preprocessor, as the stage's calls
+        if not hasattr(local, "pre"):
+            local.pre = copy.deepcopy(pre)
+        with torch.no_grad():
+            return len(encode_frozen(model, local.pre(table), precision=precision)["skip"])
+
     t0 = time.perf_counter()
-    n = sum(len(out["skip"]) for split in splits
-            for out in encode_split(model, str(data), split, tokenizer, None, precision,
-                                    max_rows=rows))
+    tables = [read_split(str(data), split, max_rows=rows) for split in splits]
+    with ThreadPoolExecutor(streams) as pool:
+        n = sum(pool.map(encode, (t.slice(start, 64) for t in tables
+                                  for start in range(0, t.num_rows, 64))))
     return n / (time.perf_counter() - t0)
 
 
@@ -143,6 +168,7 @@ def main(argv=None) -> dict:
     from core.config import load_config
     from core.data.tokenizer import resolve_tokenizer
     from core.precision import training_precision
+    from ray_jobs.frozen import stage_streams
     from ray_jobs.runtime import init_ray
 
     config = load_config("roco_cpu")
@@ -150,7 +176,7 @@ def main(argv=None) -> dict:
     cpus = config.train.num_workers * config.train.cpus_per_worker  # what training reserves
     precision = training_precision(config.train.precision, "cpu")  # as roco_cpu's training runs
     init_ray(num_cpus=os.cpu_count())  # idle beside the in-process arms, as in a user's job
-    pairs, folding = {name: [] for name in ARMS}, []
+    pairs, folding, streams = {name: [] for name in ARMS}, [], []
     for _ in range(args.repeats):  # each pair back to back: a slow spell of the machine hits both
         for name, (rows, splits, actors) in ARMS.items():
             rows = args.rows if rows == "rows" else None
@@ -165,16 +191,21 @@ def main(argv=None) -> dict:
         unfolded = in_process(config, tokenizer, args.rows, precision, fold=False, data=data)
         folding.append({"folded_rows_per_s": folded, "unfolded_rows_per_s": unfolded,
                         "speedup": folded / unfolded})
+        one_batch = in_process(config, tokenizer, args.rows, precision, data=data, streams=1)
+        streams.append({"side_by_side_rows_per_s": folded, "one_batch_rows_per_s": one_batch,
+                        "speedup": folded / one_batch})
     result = {"bench": "encode_rate", "data": str(data), "rows": args.rows,
               "repeats": args.repeats, "precision": precision, "ray_stage_cpus": cpus,
-              "threads_in_process": torch.get_num_threads(), "target_ratio": 0.8,
+              "streams_in_process": stage_streams(os.cpu_count() or 1), "target_ratio": 0.8,
               "arms": {name: arm_pairs(got) for name, got in pairs.items()},
               "folding": {"pairs": folding,
                           "speedup": statistics.median(f["speedup"] for f in folding),
                           "folded_rows_per_s": statistics.median(
                               f["folded_rows_per_s"] for f in folding),
                           "unfolded_rows_per_s": statistics.median(
-                              f["unfolded_rows_per_s"] for f in folding)}}
+                              f["unfolded_rows_per_s"] for f in folding)},
+              "streams": {"pairs": streams, **{key: statistics.median(f[key] for f in streams)
+                                               for key in streams[0]}}}
     write_result(result, out=args.out)
     return result
 
@@ -213,6 +244,14 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
                  f"{f['unfolded_rows_per_s']:.1f} rows/s: {f['speedup']:.2f}x ({r['rows']} real "
                  f"figures, median of {len(f['pairs'])})", "> 1x",
                  "met" if f["speedup"] > 1 else "missed"))
+    if "streams" in r:  # measured since the stage's calls run side by side
+        f, (calls, threads) = r["streams"], r["streams_in_process"]
+        rows.append((f"the same encode in one process{on}, {calls} batches at once x {threads} "
+                     f"torch thread(s) (as the stage's calls) vs one batch at a time on "
+                     f"{calls * threads} threads", f"{f['side_by_side_rows_per_s']:.1f} vs "
+                     f"{f['one_batch_rows_per_s']:.1f} rows/s: {f['speedup']:.2f}x ({r['rows']} "
+                     f"real figures, median of {len(f['pairs'])})", "> 1x",
+                     "met" if f["speedup"] > 1 else "missed"))
     return rows
 
 

@@ -8,17 +8,21 @@ Training workers hold the stored splits in memory (``core.frozen_store.StoredSpl
 scoring jobs run each model's trainable rest over them (``ray_jobs.gallery``).
 
 The encode stage is one actor stage (read row groups + preprocess + run the frozen layers):
-no read tasks compete with the actors for CPUs, and each actor runs torch on as many
-threads as the CPUs it reserves (Ray would give it one). Starting an actor (a worker
-process, torch and the model) costs seconds, so the splits a job needs (training's train and
+no read tasks compete with the actors for CPUs. On CPUs each actor runs as many calls at once
+as the CPUs it reserves, each call on one torch thread (``stage_streams``): whole batches side
+by side, instead of one batch's ops split over threads that wait for each other at every op
+(``bench.encode_rate`` measures the two in one process). Starting an actor (a worker process,
+torch and the model) costs seconds, so the splits a job needs (training's train and
 validation) are encoded by one stage, one start-up for all of them.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
+import threading
 import time
 import warnings
 from typing import Callable
@@ -42,18 +46,22 @@ STORE_BLOCK = 128  # rows per stored block (about 22 MB at 224 px with a 7x7x128
 class FrozenStageEncoder:
     """Ray Data actor: read row groups, preprocess, run the model's frozen layers. A unit is
     (part, path, row group): ``part`` indexes the splits encoded by this stage (their
-    filesystems and columns) and comes back with each output row."""
+    filesystems and columns) and comes back with each output row. Calls may run at once, in
+    threads (``stage_streams``): each thread preprocesses with its own copy of the
+    preprocessor (a fast tokenizer must not be shared between threads); the model is only read."""
 
     def __init__(self, build_model: Callable[[], torch.nn.Module], preprocessor,
                  filesystems: list, columns: list[list[str]], threads: int,
                  device: str = "cpu", precision: str = "fp32"):
-        torch.set_num_threads(threads)  # the CPUs this actor reserved, not Ray's one thread
+        torch.set_num_threads(threads)  # each call's torch threads, not Ray's one thread
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.model = build_model().to(self.device).eval()
         self.preprocessor, self.filesystems, self.columns = preprocessor, filesystems, columns
-        self.precision = precision
+        self.precision, self.local = precision, threading.local()
 
     def __call__(self, units: dict) -> dict:
+        if not hasattr(self.local, "preprocessor"):
+            self.local.preprocessor = copy.deepcopy(self.preprocessor)
         parts = []
         for part, path, group in zip(units["part"], units["path"], units["row_group"]):
             part = int(part)
@@ -61,7 +69,7 @@ class FrozenStageEncoder:
                                    self.columns[part])
             cui = table.column("cui").to_pylist() if "cui" in table.column_names else None
             for start in range(0, table.num_rows, 64):
-                rows = self.preprocessor(table.slice(start, 64))
+                rows = self.local.preprocessor(table.slice(start, 64))
                 out = encode_frozen(self.model, rows, device=self.device, precision=self.precision)
                 n = len(rows["skip"])
                 out["cui"] = np.empty(n, dtype=object)
@@ -135,7 +143,7 @@ def _encode(cache, splits: list[SplitFiles], keys: list[dict], max_rows, build_m
     rows = rows if max_rows is None else [min(r, max_rows) for r in rows]
     actors = max(1, min(actors, len(units)))
     cpus_per_actor = cpus / actors
-    threads = max(1, math.ceil(cpus_per_actor - 1e-9))
+    streams, threads = stage_streams(cpus_per_actor, gpus_per_actor)
     ds = ray.data.from_items([{"part": q, "path": p, "row_group": g} for q, p, g, _ in units],
                              override_num_blocks=len(units))
     with warnings.catch_warnings():
@@ -149,7 +157,9 @@ def _encode(cache, splits: list[SplitFiles], keys: list[dict], max_rows, build_m
                                  [columns_to_read(f) for f in splits], threads,
                                  "cuda" if gpus_per_actor else "cpu", precision),
             batch_size=1, batch_format="numpy", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
-            compute=ray.data.ActorPoolStrategy(size=actors), max_restarts=0)
+            compute=ray.data.ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=streams,
+                                               enable_true_multi_threading=streams > 1),
+            max_restarts=0)
     ds.context.execution_options.preserve_order = True  # the stores keep the splits' order
     names = [f.split for f in splits]
     written = _write(stores, ds, names, rows)
@@ -159,13 +169,22 @@ def _encode(cache, splits: list[SplitFiles], keys: list[dict], max_rows, build_m
         meta = dict(store.finish(blocks, n, skipped, seconds, stage), reused=False,
                     limit=max_rows)
         log.info("%s split: frozen encoders ran once over %d rows (%s: %d rows in %.0f s, "
-                 "%.1f rows/s, %d actor(s) x %d thread(s), %s); skipped %s", files.split, n,
+                 "%.1f rows/s, %d actor(s) x %d call(s) at once x %d thread(s), %s); skipped %s",
+                 files.split, n,
                  "one stage for the " + " + ".join(names) + " splits" if len(names) > 1
                  else "its stage", sum(w[1] for w in written), stage["seconds"],
-                 sum(w[1] for w in written) / max(stage["seconds"], 1e-9), actors, threads,
-                 precision, skipped or "none")
+                 sum(w[1] for w in written) / max(stage["seconds"], 1e-9), actors, streams,
+                 threads, precision, skipped or "none")
         out.append((store, meta))
     return out
+
+
+def stage_streams(cpus_per_actor: float, gpus_per_actor: float = 0.0) -> tuple[int, int]:
+    """(calls at once, torch threads per call) for an encode actor reserving these CPUs: on
+    CPUs one single-threaded call per reserved core; on a GPU one call, its preprocessing on
+    all the reserved cores."""
+    cores = max(1, math.ceil(cpus_per_actor - 1e-9))
+    return (1, cores) if gpus_per_actor else (cores, 1)
 
 
 def _write(stores: list[FrozenStore], ds, names: list[str],

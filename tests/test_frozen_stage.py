@@ -1,17 +1,21 @@
 """The frozen towers' encode stage (``ray_jobs.frozen``) on real figures: the splits a job
 needs are encoded by ONE Ray Data stage (one actor start-up), and each split's store holds
 exactly what encoding it alone would: the same rows in the same order, in blocks of
-``STORE_BLOCK``, even where a block of the stage's output mixes two splits; a row limit keeps
-each split's first rows; a second call reuses every store."""
+``STORE_BLOCK``, even where a block of the stage's output mixes two splits; the actor runs its
+calls side by side (one per reserved core) and every row still holds what encoding it in this
+process gives, in the split's order; a row limit keeps each split's first rows; a second call
+reuses every store."""
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 pytestmark = [pytest.mark.ray]
 
@@ -32,7 +36,8 @@ def test_one_stage_encodes_both_splits_as_encoding_each_alone_would(ray_session,
     from core.data.rocov2 import resolve_split
     from core.data.tokenizer import resolve_tokenizer
     from core.models import build_model
-    from ray_jobs.frozen import STORE_BLOCK, ensure_store, ensure_stores
+    from core.training.frozen_features import encode_frozen
+    from ray_jobs.frozen import STORE_BLOCK, ensure_store, ensure_stores, stage_streams
 
     data = tmp_path / "roco"
     data.mkdir()
@@ -62,6 +67,19 @@ def test_one_stage_encodes_both_splits_as_encoding_each_alone_would(ray_session,
         for k in ("image_prefix", "input_ids", "attention_mask", "group", "skip"):
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     assert both[0][1]["encode_s"] > 0 and both[1][1]["encode_s"] > 0
+
+    # two calls at once on 1.5 CPUs (stage_streams), yet each row is its own, in order
+    assert stage_streams(1.5) == (2, 1)
+    table = pq.read_table(data / "train-00000-of-00001.parquet")
+    got = stored(both[0][0])
+    assert list(got["image_id"]) == table.column("image_id").to_pylist()
+    # a copy: tokenizing sets the tokenizer's padding state, which the store's key hashes
+    pre = build_preprocessor(config.model, copy.deepcopy(tokenizer))
+    with torch.no_grad():
+        here = np.concatenate([encode_frozen(model, pre(table.slice(s, 32)))["image_prefix"]
+                               for s in range(0, table.num_rows, 32)])
+    np.testing.assert_allclose(got["image_prefix"].astype(np.float32),
+                               here.astype(np.float32), rtol=1e-2, atol=1e-2)
 
     # each split's first 40 rows (the limit cuts a row group); then every store reused
     limited = ensure_stores(str(tmp_path / "limited"), model, config.model, tokenizer, splits,
