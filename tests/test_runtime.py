@@ -36,6 +36,35 @@ def test_init_ray_never_joins_a_recorded_cluster_silently(monkeypatch, given, en
     assert seen["address"] == expected
     # resources are only ours to set on an instance we start
     assert ("num_cpus" in seen) == (expected == "local")
+    assert ("_system_config" in seen) == (expected == "local")
+
+
+@pytest.mark.ray
+def test_a_local_instance_keeps_its_data_workers_warm_between_passes():
+    """Ray Data's 0.25-CPU tasks run 4 workers per CPU. Between two passes (an epoch's
+    validation) the pool must stay: Ray's default kills idle workers above one per CPU after a
+    second, and the next pass paid a fresh worker's torch import per task slot."""
+    import os
+    import time
+
+    import ray
+
+    from ray_jobs.runtime import init_ray
+
+    init_ray(num_cpus=2, progress_bars=False)
+    try:
+        @ray.remote(num_cpus=0.25)
+        def pid():
+            time.sleep(1.0)  # long enough that the 8 run at once, on 8 workers
+            return os.getpid()
+
+        first = set(ray.get([pid.remote() for _ in range(8)]))
+        time.sleep(4)  # Ray's idle-worker killing acts after 1 s idle
+        second = set(ray.get([pid.remote() for _ in range(8)]))
+    finally:
+        ray.shutdown()
+    assert len(first) > 2, f"the 0.25-CPU tasks ran on only {len(first)} workers"
+    assert second <= first, f"{len(second - first)} worker(s) started again for the second pass"
 
 
 def test_a_local_storage_path_on_a_multi_machine_cluster_is_named():
