@@ -25,6 +25,7 @@ written atomically.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -70,10 +71,21 @@ def frozen_identity(model) -> dict | None:
                      "weights": _digest_modules(text.frozen) if text.frozen else None}}
 
 
+# A fast tokenizer's serialisation also holds the truncation and padding of its LAST call,
+# which is call state, not definition: keyed on it, the same tokenizer had one key before its
+# first call and another after (the length that matters is the key's own max_length).
+CALL_STATE = ("truncation", "padding")
+
+
 def tokenizer_identity(tokenizer) -> str:
-    """A digest of the tokenizer's whole definition (vocabulary, normaliser, template)."""
+    """A digest of the tokenizer's definition (vocabulary, normaliser, template), the same
+    before and after it is called."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in CALL_STATE}
+        text = json.dumps(definition, sort_keys=True)
+    else:
+        text = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

@@ -4,6 +4,7 @@ back by the training workers as equal shards."""
 
 from __future__ import annotations
 
+import copy
 import numpy as np
 import torch
 
@@ -57,6 +58,19 @@ def test_the_key_is_the_frozen_weights_and_the_preprocessing():
     unfrozen, ucfg = frozen_tiny("two_tower")
     ucfg.model.image.freeze_stages = ucfg.model.text.freeze_layers = 0
     assert frozen_identity(build_model(ucfg.model)) is None  # nothing frozen: no store
+
+
+def test_a_fast_tokenizer_keys_the_same_before_and_after_its_first_call(tiny_tokenizer):
+    """Its serialisation carries the last call's truncation and padding: the key must not, or
+    the store written before a call is missed after it (the towers encode again)."""
+    from core.frozen_store import tokenizer_identity
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    before = tokenizer_identity(tok)
+    tok(["left lower lobe opacity"], padding="max_length", truncation=True, max_length=16)
+    assert tokenizer_identity(tok) == before
+    tok.add_tokens(["pneumothorax"])  # the definition changed: another key
+    assert tokenizer_identity(tok) != before
 
 
 def test_workers_read_equal_disjoint_shards_and_validation_reads_every_row(tmp_path):
