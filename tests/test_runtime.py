@@ -61,6 +61,8 @@ def test_a_local_instance_keeps_its_data_workers_warm_between_passes():
         first = set(ray.get([pid.remote() for _ in range(8)]))
         time.sleep(4)  # Ray's idle-worker killing acts after 1 s idle
         second = set(ray.get([pid.remote() for _ in range(8)]))
+        from ray._private import worker  # the raylet's messages pass rocoray's filter
+        assert getattr(worker.print_to_stdstream, "rocoray", False)
     finally:
         ray.shutdown()
     assert len(first) > 2, f"the 0.25-CPU tasks ran on only {len(first)} workers"
@@ -78,3 +80,17 @@ def test_a_local_storage_path_on_a_multi_machine_cluster_is_named():
     warning = storage_reach("runs", two)
     assert "runs is a local path" in warning and "2 machines" in warning and "\n" not in warning
     assert "file:///data/runs is a local path" in storage_reach("file:///data/runs", two)
+
+
+def test_the_raylet_warning_about_the_kept_pool_becomes_one_plain_line(caplog):
+    from ray_jobs.ray_logs import explain_pool_warning
+
+    warning = ("WARNING: 10 PYTHON worker processes have been started on node: 81b5 with address: "
+               "192.0.2.2, which is 5x the maximum expected startup concurrency (2). This could "
+               "be a result of using a large number of actors")
+    with caplog.at_level("INFO", logger="rocoray"):
+        assert explain_pool_warning({"lines": [warning], "pid": "raylet"}) is None
+    assert "worker pool on this node holds 10 processes" in caplog.text
+    other = "Raylet is terminated. Termination is unexpected."  # every other message is kept
+    kept = explain_pool_warning({"lines": [warning, other], "pid": "raylet"})
+    assert kept == {"lines": [other], "pid": "raylet"}
