@@ -1,7 +1,6 @@
 """What Ray prints, made readable in a job's log: its own lines that say nothing about the
 user's run dropped (``RAY_NOISE``), colour codes stripped when the output is not a terminal,
-worker output filtered the same way, the raylet's worker-pool warning said plainly, Ray Data's
-progress bars off in logs."""
+worker output filtered the same way, Ray Data's progress bars off in logs."""
 
 from __future__ import annotations
 
@@ -29,10 +28,6 @@ RAY_NOISE = re.compile("|".join([
     r"Failed to kill actor \w+, return status: Invalid: KillActor RPC failed",
 ]))
 CONSTRUCTOR_NOTE = re.compile(r"constructor arguments in the object store")
-# The raylet's warning once a node's worker pool passes 4x its start-up concurrency (2 here),
-# "a large number of actors, or tasks blocked in ray.get()": here it is the warm pool init_ray
-# keeps on purpose for Ray Data's fractional-CPU tasks, so it is said in one plain line.
-POOL_WARNING = re.compile(r"WARNING: (\d+) PYTHON worker processes have been started on node")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -65,37 +60,6 @@ class _StripAnsi:
         self.stream.flush()
 
 
-def explain_pool_warning(data: dict) -> dict | None:
-    """A raylet error message (``data["lines"]``) with Ray's worker-pool-size warning replaced
-    by one log line; None when nothing else is left to print."""
-    lines = []
-    for line in data.get("lines", []):
-        found = POOL_WARNING.search(line)
-        if found:
-            log.info("Ray's worker pool on this node holds %s processes: the warm workers kept "
-                     "for Ray Data's fractional-CPU tasks (Ray's warning about it not shown)",
-                     found[1])
-        else:
-            lines.append(line)
-    return {**data, "lines": lines} if lines else None
-
-
-def _hook_error_messages(worker) -> None:
-    """The raylet's messages reach the driver through ``print_to_stdstream`` (a private
-    function of the pinned Ray), not the log dispatcher: filter them on the way."""
-    printer = worker.print_to_stdstream
-    if getattr(printer, "rocoray", False):
-        return
-
-    def print_to_stdstream(data, ignore_prefix: bool):
-        data = explain_pool_warning(data)
-        if data is not None:
-            printer(data, ignore_prefix)
-
-    print_to_stdstream.rocoray = True
-    worker.print_to_stdstream = print_to_stdstream
-
-
 def filter_worker_logs() -> None:
     """Worker and actor output that Ray forwards to this driver, minus ``RAY_NOISE``, without
     colour codes when the output is not a terminal. Hooks Ray's log dispatcher (a private
@@ -105,8 +69,6 @@ def filter_worker_logs() -> None:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return
-    if hasattr(worker, "print_to_stdstream"):
-        _hook_error_messages(worker)
     if not any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
         return
     explained = []

@@ -18,21 +18,6 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
              "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
 
 
-# Ray keeps at most (free CPUs) idle workers and kills the others after a second of idleness.
-# Ray Data runs fractional-CPU tasks (train.preprocess_num_cpus: 0.5; the Tune spaces 0.25), so
-# up to 4 workers per CPU; every pause between passes (validation between epochs) killed the
-# extra ones, and the next pass started them again, each re-importing torch and the tokenizer.
-# bench.input_pipeline's warm passes: 245-399 rows/s with the default, 1,163-1,361 with the pool
-# kept (2 CPUs). A cluster's nodes get the same through cluster.yaml's `ray start` lines.
-IDLE_WORKERS_PER_CPU = 4
-
-
-def worker_pool_config(num_cpus: int | None) -> dict:
-    """The ``_system_config`` of a local instance: keep a warm worker for every task slot of
-    Ray Data's smallest (0.25-CPU) tasks instead of one per CPU."""
-    return {"num_workers_soft_limit": IDLE_WORKERS_PER_CPU * (num_cpus or os.cpu_count() or 1)}
-
-
 def quiet_defaults() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -66,7 +51,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
             kwargs["address"] = "local"
             if num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
-            kwargs["_system_config"] = worker_pool_config(num_cpus)
         context = ray.init(**kwargs)
         log.info("Ray: %s (%s)", "joined the cluster at " + address if address
                  else "a new local instance", getattr(context, "address_info", {}).get(
