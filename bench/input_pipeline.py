@@ -9,8 +9,10 @@ image size and caption length), per CPU, side by side in one run:
 Tasks of a fraction of a CPU (the Tune spaces' 0.25) run more workers than CPUs, and Ray kills
 the idle ones above one per free CPU after a second: each pass then starts workers again,
 each importing torch (this bench at 0.5 CPU: warm passes of 164-399 rows/s, against 1,163-
-1,361 with Ray told to keep them, 2026-12-07). Keeping them cost ~0.45 GB per idle worker and
-made neither demo faster, so rocoray leaves Ray's pool policy as it is.
+1,361 with Ray told to keep them, 2026-12-07). Keeping them (num_workers_soft_limit 4 per CPU,
+tried at 939a75d) held ~0.45 GB per idle worker, 3.5-4.8 GB more peak RSS in each demo, and
+made the real-data demos slower (roco-ccby 8.0 vs 7.2 min, the ROCO sample 13.2 vs 11.6; the
+synthetic one 9.05 vs 9.32), so rocoray leaves Ray's pool policy as it is.
 
 The target is >= 1,000 samples/s on 8 CPUs (a figure to compare with a GPU's base train
 step; no GPU rate has been measured yet: bench/results/gpu.json does not exist). 8 x the

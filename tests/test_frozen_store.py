@@ -5,6 +5,7 @@ back by the training workers as equal shards."""
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import torch
 
