@@ -216,25 +216,40 @@ def concatenated(batches_: list) -> dict:
     return {k: np.concatenate([b[k] for b in batches_]) for k in batches_[0]}
 
 
-def train_variant(cfg, model, rows: dict, pos_weight, log, precision: str) -> tuple:
+def train_variant(cfg, model, rows: dict, pos_weight, log, precision: str,
+                  validate=None) -> tuple:
+    """Train ``model`` on ``rows`` for ``cfg``'s epochs with core's step: (model, info). With
+    ``validate`` (model -> a validation score, after each epoch) the best epoch's weights are
+    kept, as the Ray Train run keeps its best checkpoint (``train.keep: best``); without it,
+    the last epoch's."""
+    import copy
+
     from core.training.loop import LossModule, build_optimizer, build_scheduler, train_one_epoch
 
     module = LossModule(model, cfg.model, concept_pos_weight=pos_weight)
     steps = int(np.ceil(len(rows["group"]) / cfg.train.batch_size)) * cfg.train.epochs
     optimizer = build_optimizer(module, cfg.train)
     scheduler = build_scheduler(optimizer, steps, cfg.train.warmup_fraction)
-    t0 = time.perf_counter()
+    best, t0 = None, time.perf_counter()
     for epoch in range(cfg.train.epochs):
         stats = train_one_epoch(module, optimizer, scheduler,
                                 batches(rows, cfg.train.batch_size, cfg.train.seed + epoch), "cpu",
                                 precision)
         summary = stats.summary()
+        score = None if validate is None else validate(model.eval())
+        if score is not None and (best is None or score > best[0]):
+            best = (score, epoch + 1, copy.deepcopy(model.state_dict()))
         log(f"    epoch {epoch + 1}/{cfg.train.epochs}: loss {summary.get('loss', float('nan')):.4f} "
             f"match acc {summary.get('match_acc', float('nan')):.3f} "
-            f"({summary['samples_per_s']:.0f} samples/s)")
-    return model.eval(), {"epochs": cfg.train.epochs, "train_seconds": time.perf_counter() - t0,
-                          "samples_per_s": len(rows["group"]) * cfg.train.epochs
-                          / (time.perf_counter() - t0)}
+            f"({summary['samples_per_s']:.0f} samples/s)"
+            + ("" if score is None else f" validation {score:.4f}"))
+    seconds = time.perf_counter() - t0
+    info = {"epochs": cfg.train.epochs, "train_seconds": seconds,
+            "samples_per_s": len(rows["group"]) * cfg.train.epochs / seconds}
+    if best is not None:
+        model.load_state_dict(best[2])
+        info.update(best_epoch=best[1], best_validation=best[0])
+    return model.eval(), info
 
 
 def cost_seconds(row: dict) -> float:
