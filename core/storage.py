@@ -135,11 +135,37 @@ def write_text(root: str | Path, name: str, text: str) -> None:
 def file_identity(path: str | Path) -> dict:
     """What identifies a file's content cheaply and safely: its size and a BLAKE2 digest
     (the weights of a checkpoint, a data shard's footer is not enough)."""
+    fs, p = filesystem(path)
+    return {"size": int(fs.size(p)), "blake2b": _blake2b(fs, p)}
+
+
+# digests a store reports for an object's bytes: S3's ETag, GCS's md5Hash, the Hugging Face
+# Hub's LFS sha256 (under "lfs") and git blob id
+REPORTED_DIGESTS = ("ETag", "md5Hash", "sha256", "blob_id")
+_DIGESTS: dict = {}  # (protocol, path, size, modification stamp) -> BLAKE2, this process
+
+
+def content_digest(fs, path: str, info: dict | None = None) -> str:
+    """A digest of a file's bytes, never of where it lives or when it was written: the one
+    its store reports (``REPORTED_DIGESTS``), else BLAKE2 over its bytes (local files),
+    computed once per process for a (path, size, modification stamp)."""
+    info = fs.info(path) if info is None else info
+    reported = {**info, **(info.get("lfs") or {})}
+    for name in REPORTED_DIGESTS:
+        if reported.get(name):
+            return f"{name}:{str(reported[name]).strip(chr(34))}"
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("created") or ""
+    key = (str(getattr(fs, "protocol", "")), path, int(info.get("size") or 0), str(stamp))
+    if key not in _DIGESTS:
+        _DIGESTS[key] = f"blake2b:{_blake2b(fs, path)}"
+    return _DIGESTS[key]
+
+
+def _blake2b(fs, path: str) -> str:
     import hashlib
 
-    fs, p = filesystem(path)
     digest = hashlib.blake2b(digest_size=16)
-    with fs.open(p, "rb") as f:
+    with fs.open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
-    return {"size": int(fs.size(p)), "blake2b": digest.hexdigest()}
+    return digest.hexdigest()

@@ -92,3 +92,55 @@ def test_row_groups_up_to_max_rows(synthetic_dir):
     assert limited == every[:len(limited)] and len(limited) < len(every)
     assert sum(n for _, _, n in limited) >= 100 > sum(n for _, _, n in limited[:-1])
     assert row_groups(files, 10_000) == every
+
+
+def test_a_splits_identity_follows_its_bytes_not_its_place_or_time(synthetic_dir, tmp_path):
+    """Cached work (each split's frozen store above all) is keyed on ``split_identity``. A
+    dataset copied elsewhere and re-synced with new modification times (as ../shared is at
+    every session start) keeps its identity, so nothing is encoded again; the same file with
+    one byte changed, its size and modification time kept, does not, as a later run sees it
+    (a new process: within one, a digest is computed once per path, size and time)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from core.data.rocov2 import split_identity
+
+    before = split_identity(resolve_split(synthetic_dir, "validation"))
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_dir, copy)
+    for p in copy.glob("*.parquet"):
+        os.utime(p, (1e9, 1e9))
+    assert split_identity(resolve_split(str(copy), "validation")) == before
+
+    shard = next(copy.glob("validation-*.parquet"))
+    data, stat = bytearray(shard.read_bytes()), shard.stat()
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    later = subprocess.run(
+        [sys.executable, "-c", "import json, sys; from core.data.rocov2 import resolve_split, "
+         "split_identity; print(json.dumps(split_identity(resolve_split(sys.argv[1], "
+         "'validation'))))", str(copy)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    changed = __import__("json").loads(later.stdout)
+    assert changed["shards"][0][:2] == before["shards"][0][:2]  # same name, same size
+    assert changed != before
+
+
+def test_a_digest_the_store_reports_is_used_without_reading_the_object():
+    """S3's ETag, the Hub's LFS sha256: an object store's own digest of the bytes stands for
+    them, so keying cached work on a remote split reads no image."""
+    from core import storage
+
+    class Unreadable:
+        protocol = "s3"
+
+        def open(self, *args, **kwargs):
+            raise AssertionError("the object was read")
+
+    fs = Unreadable()
+    assert storage.content_digest(fs, "bucket/a.parquet", {"size": 9, "ETag": '"9b2c"'}) == "ETag:9b2c"
+    assert storage.content_digest(fs, "repo/b.parquet", {
+        "size": 9, "blob_id": "f00", "lfs": {"sha256": "ab12", "size": 9}}) == "sha256:ab12"

@@ -125,14 +125,16 @@ def check_columns(files: SplitFiles) -> None:
 
 
 def split_identity(files: SplitFiles) -> dict:
-    """What identifies a split's content for cached work: its source, and each shard's path,
-    size and modification stamp (no data read)."""
+    """What identifies a split's content for cached work: the split, and each shard's file
+    name, size and content digest (``storage.content_digest``). Never where the shards live
+    or when they were written: a moved, copied or re-synced dataset keeps its cached work
+    (its frozen store above all), and changed bytes never reuse it."""
     shards = []
     for path in files.paths:
         info = files.filesystem.info(path)
-        stamp = info.get("mtime") or info.get("ETag") or info.get("LastModified") or ""
-        shards.append([path, int(info.get("size") or 0), str(stamp)])
-    return {"source": files.source, "split": files.split, "shards": shards}
+        shards.append([posixpath.basename(path), int(info.get("size") or 0),
+                       storage.content_digest(files.filesystem, path, info)])
+    return {"split": files.split, "shards": shards}
 
 
 def columns_to_read(files: SplitFiles) -> list[str]:
