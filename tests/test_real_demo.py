@@ -171,6 +171,58 @@ def test_the_fusion_variants_bench_trains_on_the_stored_towers_and_its_own_image
 
 
 @pytest.mark.timeout(600)
+def test_the_fusion_learning_curve_bench_retrains_both_models_on_nested_fractions(
+        real_demo, tmp_path):
+    """`python -m bench.fusion_learning_curve --run <a roco_cpu demo>` (the README's learning
+    curve), run as its docstring says on the demo above, with short epochs: for each fraction
+    and seed both models are trained on the demo's stored frozen outputs of that many
+    training pairs, and only the validation split is scored. Each fraction's figures are the
+    seeds' mean, its margins the fusion rules minus the two-tower model on the same queries,
+    and the trend per doubling is a slope with its interval."""
+    out, log = real_demo
+    assert log.endswith("exit code 0"), log[-4000:]
+    results = tmp_path / "curve.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "bench.fusion_learning_curve", "--run", str(out),
+                           "--fractions", "1", "0.5", "--seeds", "2", "--epochs-scale", "0.1",
+                           "--out", str(results)],
+                          capture_output=True, text=True, env=env, timeout=540,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    result = json.loads(results.read_text())
+    assert (result["train_items"], result["validation_items"]) == (ROWS["train"],
+                                                                  ROWS["validation"])
+    table = result["fractions"]
+    assert [r["fraction"] for r in table] == [0.5, 1.0]
+    assert [r["train_pairs"] for r in table] == [ROWS["train"] // 2, ROWS["train"]]
+    runs = result["runs"]
+    assert sorted((r["fraction"], r["seed"]) for r in runs) == [(0.5, 0), (0.5, 1), (1.0, 0),
+                                                                (1.0, 1)]
+    for run in runs:
+        assert 1 <= run["two_tower"]["best_epoch"] <= run["two_tower"]["epochs"]
+        assert run["fusion"]["train_seconds"] > 0
+        assert set(run["fusion"]) >= {"itm", "fused", "rerank"}
+    for row in table:
+        mine = [r for r in runs if r["fraction"] == row["fraction"]]
+        assert row["seeds"] == 2
+        assert row["two_tower"] == pytest.approx(np.mean([r["two_tower"]["mean_recall"]
+                                                          for r in mine]))
+        for rule in ("itm", "fused", "rerank"):
+            assert row[rule] == pytest.approx(np.mean([r["fusion"][rule]["mean_recall"]
+                                                       for r in mine]))
+            margin = row[f"{rule}_minus_two_tower"]
+            assert margin["value"] == pytest.approx(row[rule] - row["two_tower"])
+            assert margin["low"] <= margin["value"] <= margin["high"]
+    for rule in ("itm", "fused", "rerank"):
+        trend = result["trend_per_doubling"][rule]  # two fractions, one doubling apart
+        gain = (table[1][f"{rule}_minus_two_tower"]["value"]
+                - table[0][f"{rule}_minus_two_tower"]["value"])
+        assert trend["value"] == pytest.approx(gain, abs=1e-9)
+        assert trend["low"] <= trend["value"] <= trend["high"]
+    assert Path(results.with_suffix(".png")).stat().st_size > 0
+
+
+@pytest.mark.timeout(600)
 def test_the_benches_that_read_a_demo_checkpoint_record_which_one_they_measured(
         real_demo, tmp_path):
     """`bench.cpu_bf16` and `bench.pair_batching` read a demo run's fusion checkpoint (the
