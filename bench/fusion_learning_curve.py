@@ -243,6 +243,8 @@ def main(argv=None) -> dict:
     stored = stored_splits(run, tt, data, precision)
     pos_weight = (torch.from_numpy(tt.concepts.pos_weight(tt.config.model.concepts.max_pos_weight))
                   if tt.concepts is not None and tt.config.model.concepts.num_concepts else None)
+    if pos_weight is None:  # no concept head: no concept targets (as bench.fusion_variants)
+        stored = {s: {k: v for k, v in r.items() if k != "concepts"} for s, r in stored.items()}
     n = len(stored["train"]["group"])
     runs, scores, t0 = [], {f: [] for f in args.fractions}, time.perf_counter()
     for seed in range(args.seeds):
