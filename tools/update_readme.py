@@ -379,8 +379,14 @@ def learning_curve_lines(path: Path) -> list[str]:
     rows = [[str(r["train_pairs"]), f"{r['two_tower']:.4f} ({r['two_tower_sd']:.4f})"]
             + [f"{r[x]:.4f} ({r[f'{x}_sd']:.4f})" for x in rules]
             + [diff(r[f"{x}_minus_two_tower"]) for x in rules] for r in v["fractions"]]
-    trend = "; ".join(f"{x} {diff(v['trend_per_doubling'][x])}" for x in rules
-                      if x in v["trend_per_doubling"])
+    trends = v["trend_per_doubling"]
+    trend = "; ".join(f"{x} {diff(trends[x])}" for x in rules if x in trends)
+
+    def reading(x: str) -> str:
+        t = trends[x]
+        return (f"{x}: " + ("no trend the validation queries resolve" if not t["significant"]
+                            else "gains on the two-tower model with each doubling" if t["value"] > 0
+                            else "falls further behind the two-tower model with each doubling"))
     return [f"Is fusion held back by the number of training pairs? Both models retrained on "
             f"nested fractions of the training split ({v['train_items']} pairs), "
             f"{v['seeds']} seeds each (each seed its own subsets), by `python -m "
@@ -397,7 +403,8 @@ def learning_curve_lines(path: Path) -> list[str]:
                            + [f"{x} minus two-tower" for x in rules], rows), "",
             "What each doubling of the training pairs adds to each rule's margin over the "
             "two-tower model (least-squares slope against log2 pairs; 95 % interval from "
-            f"resampling the validation queries, * beyond it): {trend}.", "",
+            f"resampling the validation queries, * beyond it): {trend}. Read by the intervals: "
+            + "; ".join(reading(x) for x in rules if x in trends) + ".", "",
             f"![fusion and two-tower validation recall by training pairs]({v['figure']})", ""]
 
 
