@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -45,8 +46,12 @@ def test_cached_work_is_keyed_on_everything_that_produced_it(two_checkpoints, sy
     from ray_jobs.score import ScoreConfig, prepare
     from ray_jobs.score_methods import fusion_items_key
 
-    other_data = tmp_path / "copy"
+    other_data = tmp_path / "copy"  # the same bytes elsewhere: a copy, a re-sync
     shutil.copytree(synthetic_dir, other_data)
+    changed_data = tmp_path / "changed"  # the same names, one row fewer in the test split
+    shutil.copytree(synthetic_dir, changed_data)
+    shard = sorted(changed_data.glob("test-*.parquet"))[0]
+    pq.write_table(pq.read_table(shard).slice(1), shard)
     base = dict(model="fusion", checkpoint=two_checkpoints["a"], data=str(synthetic_dir),
                 out=str(tmp_path / "o"), k=5)
 
@@ -58,7 +63,7 @@ def test_cached_work_is_keyed_on_everything_that_produced_it(two_checkpoints, sy
     reference = keys()
     variants = {
         "checkpoint": keys(checkpoint=two_checkpoints["b"]),
-        "data source": keys(data=str(other_data)),
+        "data content": keys(data=str(changed_data)),
         "split": keys(split="validation"),
         "max items": keys(max_items=32),
         "block": keys(block=32),
@@ -68,8 +73,13 @@ def test_cached_work_is_keyed_on_everything_that_produced_it(two_checkpoints, sy
     }
     for what, (_, ikey) in variants.items():
         assert ikey != reference[1], f"changing the {what} must not reuse finished items"
-    for what in ("checkpoint", "data source", "split", "max items", "block", "precision"):
+    for what in ("checkpoint", "data content", "split", "max items", "block", "precision"):
         assert variants[what][0] != reference[0], f"changing the {what} must not reuse features"
+    # the data's bytes, not where they live or when they were written, identify it: a copy
+    # elsewhere with new modification times reuses the encoded features and finished items
+    for p in other_data.rglob("*.parquet"):
+        os.utime(p, (1e9, 1e9))
+    assert keys(data=str(other_data)) == reference
     # the model kind and method: rerank's items are keyed apart from fusion's, and a two-tower
     # gallery apart from a fusion one (the checkpoint identity carries the kind)
     job = prepare(ScoreConfig(**with_scoring(**base)))
