@@ -51,7 +51,7 @@ import torch
 
 from bench._common import RESULTS, write_result
 from bench.fusion_variants import (features, load_split, matrices, mean_recall, ranks_all_pairs,
-                                   rules, train_variant, variant_config)
+                                   rules, stored_split, train_variant, variant_config)
 from core.evaluation.selection import per_query_mean_recall
 
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)
@@ -212,19 +212,8 @@ def parse_args(argv):
 
 def stored_splits(run: Path, tt, data: str, precision: str) -> dict:
     """The demo's stored frozen outputs of the training and validation splits."""
-    from core.data.rocov2 import resolve_split, split_identity
-    from core.frozen_store import FrozenStore, store_key
-
-    out = {}
-    for split in ("train", "validation"):
-        key = store_key(tt.model, tt.config.model, tt.tokenizer,
-                        split_identity(resolve_split(data, split)), None, precision)
-        store = FrozenStore.find(str(run / "cache"), key)
-        if store is None:
-            raise SystemExit(f"{run}/cache holds no frozen store of the {split} split for "
-                             f"this two-tower checkpoint: run the demo first")
-        out[split] = load_split(store, tt.concepts)
-    return out
+    return {split: load_split(stored_split(run, tt, data, split, precision), tt.concepts)
+            for split in ("train", "validation")}
 
 
 def main(argv=None) -> dict:

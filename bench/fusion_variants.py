@@ -96,6 +96,21 @@ VARIANTS = [
 ]
 
 
+def stored_split(run: Path, tt, data: str, split: str, precision: str):
+    """The demo run's frozen store of ``split`` for its two-tower checkpoint ``tt`` (the key
+    its training used), or exit saying to run the demo first."""
+    from core.data.rocov2 import resolve_split, split_identity
+    from core.frozen_store import FrozenStore, store_key
+
+    key = store_key(tt.model, tt.config.model, tt.tokenizer,
+                    split_identity(resolve_split(data, split)), None, precision)
+    store = FrozenStore.find(str(run / "cache"), key)
+    if store is None:
+        raise SystemExit(f"{run}/cache holds no frozen store of the {split} split for "
+                         f"this two-tower checkpoint: run the demo first")
+    return store
+
+
 def load_split(store, concepts) -> dict:
     """Every stored block of a split as one dict of numpy columns (prefixes, not pixels)."""
     from core.frozen_store import model_batch
@@ -320,8 +335,6 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="results file (default: bench/results/)")
     args = p.parse_args(argv)
     from core.checkpoint import load_checkpoint, resolve_checkpoint
-    from core.data.rocov2 import resolve_split, split_identity
-    from core.frozen_store import FrozenStore, store_key
     from core.precision import training_precision
 
     def log(line):
@@ -335,13 +348,7 @@ def main(argv=None) -> dict:
     precision = training_precision(tt.config.train.precision, "cpu")  # as the demo trained
     rows, tt_features = {}, {}
     for split in SPLITS:
-        key = store_key(tt.model, tt.config.model, tt.tokenizer,  # as the demo's training ran
-                        split_identity(resolve_split(data, split)), None,
-                        precision)
-        store = FrozenStore.find(str(run / "cache"), key)
-        if store is None:
-            raise SystemExit(f"{run}/cache holds no frozen store of the {split} split for "
-                             f"this two-tower checkpoint: run the demo first")
+        store = stored_split(run, tt, data, split, precision)
         rows[split] = load_split(store, tt.concepts)
         if split != "train":
             tt_features[split] = features(tt.model, rows[split])
