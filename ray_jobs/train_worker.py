@@ -31,6 +31,7 @@ from core.losses.swap import swap_pairs
 from core.metrics import flat_metrics
 from core.models import build_model, count_parameters
 from core.precision import training_precision
+from core.training.global_batchnorm import sync_batchnorm
 from core.training.loop import (LossModule, build_optimizer, build_scheduler, steps_per_epoch,
                                  train_one_epoch)
 from core.models.kind import ModelKind
@@ -83,6 +84,11 @@ def setup(loop_config: dict) -> WorkerState:
     torch.set_num_threads(max(1, math.ceil(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed + rank)
     model = initial_model(cfg, init=not ray.train.get_checkpoint(), log_init=rank == 0)
+    if world > 1:  # BatchNorm over the global batch: N x B/N computes what 1 x B computes
+        model, synced = sync_batchnorm(model)
+        if rank == 0 and synced:
+            log.info("%d trainable BatchNorm layers normalise over all %d workers' rows",
+                     synced, world)
     swap = (swap_pairs(loop_config["tokenizer"], cfg.model.fusion.swap_negatives)
             if cfg.model.kind == ModelKind.FUSION else None)
     vocab = loop_config.get("concepts")
