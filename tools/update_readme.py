@@ -457,7 +457,8 @@ def roco_block(results_dir: Path) -> str | None:
 
 def test_time_block(path: Path) -> str | None:
     """The test suite's measured times: bench/results/test_suite.json, written by the test
-    run itself (tests/conftest.py, with ROCORAY_RECORD_TESTS=1)."""
+    run itself (tests/conftest.py, with ROCORAY_RECORD_TESTS=1); STALE once any file under
+    tests/ was added, removed or changed since (the counts and times are of other tests)."""
     if not path.exists():
         return None
     runs = json.loads(path.read_text())["runs"]
@@ -468,7 +469,7 @@ def test_time_block(path: Path) -> str | None:
         command = r["command"].replace(f"-m {selection} ", f'-m "{selection}" ')
         out.append(f"- `{command}`: {r['passed']} passed, {r['failed']} failed, "
                    f"{r['skipped']} skipped in {minutes} min {seconds} s ({ran_on(r)}; "
-                   f"{stamp(r, 'tests/conftest.py')}; {selection})")
+                   f"{stamp(r, 'tests/conftest.py', also=('tests',))}; {selection})")
     return "\n".join(out)
 
 
