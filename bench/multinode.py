@@ -8,9 +8,10 @@ N nodes of 1 logical CPU, each its own raylet, as ``tests/test_multinode.py`` us
   learning-rate schedule. Reported per N: wall time of the fit, the slowest rank's
   training-step seconds per epoch, the time outside the steps (start-up, validation,
   checkpoints: what grows with nodes), the bytes created in Ray's object stores (and spilled), and the
-  final validation recall. Data parallelism is correct when N workers x batch B/N reach the
-  recall of 1 worker x batch B within noise; the noise is the spread of 1 worker x B over
-  ``--seeds`` seeds, measured in the same run.
+  final validation recall. Every size runs ``--repeats`` times (seeds 0..R-1). Data
+  parallelism is correct when N workers x batch B/N reach the mean recall of 1 worker x
+  batch B within noise; the noise is the largest spread (max - min) of any size's repeats,
+  measured in the same run (``compare_sizes``).
 - scoring: the fusion scoring job with one actor per node over the same gallery: wall time
   and whether the top-K lists equal the 1-node run's.
 
@@ -18,7 +19,7 @@ The nodes share this machine's 2 cores: more nodes add processes, not compute, s
 step seconds here show the overhead of coordination, not a speed-up. ``bench.cost_model``
 turns these figures into a projection for ROCOv2 on GPU clusters.
 
-    python -m bench.multinode            # 24 min on 2 CPUs (2026-12-02)
+    python -m bench.multinode [--repeats 3]   # the README row gives its command and date
 """
 
 from __future__ import annotations
