@@ -12,7 +12,9 @@ starts its actors in fresh worker processes and pays this before its first row:
 and, for contrast, a task stage (``map_batches`` with a function, Ray's task workers) whose
 function makes the same imports, run several times in one job: the first stage pays them;
 Ray reuses an idle task worker for a later stage, with its imports, where every actor stage
-starts a fresh process. And, each in a fresh interpreter before Ray starts, the same
+starts a fresh process (checked: one more actor stage after the task stages, with their
+warm workers idle, reports its process and whether torch was imported before its own
+imports). And, each in a fresh interpreter before Ray starts, the same
 imports one library at a time in the order the actor makes them, so the imports are named
 by library. A new actor each repeat (a stage's actors end with it); medians over
 ``--repeats``.
@@ -66,7 +68,10 @@ class Noop:
     """The actor of the 'ray' stage."""
 
     def __init__(self, build: bool = False):
-        self.parts = {}
+        import os
+
+        # which process, and whether it had the imports before this actor made any
+        self.parts = {"pid": os.getpid(), "had_torch": "torch" in sys.modules}
         if build:
             self.parts["imports_s"] = import_chain()
             from core.config import load_config
@@ -139,15 +144,17 @@ def main(argv=None) -> dict:
              "model_s": med([r["model_s"] for r in runs["model"]]),
              "stage_wall_s": med([r["wall_s"] for r in runs["model"]])}
     tasks = task_stages(args.repeats + 1)
-    later = tasks[1:]
+    later, after = tasks[1:], stage(build=False)  # an actor stage once task workers are warm
     parts.update(task_first_s=tasks[0]["wall_s"], task_later_s=med([t["wall_s"] for t in later]),
                  task_later_imports_s=med([t["imports_s"] for t in later]),
                  task_later_on_a_used_worker=sum(t["pid"] in {u["pid"] for u in tasks[:i + 1]}
-                                                 for i, t in enumerate(later)))
+                                                 for i, t in enumerate(later)),
+                 actor_after_tasks_on_a_used_worker=after["pid"] in {t["pid"] for t in tasks},
+                 actor_after_tasks_had_torch=bool(after["had_torch"]))
     libraries = {name: med([c[name] for c in chains]) for name in CHAIN}
     result = {"bench": "actor_startup", "repeats": args.repeats, "chain": CHAIN,
               "parts": parts, "imports_in_fresh_interpreter_s": libraries,
-              "runs": {**runs, "task": tasks}}
+              "runs": {**runs, "task": tasks, "actor_after_tasks": after}}
     print(f"actor stage start-up: Ray {parts['ray_s']:.1f} s, imports {parts['imports_s']:.1f} s, "
           f"model {parts['model_s']:.1f} s; whole stage {parts['stage_wall_s']:.1f} s")
     print("imports in a fresh interpreter: " + ", ".join(
@@ -161,6 +168,10 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     target, verdict), from its results file (``bench.summary`` collects them)."""
     parts, libs = r["parts"], r["imports_in_fresh_interpreter_s"]
     named = ", ".join(f"{LABELS.get(k, k)} {v:.1f} s" for k, v in libs.items())
+    after = ("" if "actor_after_tasks_on_a_used_worker" not in parts else
+             "; an actor stage started after them, with those workers idle: on one of them "
+             f"{'yes' if parts['actor_after_tasks_on_a_used_worker'] else 'no'}, torch already "
+             f"imported {'yes' if parts['actor_after_tasks_had_torch'] else 'no'}")
     rows = [("an actor stage's start-up, in parts (one actor, one row; a fresh worker "
              "process, as each stage's actors are)",
              f"{parts['stage_wall_s']:.1f} s: Ray Data and the actor's process "
@@ -174,7 +185,7 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
                  f"{parts['task_later_s']:.1f} s, imports {parts['task_later_imports_s']:.2f} s "
                  f"({parts['task_later_on_a_used_worker']} of {r['repeats']} on a worker an "
                  "earlier stage used): Ray reuses task workers across stages, never an actor's "
-                 "process", "no target", "what a warm worker saves each stage"))
+                 "process" + after, "no target", "what a warm worker saves each stage"))
     return rows
 
 

@@ -187,6 +187,10 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
     """(benchmark, measured, target, verdict) rows of the README's performance table."""
     a, target, proj = r["arm"], r["target_ratio"], r["projection"]
     lo, hi = a["ratio_range"]
+    # the rows from which one stage with these parts (a fixed start-up, then its calls' rate)
+    # reaches the target: rows / local >= target x (fixed + rows / calls)
+    gap = 1 / proj["in_process_rows_per_s"] - target / proj["calls_rows_per_s"]
+    break_even = f"about {target * proj['fixed_s'] / gap:,.0f}" if gap > 0 else "no number of"
     sources = " and ".join(Path(s).name for s in r["data"])
     what = (f"{r['unique_figures']:,} real figures (every row of {sources}), each "
             f"{r['copies']} times" if r["copies"] > 1 else
@@ -212,8 +216,9 @@ def readme_rows(r: dict) -> list[tuple[str, str, str, str]]:
          "from the parts above, not a measurement",
          f"{proj['ratio']:.2f}x: {proj['fixed_s']:.1f} s fixed (start-up and tail), then "
          f"{proj['calls_rows_per_s']:.1f} rows/s in the actor's calls against "
-         f"{proj['in_process_rows_per_s']:.1f} rows/s in one process", "no target",
-         "projected"),
+         f"{proj['in_process_rows_per_s']:.1f} rows/s in one process; by the same parts the "
+         f"stage reaches {target:.1f}x from {break_even} rows of one stage",
+         "no target", "projected"),
     ]
 
 
