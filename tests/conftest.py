@@ -137,11 +137,18 @@ def _ray_tests_are_marked(request):
                     "fixture in conftest.RAY_FIXTURES)", pytrace=False)
 
 
+def _runs_the_suite(config) -> bool:
+    """Whether this run is one the README's test times stand for: every test under tests/
+    (a marker selection allowed), run, not collected only, no -k, no single file."""
+    return (not config.option.collectonly and not config.getoption("keyword")
+            and [(config.invocation_params.dir / a).resolve() for a in config.args] == [REPO / "tests"])
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """With ROCORAY_RECORD_TESTS=1, the run writes its own counts and wall time (pytest's) to
     bench/results/test_suite.json, keyed by its marker selection: the README's test times
     are generated from this file, never typed."""
-    if not os.environ.get("ROCORAY_RECORD_TESTS"):
+    if not os.environ.get("ROCORAY_RECORD_TESTS") or not _runs_the_suite(config):
         return
     import json
     import sys
