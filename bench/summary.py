@@ -37,7 +37,8 @@ def performance_markdown(results_dir: Path, stamp=None) -> str:
     results = _load(results_dir)
     lines = ["Each row is one `bench/<name>.py` run, regenerated into this table by "
              "`python tools/update_readme.py` from its results file, with the commit and date "
-             "it was measured at (STALE: the bench or a module it imports has changed since).", "",
+             "it was measured at (STALE: the bench or a module it imports has changed since; "
+             "its `readme_rows`, which only words the results file, aside).", "",
              "| benchmark | measured | target | | measured at |", "|---|---|---|---|---|"]
     for name, r in results.items():
         when = stamp(r, name) if stamp else ""
